@@ -1,0 +1,16 @@
+//! warmpool's core: the decisions that need no I/O, tested in microseconds.
+//!
+//! - [`config`]: the TOML file, its profiles, durations and sizes, validated at load.
+//! - [`job`]: what a job asks for and how it becomes the gate's [`JobSpec`] with
+//!   `docker run` semantics (ENTRYPOINT + args or CMD; image env, profile env, job env).
+//! - [`labels`]: the labels every warmpool container carries.
+//!
+//! Nothing here talks to the engine; that is `warmpool-runtime`'s job.
+
+pub mod config;
+pub mod job;
+pub mod labels;
+
+pub use config::{Config, ConfigError, Profile};
+pub use job::{ImageConfig, Job, JobError};
+pub use warmpool_gate::protocol::{ExitStatus, JobSpec};

@@ -1,0 +1,344 @@
+//! warmpool-gate: the entrypoint of every warmpool container.
+//!
+//! Std only, built by `crates/gate/build.rs` with `rustc -C target-feature=+crt-static`
+//! into a static binary that runs in any Linux image of its architecture, `FROM scratch`
+//! included. It says READY, waits for one job spec on stdin, runs the job as its child
+//! in a process group of its own, acts as init (reaps every zombie, forwards
+//! SIGTERM/SIGINT/SIGHUP to the job's group), frames the job's stdout and stderr onto
+//! its own stdout, and reports the job's exit as the last frame. It never runs a second
+//! job: after the exit frame it exits, and with it the container.
+
+#[allow(dead_code)]
+#[path = "../protocol.rs"]
+mod protocol;
+
+use protocol::{
+    exit_payload, frame_header, ExitStatus, JobSpec, FRAME_EXIT, FRAME_READY,
+    FRAME_START_FAILED, FRAME_STDERR, FRAME_STDOUT,
+};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+// The few libc calls std does not wrap. The constants below are the same on every
+// Linux architecture warmpool targets (x86_64, aarch64).
+mod sys {
+    #[repr(C)]
+    pub struct PollFd {
+        pub fd: i32,
+        pub events: i16,
+        pub revents: i16,
+    }
+    pub const POLLIN: i16 = 0x1;
+    pub const POLLERR: i16 = 0x8;
+    pub const POLLHUP: i16 = 0x10;
+    pub const SIGHUP: i32 = 1;
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
+    pub const EINTR: i32 = 4;
+    pub const ECHILD: i32 = 10;
+    extern "C" {
+        pub fn signal(signum: i32, handler: usize) -> usize;
+        pub fn kill(pid: i32, sig: i32) -> i32;
+        pub fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+        pub fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
+        pub fn _exit(code: i32) -> !;
+    }
+}
+
+/// Docker's default PATH, which `docker run` puts first in every container's env.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Exit codes of the gate itself (the job's own codes are reported in frames).
+const EXIT_BAD_SPEC: i32 = 2;
+const EXIT_IO: i32 = 3;
+
+/// Process group of the running job; 0 while no job runs.
+static JOB_PGID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: i32) {
+    let pgid = JOB_PGID.load(Ordering::SeqCst);
+    if pgid > 0 {
+        // kill(2) is async-signal-safe. A negative pid addresses the whole group.
+        unsafe { sys::kill(-pgid, sig) };
+    } else {
+        // Parked with no job: a stop request means stop.
+        unsafe { sys::_exit(128 + sig) };
+    }
+}
+
+fn main() {
+    // As PID 1 a signal without a handler is ignored; install ours before anything.
+    for sig in [sys::SIGTERM, sys::SIGINT, sys::SIGHUP] {
+        unsafe { sys::signal(sig, forward_signal as *const () as usize) };
+    }
+    let mut out = FrameWriter::stdout();
+    let version = concat!("warmpool-gate/", env!("CARGO_PKG_VERSION_GATE"));
+    if out.frame(FRAME_READY, version.as_bytes()).is_err() {
+        die(EXIT_IO, "cannot write to stdout: is the container attached?");
+    }
+
+    let spec = match JobSpec::read_from(&mut io::stdin().lock()) {
+        Ok(spec) => spec,
+        Err(e) => die(EXIT_BAD_SPEC, &format!("{e}; starting nothing")),
+    };
+    let status = run(spec, &mut out);
+    if out.frame(FRAME_EXIT, &exit_payload(status)).is_err() {
+        die(EXIT_IO, "cannot write the exit frame to stdout");
+    }
+    // Exiting as PID 1 ends the container, and with it anything the job left behind.
+    std::process::exit(0);
+}
+
+fn die(code: i32, msg: &str) -> ! {
+    let _ = writeln!(io::stderr(), "warmpool-gate: {msg}");
+    std::process::exit(code);
+}
+
+/// Unbuffered frames on fd 1: one write per frame so output is never held back.
+struct FrameWriter {
+    fd: File,
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    fn stdout() -> Self {
+        // SAFETY: fd 1 stays open for the whole life of the gate; ManuallyDrop-like
+        // use is fine because the gate exits right after its last frame.
+        FrameWriter {
+            fd: unsafe { File::from_raw_fd(1) },
+            buf: Vec::with_capacity(70 * 1024),
+        }
+    }
+    fn frame(&mut self, kind: u8, payload: &[u8]) -> io::Result<()> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&frame_header(kind, payload.len()));
+        self.buf.extend_from_slice(payload);
+        self.fd.write_all(&self.buf)
+    }
+}
+
+/// The environment `docker run` would give the job: Docker's PATH and HOSTNAME first,
+/// the spec's entries replacing or appending, and HOME (which the runtime derives from
+/// the user) kept at the end when the spec does not set it.
+fn job_env(spec_env: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut env: Vec<(Vec<u8>, Vec<u8>)> = vec![(b"PATH".to_vec(), DEFAULT_PATH.into())];
+    if let Some(h) = std::env::var_os("HOSTNAME") {
+        env.push((b"HOSTNAME".to_vec(), h.as_bytes().to_vec()));
+    }
+    for entry in spec_env {
+        let eq = entry.iter().position(|b| *b == b'=').unwrap_or(entry.len());
+        let (k, v) = (&entry[..eq], entry.get(eq + 1..).unwrap_or(&[]));
+        match env.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.to_vec(),
+            None => env.push((k.to_vec(), v.to_vec())),
+        }
+    }
+    if !env.iter().any(|(k, _)| k == b"HOME") {
+        if let Some(h) = std::env::var_os("HOME") {
+            env.push((b"HOME".to_vec(), h.as_bytes().to_vec()));
+        }
+    }
+    env
+}
+
+/// Resolve argv[0] the way runc does: a name without '/' is searched in the job's PATH.
+fn resolve(program: &[u8], env: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let name = String::from_utf8_lossy(program);
+    if program.contains(&b'/') {
+        return Ok(program.to_vec());
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == b"PATH")
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or(b"");
+    for dir in path.split(|b| *b == b':') {
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let mut candidate = dir.to_vec();
+        candidate.push(b'/');
+        candidate.extend_from_slice(program);
+        if let Ok(meta) = std::fs::metadata(OsStr::from_bytes(&candidate)) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(format!(
+        "exec: \"{name}\": executable file not found in $PATH"
+    ))
+}
+
+fn run(spec: JobSpec, out: &mut FrameWriter) -> ExitStatus {
+    let env = job_env(&spec.env);
+    let program = match resolve(&spec.argv[0], &env) {
+        Ok(p) => p,
+        Err(msg) => return start_failed(out, &msg, 127),
+    };
+    let mut cmd = Command::new(OsStr::from_bytes(&program));
+    cmd.arg0(OsStr::from_bytes(&spec.argv[0]));
+    cmd.args(spec.argv[1..].iter().map(|a| OsStr::from_bytes(a)));
+    cmd.env_clear();
+    cmd.envs(
+        env.iter()
+            .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
+    );
+    if !spec.cwd.is_empty() {
+        cmd.current_dir(OsStr::from_bytes(&spec.cwd));
+    }
+    cmd.process_group(0);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if spec.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+            let msg = format!(
+                "exec: \"{}\": {e}",
+                String::from_utf8_lossy(&spec.argv[0])
+            );
+            return start_failed(out, &msg, code);
+        }
+    };
+    let pid = child.id() as i32;
+    JOB_PGID.store(pid, Ordering::SeqCst);
+
+    if let (Some(mut stdin), Some(bytes)) = (child.stdin.take(), spec.stdin) {
+        // A job that never reads its stdin must not block the gate: write from a thread.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+    }
+    let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
+        (Some(o), Some(e)) => (o, e),
+        _ => die(EXIT_IO, "the job's output pipes were not created"),
+    };
+
+    // The reaper: waits for every child (as init must) and tells the pump when the
+    // job itself has ended, through a pipe the pump polls alongside the output.
+    let (mut wake_r, wake_w) = match io::pipe() {
+        Ok(p) => p,
+        Err(e) => die(EXIT_IO, &format!("cannot create a pipe: {e}")),
+    };
+    let status_cell = std::sync::Arc::new(AtomicI32::new(-1));
+    let cell = status_cell.clone();
+    std::thread::spawn(move || reap(pid, cell, wake_w));
+
+    pump(
+        out,
+        stdout.as_raw_fd(),
+        stderr.as_raw_fd(),
+        wake_r.as_raw_fd(),
+    );
+    let mut byte = [0u8; 1];
+    let _ = wake_r.read(&mut byte);
+    decode_wait_status(status_cell.load(Ordering::SeqCst))
+}
+
+fn start_failed(out: &mut FrameWriter, msg: &str, code: i32) -> ExitStatus {
+    let line = format!("warmpool-gate: {msg}\n");
+    let _ = out.frame(FRAME_STDERR, line.as_bytes());
+    let _ = out.frame(FRAME_START_FAILED, msg.as_bytes());
+    ExitStatus::Code(code)
+}
+
+fn reap(job: i32, status_cell: std::sync::Arc<AtomicI32>, mut wake: io::PipeWriter) {
+    loop {
+        let mut status = 0i32;
+        let pid = unsafe { sys::waitpid(-1, &mut status, 0) };
+        if pid == job {
+            status_cell.store(status, Ordering::SeqCst);
+            JOB_PGID.store(0, Ordering::SeqCst);
+            let _ = wake.write_all(&[1]);
+        } else if pid < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(sys::EINTR) => {}
+                // No children left: wait for new orphans without spinning.
+                Some(sys::ECHILD) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+fn decode_wait_status(status: i32) -> ExitStatus {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        ExitStatus::Code((status >> 8) & 0xff)
+    } else {
+        ExitStatus::Signal(sig)
+    }
+}
+
+/// Copy the job's output into frames until the job has ended and its pipes are
+/// drained. Backpressure is natural: while the host does not read, our write blocks
+/// and so does the job. Memory stays at one 64 KiB buffer.
+fn pump(out: &mut FrameWriter, stdout: RawFd, stderr: RawFd, wake: RawFd) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut fds = [
+        sys::PollFd { fd: stdout, events: sys::POLLIN, revents: 0 },
+        sys::PollFd { fd: stderr, events: sys::POLLIN, revents: 0 },
+        sys::PollFd { fd: wake, events: sys::POLLIN, revents: 0 },
+    ];
+    let mut job_ended = false;
+    let mut drain_rounds = 0u32;
+    loop {
+        let open = fds[0].fd >= 0 || fds[1].fd >= 0;
+        if !open && job_ended {
+            return;
+        }
+        if job_ended {
+            // Bounded: a background process flooding inherited pipes cannot hold us.
+            drain_rounds += 1;
+            if drain_rounds > 256 {
+                return;
+            }
+        }
+        // Once the job has ended, take only what is already in the pipes: a background
+        // process that inherited them must not keep a finished job alive.
+        let timeout = if job_ended { 0 } else { -1 };
+        let n = unsafe { sys::poll(fds.as_mut_ptr(), fds.len() as u64, timeout) };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(sys::EINTR) {
+                continue;
+            }
+            die(EXIT_IO, "poll failed");
+        }
+        if n == 0 && job_ended {
+            return;
+        }
+        for (i, kind) in [(0usize, FRAME_STDOUT), (1usize, FRAME_STDERR)] {
+            if fds[i].fd < 0 || fds[i].revents & (sys::POLLIN | sys::POLLHUP | sys::POLLERR) == 0 {
+                continue;
+            }
+            // SAFETY: the fd is owned by the Child's pipe handle, alive for this call;
+            // ManuallyDrop keeps this temporary File from closing it.
+            let mut f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fds[i].fd) });
+            match f.read(&mut buf) {
+                Ok(0) => fds[i].fd = -1,
+                Ok(n) => {
+                    if out.frame(kind, &buf[..n]).is_err() {
+                        // The host is gone; nobody will read the rest.
+                        die(EXIT_IO, "stdout closed while streaming the job's output");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => fds[i].fd = -1,
+            }
+        }
+        if fds[2].fd >= 0 && fds[2].revents & (sys::POLLIN | sys::POLLHUP) != 0 {
+            job_ended = true;
+            fds[2].fd = -1;
+        }
+    }
+}

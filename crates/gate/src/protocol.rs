@@ -1,0 +1,430 @@
+//! The gate protocol: the bytes exchanged between warmpool and the gate over the
+//! container's attach stream. Pure framing, std only: this file is compiled both
+//! into the host crates and into the static gate binary, so it must not use any
+//! crate and must not do I/O beyond the `Read` it is handed.
+//!
+//! Host -> gate (the container's stdin), exactly once:
+//!
+//! ```text
+//! "WPGS" | version: u16 BE | body length: u32 BE | body
+//! body = argv: list | env: list | cwd: bytes | stdin flag: u8 (0 = /dev/null, 1 = bytes) | stdin: bytes
+//! list = count: u32 BE, then count x bytes;  bytes = length: u32 BE, then the bytes
+//! ```
+//!
+//! Gate -> host (the container's stdout), a sequence of frames:
+//!
+//! ```text
+//! kind: u8 | length: u32 BE | payload
+//! ```
+//!
+//! `READY` first (payload: the gate's version string), then any number of
+//! `STDOUT`/`STDERR` chunks, optionally one `START_FAILED` (payload: a message),
+//! and `EXIT` last (payload: 0 + exit code i32 BE, or 1 + signal number i32 BE).
+//! The gate's own diagnostics go to the container's stderr, never into frames.
+
+use std::fmt;
+use std::io::Read;
+
+/// Magic that opens a job spec.
+pub const SPEC_MAGIC: [u8; 4] = *b"WPGS";
+/// Version of the spec encoding this file reads and writes.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest spec body the gate accepts (argv + env + stdin bytes).
+pub const MAX_SPEC_BODY: u32 = 256 * 1024 * 1024;
+/// Largest payload of one gate frame the host accepts.
+pub const MAX_FRAME_PAYLOAD: u32 = 16 * 1024 * 1024;
+/// Length of a gate frame header: kind (1) + length (4).
+pub const FRAME_HEADER_LEN: usize = 5;
+
+pub const FRAME_READY: u8 = 1;
+pub const FRAME_STDOUT: u8 = 2;
+pub const FRAME_STDERR: u8 = 3;
+pub const FRAME_START_FAILED: u8 = 4;
+pub const FRAME_EXIT: u8 = 5;
+
+/// What a job is, as far as the gate is concerned: everything is already
+/// resolved by the host (argv, the complete environment, working directory).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// argv[0] is looked up in the job's PATH when it has no '/'.
+    pub argv: Vec<Vec<u8>>,
+    /// "KEY=VALUE" entries in order. The gate starts from Docker's defaults
+    /// (PATH, HOSTNAME), replaces or appends these, and keeps HOME if unset.
+    pub env: Vec<Vec<u8>>,
+    /// Empty means: stay in the container's working directory.
+    pub cwd: Vec<u8>,
+    /// `None`: the job's stdin is /dev/null. `Some`: these bytes, then EOF.
+    pub stdin: Option<Vec<u8>>,
+}
+
+// Env values may be secrets: never print them.
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<String> = self
+            .env
+            .iter()
+            .map(|e| {
+                let key = e.split(|b| *b == b'=').next().unwrap_or(&[]);
+                String::from_utf8_lossy(key).into_owned()
+            })
+            .collect();
+        f.debug_struct("JobSpec")
+            .field(
+                "argv",
+                &self
+                    .argv
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .field("env_keys", &keys)
+            .field("cwd", &String::from_utf8_lossy(&self.cwd))
+            .field("stdin_len", &self.stdin.as_ref().map(|s| s.len()))
+            .finish()
+    }
+}
+
+/// Why a spec could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SpecError {
+    /// The stream ended before a complete spec arrived (`got` bytes of `phase`).
+    Eof { phase: &'static str },
+    BadMagic([u8; 4]),
+    UnsupportedVersion(u16),
+    TooLarge(u32),
+    Malformed(&'static str),
+    Io(String),
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecError::Eof { phase } => write!(
+                f,
+                "stdin closed before a complete job spec arrived (while reading the {phase})"
+            ),
+            SpecError::BadMagic(m) => write!(
+                f,
+                "stdin does not start with a warmpool job spec (got bytes {m:02x?}, want \"WPGS\")"
+            ),
+            SpecError::UnsupportedVersion(v) => write!(
+                f,
+                "job spec version {v} is not supported by this gate (it speaks version {PROTOCOL_VERSION}); \
+                 warmpool and its gate must come from the same build"
+            ),
+            SpecError::TooLarge(n) => write!(
+                f,
+                "job spec of {n} bytes is larger than the limit of {MAX_SPEC_BODY} bytes"
+            ),
+            SpecError::Malformed(what) => write!(f, "malformed job spec: {what}"),
+            SpecError::Io(e) => write!(f, "reading the job spec failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+impl JobSpec {
+    /// The complete spec message: header and body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        for list in [&self.argv, &self.env] {
+            body.extend_from_slice(&(list.len() as u32).to_be_bytes());
+            for item in list.iter() {
+                put_bytes(&mut body, item);
+            }
+        }
+        put_bytes(&mut body, &self.cwd);
+        match &self.stdin {
+            None => {
+                body.push(0);
+                put_bytes(&mut body, &[]);
+            }
+            Some(bytes) => {
+                body.push(1);
+                put_bytes(&mut body, bytes);
+            }
+        }
+        let mut out = Vec::with_capacity(10 + body.len());
+        out.extend_from_slice(&SPEC_MAGIC);
+        out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Read exactly one spec from `r`; reads nothing past its end.
+    pub fn read_from(r: &mut impl Read) -> Result<JobSpec, SpecError> {
+        let mut header = [0u8; 10];
+        read_exact(r, &mut header, "header")?;
+        let magic = [header[0], header[1], header[2], header[3]];
+        if magic != SPEC_MAGIC {
+            return Err(SpecError::BadMagic(magic));
+        }
+        let version = u16::from_be_bytes([header[4], header[5]]);
+        if version != PROTOCOL_VERSION {
+            return Err(SpecError::UnsupportedVersion(version));
+        }
+        let len = u32::from_be_bytes([header[6], header[7], header[8], header[9]]);
+        if len > MAX_SPEC_BODY {
+            return Err(SpecError::TooLarge(len));
+        }
+        let mut body = vec![0u8; len as usize];
+        read_exact(r, &mut body, "body")?;
+        Self::decode_body(&body)
+    }
+
+    fn decode_body(body: &[u8]) -> Result<JobSpec, SpecError> {
+        let mut cur = Cursor { buf: body, pos: 0 };
+        let argv = cur.list("argv")?;
+        if argv.is_empty() {
+            return Err(SpecError::Malformed("argv is empty: nothing to run"));
+        }
+        if argv.iter().any(|a| a.contains(&0)) {
+            return Err(SpecError::Malformed("an argv entry contains a NUL byte"));
+        }
+        let env = cur.list("env")?;
+        for e in &env {
+            if e.contains(&0) {
+                return Err(SpecError::Malformed("an env entry contains a NUL byte"));
+            }
+            match e.iter().position(|b| *b == b'=') {
+                Some(0) | None => {
+                    return Err(SpecError::Malformed(
+                        "an env entry is not of the form KEY=VALUE",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let cwd = cur.bytes("cwd")?;
+        if cwd.contains(&0) {
+            return Err(SpecError::Malformed("cwd contains a NUL byte"));
+        }
+        let flag = cur.u8("stdin flag")?;
+        let stdin_bytes = cur.bytes("stdin")?;
+        let stdin = match flag {
+            0 if stdin_bytes.is_empty() => None,
+            0 => return Err(SpecError::Malformed("stdin bytes given with the /dev/null flag")),
+            1 => Some(stdin_bytes),
+            _ => return Err(SpecError::Malformed("unknown stdin flag")),
+        };
+        if cur.pos != body.len() {
+            return Err(SpecError::Malformed("trailing bytes after the spec body"));
+        }
+        Ok(JobSpec {
+            argv,
+            env,
+            cwd,
+            stdin,
+        })
+    }
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], phase: &'static str) -> Result<(), SpecError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => return Err(SpecError::Eof { phase }),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SpecError::Io(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], SpecError> {
+        let _ = what;
+        if self.buf.len() - self.pos < n {
+            return Err(SpecError::Malformed("a length points past the end of the body"));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, SpecError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, SpecError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, SpecError> {
+        let n = self.u32(what)? as usize;
+        Ok(self.take(n, what)?.to_vec())
+    }
+    fn list(&mut self, what: &'static str) -> Result<Vec<Vec<u8>>, SpecError> {
+        let n = self.u32(what)? as usize;
+        // Each entry needs at least its 4-byte length: refuse counts the body cannot hold.
+        if n > (self.buf.len() - self.pos) / 4 {
+            return Err(SpecError::Malformed("a list count is larger than the body"));
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.bytes(what)?);
+        }
+        Ok(out)
+    }
+}
+
+/// How the job ended, as the gate saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention (and `docker run`'s): 128 + N for a signal.
+    pub fn as_shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// One frame from the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Ready(String),
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    StartFailed(String),
+    Exit(ExitStatus),
+}
+
+/// Header bytes of a frame with a payload of `len` bytes.
+pub fn frame_header(kind: u8, len: usize) -> [u8; FRAME_HEADER_LEN] {
+    let l = (len as u32).to_be_bytes();
+    [kind, l[0], l[1], l[2], l[3]]
+}
+
+/// The payload of an `EXIT` frame.
+pub fn exit_payload(status: ExitStatus) -> [u8; 5] {
+    let (tag, v) = match status {
+        ExitStatus::Code(c) => (0u8, c),
+        ExitStatus::Signal(s) => (1u8, s),
+    };
+    let b = v.to_be_bytes();
+    [tag, b[0], b[1], b[2], b[3]]
+}
+
+/// A frame encoded whole (header and payload); used by tests and the gate.
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    let (kind, payload): (u8, Vec<u8>) = match frame {
+        Frame::Ready(v) => (FRAME_READY, v.as_bytes().to_vec()),
+        Frame::Stdout(b) => (FRAME_STDOUT, b.clone()),
+        Frame::Stderr(b) => (FRAME_STDERR, b.clone()),
+        Frame::StartFailed(m) => (FRAME_START_FAILED, m.as_bytes().to_vec()),
+        Frame::Exit(s) => (FRAME_EXIT, exit_payload(*s).to_vec()),
+    };
+    let mut out = frame_header(kind, payload.len()).to_vec();
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Why the gate's output could not be understood.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    UnknownKind(u8),
+    TooLarge(u32),
+    BadExit,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::UnknownKind(k) => write!(f, "the gate sent a frame of unknown kind {k}"),
+            FrameError::TooLarge(n) => write!(
+                f,
+                "the gate sent a frame of {n} bytes, over the limit of {MAX_FRAME_PAYLOAD}"
+            ),
+            FrameError::BadExit => write!(f, "the gate sent a malformed exit frame"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Reassembles frames from chunks that may split or merge them arbitrarily.
+#[derive(Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes received but not yet part of a complete frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        // Compact before growing so the buffer stays about one frame large.
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete frame, if one has arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let kind = avail[0];
+        let len = u32::from_be_bytes([avail[1], avail[2], avail[3], avail[4]]);
+        if len > MAX_FRAME_PAYLOAD {
+            return Err(FrameError::TooLarge(len));
+        }
+        if !(FRAME_READY..=FRAME_EXIT).contains(&kind) {
+            return Err(FrameError::UnknownKind(kind));
+        }
+        let total = FRAME_HEADER_LEN + len as usize;
+        if avail.len() < total {
+            return Ok(None);
+        }
+        let payload = &avail[FRAME_HEADER_LEN..total];
+        let frame = match kind {
+            FRAME_READY => Frame::Ready(String::from_utf8_lossy(payload).into_owned()),
+            FRAME_STDOUT => Frame::Stdout(payload.to_vec()),
+            FRAME_STDERR => Frame::Stderr(payload.to_vec()),
+            FRAME_START_FAILED => Frame::StartFailed(String::from_utf8_lossy(payload).into_owned()),
+            _ => {
+                if payload.len() != 5 {
+                    return Err(FrameError::BadExit);
+                }
+                let v = i32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+                match payload[0] {
+                    0 => Frame::Exit(ExitStatus::Code(v)),
+                    1 => Frame::Exit(ExitStatus::Signal(v)),
+                    _ => return Err(FrameError::BadExit),
+                }
+            }
+        };
+        self.start += total;
+        Ok(Some(frame))
+    }
+}
