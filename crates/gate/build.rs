@@ -26,8 +26,19 @@ fn main() {
     let gate = out_dir.join("warmpool-gate");
     let status = Command::new(&rustc)
         .env("CARGO_PKG_VERSION_GATE", &version)
-        .args(["--edition=2021", "--crate-name=warmpool_gate", "--crate-type=bin"])
-        .args(["-C", "opt-level=s", "-C", "panic=abort", "-C", "codegen-units=1"])
+        .args([
+            "--edition=2021",
+            "--crate-name=warmpool_gate",
+            "--crate-type=bin",
+        ])
+        .args([
+            "-C",
+            "opt-level=s",
+            "-C",
+            "panic=abort",
+            "-C",
+            "codegen-units=1",
+        ])
         .args(["-C", "target-feature=+crt-static", "-C", "strip=symbols"])
         .args(["--target", &target])
         .arg("-o")

@@ -141,7 +141,9 @@ impl<'de> Deserialize<'de> for ConfigSize {
         impl de::Visitor<'_> for V {
             type Value = ConfigSize;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size: bytes as an integer, or a string like \"512k\", \"256m\", \"2g\"")
+                f.write_str(
+                    "a size: bytes as an integer, or a string like \"512k\", \"256m\", \"2g\"",
+                )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 if v < 0 {
@@ -164,9 +166,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a duration (try \"500ms\", \"30s\", \"2m\", \"1h\")"))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("\"{s}\" is not a duration (try \"500ms\", \"30s\", \"2m\", \"1h\")")
+    })?;
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -277,7 +279,9 @@ impl RawProfile {
         }
         if let Some(c) = self.cpus {
             if !(c > 0.0 && c.is_finite()) {
-                return Err(format!("key `cpus`: {c} must be a positive number like 0.5 or 2"));
+                return Err(format!(
+                    "key `cpus`: {c} must be a positive number like 0.5 or 2"
+                ));
             }
         }
         if let Some(p) = self.pids_limit {
@@ -294,7 +298,10 @@ impl RawProfile {
                 ));
             }
         }
-        let output_limit = self.output_limit.map(|s| s.0).unwrap_or(DEFAULT_OUTPUT_LIMIT);
+        let output_limit = self
+            .output_limit
+            .map(|s| s.0)
+            .unwrap_or(DEFAULT_OUTPUT_LIMIT);
         if output_limit == 0 {
             return Err("key `output_limit`: must be above 0".into());
         }
@@ -322,7 +329,9 @@ impl RawProfile {
         }
         if let Some(u) = &self.user {
             if u.is_empty() || u.contains(char::is_whitespace) {
-                return Err(format!("key `user`: \"{u}\" is not a user (name, uid, or uid:gid)"));
+                return Err(format!(
+                    "key `user`: \"{u}\" is not a user (name, uid, or uid:gid)"
+                ));
             }
         }
         for k in self.labels.keys() {
@@ -375,9 +384,9 @@ impl Config {
         for (key, value) in doc {
             match key.as_str() {
                 "engine" => {
-                    config.engine = value
-                        .try_into()
-                        .map_err(|e: toml::de::Error| ConfigError::Top(format!("[engine]: {}", e.message())))?;
+                    config.engine = value.try_into().map_err(|e: toml::de::Error| {
+                        ConfigError::Top(format!("[engine]: {}", e.message()))
+                    })?;
                 }
                 "profiles" => {
                     let toml::Value::Table(profiles) = value else {
@@ -491,7 +500,10 @@ mod tests {
     #[test]
     fn errors_name_profile_and_key() {
         let e = err("[profiles.echo]\nimage = \"x\"\nmemroy = \"1g\"\n");
-        assert!(e.contains("profile \"echo\"") && e.contains("memroy"), "{e}");
+        assert!(
+            e.contains("profile \"echo\"") && e.contains("memroy"),
+            "{e}"
+        );
         let e = err("[profiles.echo]\nimage = \"x\"\njob_timeout = \"soon\"\n");
         assert!(e.contains("profile \"echo\"") && e.contains("soon"), "{e}");
         let e = err("[profiles.echo]\nimage = \"x\"\nmemory = \"lots\"\n");
@@ -539,8 +551,14 @@ mod tests {
         assert_eq!(
             p.tmpfs,
             vec![
-                Tmpfs { path: "/tmp".into(), options: "size=64m".into() },
-                Tmpfs { path: "/run".into(), options: "".into() }
+                Tmpfs {
+                    path: "/tmp".into(),
+                    options: "size=64m".into()
+                },
+                Tmpfs {
+                    path: "/run".into(),
+                    options: "".into()
+                }
             ]
         );
         assert_eq!(p.cap_drop, vec!["ALL"]);

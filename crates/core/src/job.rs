@@ -36,7 +36,10 @@ impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
             .field("args", &self.args)
-            .field("env_keys", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "env_keys",
+                &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("stdin_len", &self.stdin.as_ref().map(|s| s.len()))
             .field("timeout", &self.timeout)
             .finish()
@@ -113,7 +116,10 @@ pub fn compose(image: &ImageConfig, profile: &Profile, job: &Job) -> Result<JobS
             replace_or_append(&mut env, entry.clone());
         }
     }
-    let cwd = profile.workdir.clone().unwrap_or_else(|| image.workdir.clone());
+    let cwd = profile
+        .workdir
+        .clone()
+        .unwrap_or_else(|| image.workdir.clone());
     Ok(JobSpec {
         argv: argv.into_iter().map(String::into_bytes).collect(),
         env: env.into_iter().map(String::into_bytes).collect(),
@@ -138,7 +144,9 @@ mod tests {
     }
 
     fn strings(v: &[Vec<u8>]) -> Vec<String> {
-        v.iter().map(|b| String::from_utf8(b.clone()).unwrap()).collect()
+        v.iter()
+            .map(|b| String::from_utf8(b.clone()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -146,26 +154,48 @@ mod tests {
         let p = Profile::new("p", "img");
         let spec = compose(&image(), &p, &Job::default()).unwrap();
         assert_eq!(strings(&spec.argv), ["/bin/entry", "default"]);
-        let job = Job { args: vec!["a".into(), "b".into()], ..Job::default() };
+        let job = Job {
+            args: vec!["a".into(), "b".into()],
+            ..Job::default()
+        };
         let spec = compose(&image(), &p, &job).unwrap();
         assert_eq!(strings(&spec.argv), ["/bin/entry", "a", "b"]);
-        let cmd_only = ImageConfig { entrypoint: vec![], ..image() };
+        let cmd_only = ImageConfig {
+            entrypoint: vec![],
+            ..image()
+        };
         let spec = compose(&cmd_only, &p, &job).unwrap();
         assert_eq!(strings(&spec.argv), ["a", "b"]);
-        let none = ImageConfig { entrypoint: vec![], cmd: vec![], ..image() };
-        assert_eq!(compose(&none, &p, &Job::default()).unwrap_err(), JobError::NoCommand);
+        let none = ImageConfig {
+            entrypoint: vec![],
+            cmd: vec![],
+            ..image()
+        };
+        assert_eq!(
+            compose(&none, &p, &Job::default()).unwrap_err(),
+            JobError::NoCommand
+        );
     }
 
     #[test]
     fn env_follows_the_daemons_merge() {
         let mut p = Profile::new("p", "img");
-        p.env = vec![("GREETING".into(), "hi".into()), ("LANG".into(), "en".into())];
+        p.env = vec![
+            ("GREETING".into(), "hi".into()),
+            ("LANG".into(), "en".into()),
+        ];
         let job = Job {
-            env: vec![("GREETING".into(), "yo".into()), ("SECRET".into(), "s".into())],
+            env: vec![
+                ("GREETING".into(), "yo".into()),
+                ("SECRET".into(), "s".into()),
+            ],
             ..Job::default()
         };
         let spec = compose(&image(), &p, &job).unwrap();
-        assert_eq!(strings(&spec.env), ["GREETING=yo", "LANG=en", "SECRET=s", "PATH=/bin"]);
+        assert_eq!(
+            strings(&spec.env),
+            ["GREETING=yo", "LANG=en", "SECRET=s", "PATH=/bin"]
+        );
     }
 
     #[test]
@@ -173,23 +203,47 @@ mod tests {
         let mut p = Profile::new("p", "img");
         assert_eq!(compose(&image(), &p, &Job::default()).unwrap().cwd, b"/srv");
         p.workdir = Some("/work".into());
-        assert_eq!(compose(&image(), &p, &Job::default()).unwrap().cwd, b"/work");
+        assert_eq!(
+            compose(&image(), &p, &Job::default()).unwrap().cwd,
+            b"/work"
+        );
     }
 
     #[test]
     fn bad_job_input_is_refused() {
         let p = Profile::new("p", "img");
-        let job = Job { env: vec![("A-B".into(), "v".into())], ..Job::default() };
-        assert_eq!(compose(&image(), &p, &job).unwrap_err(), JobError::BadEnvName("A-B".into()));
-        let job = Job { env: vec![("A".into(), "v\0".into())], ..Job::default() };
-        assert_eq!(compose(&image(), &p, &job).unwrap_err(), JobError::NulInEnv("A".into()));
-        let job = Job { args: vec!["ok".into(), "\0".into()], ..Job::default() };
-        assert_eq!(compose(&image(), &p, &job).unwrap_err(), JobError::NulInArg(1));
+        let job = Job {
+            env: vec![("A-B".into(), "v".into())],
+            ..Job::default()
+        };
+        assert_eq!(
+            compose(&image(), &p, &job).unwrap_err(),
+            JobError::BadEnvName("A-B".into())
+        );
+        let job = Job {
+            env: vec![("A".into(), "v\0".into())],
+            ..Job::default()
+        };
+        assert_eq!(
+            compose(&image(), &p, &job).unwrap_err(),
+            JobError::NulInEnv("A".into())
+        );
+        let job = Job {
+            args: vec!["ok".into(), "\0".into()],
+            ..Job::default()
+        };
+        assert_eq!(
+            compose(&image(), &p, &job).unwrap_err(),
+            JobError::NulInArg(1)
+        );
     }
 
     #[test]
     fn debug_never_shows_env_values() {
-        let job = Job { env: vec![("TOKEN".into(), "hunter2".into())], ..Job::default() };
+        let job = Job {
+            env: vec![("TOKEN".into(), "hunter2".into())],
+            ..Job::default()
+        };
         assert!(!format!("{job:?}").contains("hunter2"));
         let spec = compose(&image(), &Profile::new("p", "i"), &job).unwrap();
         assert!(!format!("{spec:?}").contains("hunter2"));

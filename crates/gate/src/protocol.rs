@@ -88,7 +88,9 @@ impl fmt::Debug for JobSpec {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SpecError {
     /// The stream ended before a complete spec arrived (`got` bytes of `phase`).
-    Eof { phase: &'static str },
+    Eof {
+        phase: &'static str,
+    },
     BadMagic([u8; 4]),
     UnsupportedVersion(u16),
     TooLarge(u32),
@@ -210,7 +212,11 @@ impl JobSpec {
         let stdin_bytes = cur.bytes("stdin")?;
         let stdin = match flag {
             0 if stdin_bytes.is_empty() => None,
-            0 => return Err(SpecError::Malformed("stdin bytes given with the /dev/null flag")),
+            0 => {
+                return Err(SpecError::Malformed(
+                    "stdin bytes given with the /dev/null flag",
+                ))
+            }
             1 => Some(stdin_bytes),
             _ => return Err(SpecError::Malformed("unknown stdin flag")),
         };
@@ -248,7 +254,9 @@ impl Cursor<'_> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], SpecError> {
         let _ = what;
         if self.buf.len() - self.pos < n {
-            return Err(SpecError::Malformed("a length points past the end of the body"));
+            return Err(SpecError::Malformed(
+                "a length points past the end of the body",
+            ));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;

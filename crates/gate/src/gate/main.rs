@@ -183,11 +183,15 @@ fn run(spec: JobSpec, out: &mut FrameWriter) -> ExitStatus {
     let mut cmd = Command::new(OsStr::from_bytes(&program));
     cmd.arg0(OsStr::from_bytes(&spec.argv[0]));
     cmd.args(spec.argv[1..].iter().map(|a| OsStr::from_bytes(a)));
-    cmd.env_clear();
-    cmd.envs(
-        env.iter()
-            .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
-    );
+    // Command's own env API sorts the variables; `docker run` keeps their order. So
+    // the gate rewrites its own environment in order (it is single-threaded here)
+    // and the child inherits it as it is.
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    for (k, v) in &env {
+        std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v));
+    }
     if !spec.cwd.is_empty() {
         cmd.current_dir(OsStr::from_bytes(&spec.cwd));
     }

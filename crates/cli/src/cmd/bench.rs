@@ -1,0 +1,409 @@
+//! `warmpool bench`: time to first output and time to exit, in one run, for the
+//! warm path, the cold path, `docker exec` into a kept-alive container (the old
+//! approach) and `docker run` through the Engine API. Prints medians, p99s and
+//! the ratios; `--json` for machines.
+
+use anyhow::Context;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use warmpool_core::{labels, Job};
+use warmpool_exec::{OutputSink, RunControl, StreamKind};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    #[arg(long, short = 'p')]
+    profile: String,
+    /// Jobs per mode.
+    #[arg(long, default_value_t = 20)]
+    jobs: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Arguments of the job (replacing the image's CMD); default: the image's CMD.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// Counts output and notes when the first byte came.
+struct NullSink {
+    bytes: u64,
+}
+
+impl OutputSink for NullSink {
+    async fn write(&mut self, _: StreamKind, data: &[u8]) -> std::io::Result<()> {
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Sample {
+    first_output_ms: f64,
+    exit_ms: f64,
+}
+
+#[derive(Serialize)]
+struct ModeStats {
+    mode: &'static str,
+    what: &'static str,
+    n: usize,
+    first_output_p50_ms: f64,
+    first_output_p99_ms: f64,
+    exit_p50_ms: f64,
+    exit_p99_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    profile: String,
+    image: String,
+    jobs: usize,
+    modes: Vec<ModeStats>,
+    park_p50_ms: f64,
+    ratios: HashMap<&'static str, f64>,
+    goals: Vec<(String, bool)>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Nearest-rank percentile of an unsorted slice.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+fn stats(mode: &'static str, what: &'static str, samples: &[Sample]) -> ModeStats {
+    let first: Vec<f64> = samples.iter().map(|s| s.first_output_ms).collect();
+    let exit: Vec<f64> = samples.iter().map(|s| s.exit_ms).collect();
+    ModeStats {
+        mode,
+        what,
+        n: samples.len(),
+        first_output_p50_ms: percentile(&first, 50.0),
+        first_output_p99_ms: percentile(&first, 99.0),
+        exit_p50_ms: percentile(&exit, 50.0),
+        exit_p99_ms: percentile(&exit, 99.0),
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
+    anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
+    let config = super::load_config(&args.config)?;
+    let profile = config.profile(&args.profile)?.clone();
+    let (runtime, executor) = super::connect(&config)?;
+    let resolved = executor.resolve(&profile).await?;
+    let job = Job {
+        args: args.args.clone(),
+        env: vec![("WARMPOOL_BENCH".into(), "1".into())],
+        ..Job::default()
+    };
+    let spec = warmpool_core::job::compose(&resolved.image, &profile, &job)?;
+    let argv: Vec<String> = spec
+        .argv
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let env: Vec<String> = spec
+        .env
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let docker = runtime.client().clone();
+    let progress = |what: &str| {
+        if !args.json {
+            eprintln!("bench: {what} x {} ...", args.jobs);
+        }
+    };
+
+    // Warm: park (not timed), then time from hand-over.
+    progress("warm");
+    let mut warm = Vec::new();
+    let mut parks = Vec::new();
+    for _ in 0..args.jobs {
+        let parked = executor.park(resolved.clone()).await?;
+        parks.push(ms(parked.park_timings().total));
+        let mut sink = NullSink { bytes: 0 };
+        let o = parked
+            .run(job.clone(), &mut sink, RunControl::default())
+            .await?;
+        anyhow::ensure!(o.lost.is_none(), "warm run lost: {:?}", o.lost);
+        warm.push(Sample {
+            first_output_ms: o.run.first_output.map(ms).unwrap_or(f64::NAN),
+            exit_ms: ms(o.run.exit),
+        });
+    }
+    executor.drain().await;
+
+    // Cold: the same path with the parking on the job's time.
+    progress("cold");
+    let mut cold = Vec::new();
+    for _ in 0..args.jobs {
+        let t0 = Instant::now();
+        let mut sink = NullSink { bytes: 0 };
+        let o = executor
+            .run_cold(
+                resolved.clone(),
+                job.clone(),
+                &mut sink,
+                RunControl::default(),
+            )
+            .await?;
+        let total = t0.elapsed();
+        cold.push(Sample {
+            first_output_ms: o
+                .run
+                .first_output
+                .map(|f| ms(o.park.total + f))
+                .unwrap_or(f64::NAN),
+            exit_ms: ms(total),
+        });
+    }
+    executor.drain().await;
+
+    // docker exec into one kept-alive container (the old approach). The container
+    // is a parked gate that never gets a job: it just stays alive, as `tail -f` did.
+    progress("docker exec");
+    let keeper = executor.park(resolved.clone()).await?;
+    let keeper_id = keeper.id().to_string();
+    let mut exec = Vec::new();
+    for _ in 0..args.jobs {
+        let t0 = Instant::now();
+        let created = docker
+            .create_exec(
+                &keeper_id,
+                CreateExecOptions {
+                    cmd: Some(argv.clone()),
+                    env: Some(env.clone()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("docker exec: create")?;
+        let mut first = None;
+        if let StartExecResults::Attached { mut output, .. } = docker
+            .start_exec(&created.id, None)
+            .await
+            .context("docker exec: start")?
+        {
+            while let Some(item) = output.next().await {
+                if item.is_ok() && first.is_none() {
+                    first = Some(t0.elapsed());
+                }
+            }
+        }
+        let inspected = docker
+            .inspect_exec(&created.id)
+            .await
+            .context("docker exec: inspect")?;
+        anyhow::ensure!(inspected.exit_code.is_some(), "docker exec: no exit code");
+        exec.push(Sample {
+            first_output_ms: first.map(ms).unwrap_or(f64::NAN),
+            exit_ms: ms(t0.elapsed()),
+        });
+    }
+    drop(keeper);
+    executor.drain().await;
+
+    // docker run through the Engine API: create, attach, start, wait (then remove,
+    // untimed, as `--rm` would do after the exit is known).
+    progress("docker run");
+    let mut run = Vec::new();
+    for i in 0..args.jobs {
+        let t0 = Instant::now();
+        let name = format!("warmpool-bench-run-{}-{i}", std::process::id());
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                ContainerCreateBody {
+                    image: Some(profile.image.clone()),
+                    entrypoint: Some(vec![]),
+                    cmd: Some(argv.clone()),
+                    env: Some(env.clone()),
+                    user: profile.user.clone(),
+                    working_dir: profile.workdir.clone(),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    labels: Some(HashMap::from([
+                        (labels::MANAGED.to_string(), "true".to_string()),
+                        (labels::PROFILE.to_string(), profile.name.clone()),
+                        (labels::ROLE.to_string(), "bench".to_string()),
+                    ])),
+                    host_config: Some(HostConfig {
+                        init: Some(true),
+                        network_mode: profile.network.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("docker run: create")?;
+        let attached = docker
+            .attach_container(
+                &created.id,
+                Some(
+                    AttachContainerOptionsBuilder::default()
+                        .stdout(true)
+                        .stderr(true)
+                        .stream(true)
+                        .build(),
+                ),
+            )
+            .await
+            .context("docker run: attach")?;
+        docker
+            .start_container(&created.id, None)
+            .await
+            .context("docker run: start")?;
+        let mut output = attached.output;
+        let first = match tokio::time::timeout(Duration::from_secs(60), output.next()).await {
+            Ok(Some(Ok(_))) => Some(t0.elapsed()),
+            _ => None,
+        };
+        let mut wait = docker.wait_container(
+            &created.id,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        let _ = wait.next().await;
+        run.push(Sample {
+            first_output_ms: first.map(ms).unwrap_or(f64::NAN),
+            exit_ms: ms(t0.elapsed()),
+        });
+        drop(output);
+        docker
+            .remove_container(
+                &created.id,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+            .context("docker run: remove")?;
+    }
+
+    let modes = vec![
+        stats("warm", "hand-over to a parked gate", &warm),
+        stats("cold", "create + attach + start + hand-over", &cold),
+        stats("docker exec", "exec into a kept-alive container", &exec),
+        stats("docker run", "Engine API create/attach/start/wait", &run),
+    ];
+    let w = &modes[0];
+    let mut ratios = HashMap::new();
+    ratios.insert(
+        "cold_exit_over_warm_exit",
+        modes[1].exit_p50_ms / w.exit_p50_ms,
+    );
+    ratios.insert(
+        "exec_exit_over_warm_exit",
+        modes[2].exit_p50_ms / w.exit_p50_ms,
+    );
+    ratios.insert(
+        "run_exit_over_warm_exit",
+        modes[3].exit_p50_ms / w.exit_p50_ms,
+    );
+    ratios.insert(
+        "run_first_output_over_warm_first_output",
+        modes[3].first_output_p50_ms / w.first_output_p50_ms,
+    );
+    let goals = vec![
+        (
+            format!(
+                "warm first output p50 {:.2} ms <= 5 ms",
+                w.first_output_p50_ms
+            ),
+            w.first_output_p50_ms <= 5.0,
+        ),
+        (
+            format!(
+                "warm first output p99 {:.2} ms <= 20 ms",
+                w.first_output_p99_ms
+            ),
+            w.first_output_p99_ms <= 20.0,
+        ),
+        (
+            format!(
+                "warm exit p50 {:.2} ms <= docker run exit p50 / 30 ({:.2} ms)",
+                w.exit_p50_ms,
+                modes[3].exit_p50_ms / 30.0
+            ),
+            w.exit_p50_ms <= modes[3].exit_p50_ms / 30.0,
+        ),
+    ];
+    let report = Report {
+        profile: profile.name.clone(),
+        image: profile.image.clone(),
+        jobs: args.jobs,
+        modes,
+        park_p50_ms: percentile(&parks, 50.0),
+        ratios,
+        goals,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(0)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "warmpool bench: profile {} (image {}), {} jobs per mode, job argv from the image",
+        r.profile, r.image, r.jobs
+    );
+    println!();
+    println!(
+        "| {:<12} | {:>16} | {:>16} | {:>10} | {:>10} | {}",
+        "mode", "first output p50", "first output p99", "exit p50", "exit p99", "what"
+    );
+    println!(
+        "|{:-<14}|{:->18}|{:->18}|{:->12}|{:->12}|------",
+        "", "", "", "", ""
+    );
+    for m in &r.modes {
+        println!(
+            "| {:<12} | {:>13.2} ms | {:>13.2} ms | {:>7.2} ms | {:>7.2} ms | {}",
+            m.mode,
+            m.first_output_p50_ms,
+            m.first_output_p99_ms,
+            m.exit_p50_ms,
+            m.exit_p99_ms,
+            m.what
+        );
+    }
+    println!();
+    println!(
+        "parking one container (not on the warm job's time): p50 {:.1} ms",
+        r.park_p50_ms
+    );
+    let mut keys: Vec<_> = r.ratios.keys().collect();
+    keys.sort();
+    for k in keys {
+        println!("ratio {k}: {:.1}x", r.ratios[k]);
+    }
+    for (goal, met) in &r.goals {
+        println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
+    }
+}

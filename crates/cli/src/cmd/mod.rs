@@ -1,0 +1,23 @@
+//! One module per subcommand, plus what they share: loading the config and
+//! connecting to the engine it names.
+
+pub mod bench;
+pub mod doctor;
+pub mod run;
+
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+use warmpool_core::Config;
+use warmpool_exec::Executor;
+use warmpool_runtime::DockerRuntime;
+
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+pub fn connect(config: &Config) -> anyhow::Result<(Arc<DockerRuntime>, Executor)> {
+    let runtime = Arc::new(DockerRuntime::connect(config.engine.host.as_deref())?);
+    let executor = Executor::new(runtime.clone());
+    Ok((runtime, executor))
+}

@@ -1,0 +1,190 @@
+//! `warmpool run`: one job, its output on ours, its exit code as ours.
+
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use warmpool_core::config::{parse_duration, valid_env_name};
+use warmpool_core::Job;
+use warmpool_exec::{Outcome, OutputSink, RunControl, StreamKind};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The config file (TOML) with the profile.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// The profile to run.
+    #[arg(long, short = 'p')]
+    profile: String,
+    /// Job env: KEY=VALUE, or KEY to take its value from this environment. Sent to
+    /// the container's gate only; never part of the container's config.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Create the container now, on the job's time (the default).
+    #[arg(long, conflicts_with = "warm")]
+    cold: bool,
+    /// Park a container first; hand the job over once it is parked.
+    #[arg(long)]
+    warm: bool,
+    /// Print phase timings on stderr after the job.
+    #[arg(long)]
+    timing: bool,
+    /// Pass this process's stdin to the job (read to its end first), as `docker run -i`.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Override the profile's job_timeout ("30s", "2m").
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Arguments replacing the image's CMD.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// Writes the job's streams to ours as they come.
+struct StdSink {
+    out: tokio::io::Stdout,
+    err: tokio::io::Stderr,
+}
+
+impl OutputSink for StdSink {
+    async fn write(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+        match stream {
+            StreamKind::Stdout => {
+                self.out.write_all(data).await?;
+                self.out.flush().await
+            }
+            StreamKind::Stderr => {
+                self.err.write_all(data).await?;
+                self.err.flush().await
+            }
+        }
+    }
+}
+
+pub fn parse_env(entries: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for e in entries {
+        let (k, v) = match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(e) {
+                Ok(v) => (e.clone(), v),
+                // As docker: `-e NAME` for an unset NAME passes nothing.
+                Err(_) => continue,
+            },
+        };
+        if !valid_env_name(&k) {
+            bail!(
+                "-e {k}: not a valid variable name (letters, digits, _; not starting with a digit)"
+            );
+        }
+        env.push((k, v));
+    }
+    Ok(env)
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let config = super::load_config(&args.config)?;
+    let profile = config.profile(&args.profile)?.clone();
+    let timeout = match &args.timeout {
+        Some(t) => Some(
+            parse_duration(t)
+                .map_err(anyhow::Error::msg)
+                .context("--timeout")?,
+        ),
+        None => None,
+    };
+    let stdin = if args.interactive {
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut buf)
+            .await
+            .context("reading stdin for the job")?;
+        Some(buf)
+    } else {
+        None
+    };
+    let job = Job {
+        args: args.args,
+        env: parse_env(&args.env)?,
+        stdin,
+        timeout,
+    };
+    job.validate()?;
+    let (_runtime, executor) = super::connect(&config)?;
+    let resolved = executor.resolve(&profile).await?;
+
+    // Our signals go to the job, as `docker run` proxies them.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut forwarders = Vec::new();
+    for (kind, name) in [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ] {
+        let mut s = signal(kind).context("installing signal handlers")?;
+        let tx = tx.clone();
+        forwarders.push(tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(name).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let control = RunControl { signals: Some(rx) };
+    let mut sink = StdSink {
+        out: tokio::io::stdout(),
+        err: tokio::io::stderr(),
+    };
+    let outcome = if args.warm {
+        let parked = executor.park(resolved).await?;
+        parked.run(job, &mut sink, control).await?
+    } else {
+        executor.run_cold(resolved, job, &mut sink, control).await?
+    };
+    for f in forwarders {
+        f.abort();
+    }
+    if args.timing {
+        print_timing(&outcome, args.warm);
+    }
+    if let Some(lost) = &outcome.lost {
+        eprintln!("warmpool: {lost}");
+    }
+    if outcome.timed_out {
+        eprintln!("warmpool: the job timed out and was stopped");
+    }
+    // Removing the used container is off the job's path, but must finish before we exit.
+    executor.drain().await;
+    Ok(outcome.exit_code().clamp(0, 255) as u8)
+}
+
+fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn print_timing(o: &Outcome, warm: bool) {
+    let p = o.park;
+    eprintln!(
+        "warmpool: {} park {} (create {}, attach {}, start {}, gate ready {})",
+        if warm { "warm:" } else { "cold:" },
+        ms(p.total),
+        ms(p.create),
+        ms(p.attach),
+        ms(p.start),
+        ms(p.ready)
+    );
+    eprintln!(
+        "warmpool: job handed over -> first output {}, exit {}{}",
+        o.run
+            .first_output
+            .map(ms)
+            .unwrap_or_else(|| "(none)".into()),
+        ms(o.run.exit),
+        if warm {
+            String::new()
+        } else {
+            format!("; request -> exit {}", ms(p.total + o.run.exit))
+        }
+    );
+}

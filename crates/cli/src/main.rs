@@ -1,0 +1,64 @@
+//! `warmpool`: the binary. Thin on purpose: one file per subcommand under `cmd/`,
+//! each turning its arguments into calls on `warmpool-exec`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exit code for a failure of warmpool itself (as `docker run` uses 125).
+pub const EXIT_WARMPOOL_FAILED: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "warmpool",
+    version,
+    about = "Warm Docker containers for one-shot jobs: `docker run` semantics, millisecond starts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one job in a fresh container of a profile, like `docker run --rm --init`.
+    Run(cmd::run::RunArgs),
+    /// Check the engine, each profile's image, and that the gate starts in it.
+    Doctor(cmd::doctor::DoctorArgs),
+    /// Measure warm and cold starts against `docker exec` and `docker run`.
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Quiet by default: `warmpool run` stands in for `docker run` and prints only
+    // the job's output. WARMPOOL_LOG=debug (an EnvFilter) shows what happens.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARMPOOL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warmpool: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_WARMPOOL_FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => cmd::run::run(args).await,
+            Command::Doctor(args) => cmd::doctor::run(args).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("warmpool: error: {e:#}");
+            ExitCode::from(EXIT_WARMPOOL_FAILED)
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! A container parked at its gate, and the one path every job takes from there:
+//! hand over the spec, stream the frames, take the exit, remove the container.
+
+use crate::outcome::{Outcome, ParkTimings, RunTimings, StreamKind};
+use crate::{keep_tail, stderr_note, ExecError, Executor, ResolvedProfile};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use warmpool_core::job::compose;
+use warmpool_core::Job;
+use warmpool_gate::protocol::{ExitStatus, Frame, FrameDecoder};
+use warmpool_runtime::{Output, RuntimeError};
+
+/// Where a job's output goes, chunk by chunk, as it arrives. Never handed the
+/// whole output: a job that writes gigabytes costs one chunk of memory.
+pub trait OutputSink: Send {
+    fn write(
+        &mut self,
+        stream: StreamKind,
+        data: &[u8],
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Signals to pass on to a running job (as `docker run` proxies its own signals).
+#[derive(Default)]
+pub struct RunControl {
+    pub signals: Option<mpsc::UnboundedReceiver<&'static str>>,
+}
+
+/// How long the stream may still deliver frames after the engine says the
+/// container has stopped.
+const AFTER_STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// A started container whose gate waits for its one job.
+pub struct Parked {
+    executor: Executor,
+    profile: Arc<ResolvedProfile>,
+    id: Option<String>,
+    output: BoxStream<'static, Result<Output, RuntimeError>>,
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    decoder: FrameDecoder,
+    parked_at: Instant,
+    timings: ParkTimings,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("id", &self.id)
+            .field("profile", &self.profile.profile.name)
+            .finish()
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        // A parked container that never ran a job (shutdown, error) is removed too.
+        if let Some(id) = self.id.take() {
+            self.executor.remove_later(id);
+        }
+    }
+}
+
+impl Parked {
+    pub(crate) fn new(
+        executor: Executor,
+        profile: Arc<ResolvedProfile>,
+        id: String,
+        output: BoxStream<'static, Result<Output, RuntimeError>>,
+        input: Pin<Box<dyn AsyncWrite + Send>>,
+        decoder: FrameDecoder,
+        timings: ParkTimings,
+    ) -> Parked {
+        Parked {
+            executor,
+            profile,
+            id: Some(id),
+            output,
+            input,
+            decoder,
+            parked_at: Instant::now(),
+            timings,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+
+    pub fn profile(&self) -> &Arc<ResolvedProfile> {
+        &self.profile
+    }
+
+    /// How long this container has been waiting for a job.
+    pub fn parked_for(&self) -> Duration {
+        self.parked_at.elapsed()
+    }
+
+    pub fn park_timings(&self) -> ParkTimings {
+        self.timings
+    }
+
+    /// Run `job` here: the only way any job runs. Consumes the container; it is
+    /// removed in the background once the job has ended.
+    pub async fn run<S: OutputSink>(
+        mut self,
+        job: Job,
+        sink: &mut S,
+        mut control: RunControl,
+    ) -> Result<Outcome, ExecError> {
+        let id = self.id().to_string();
+        let spec = compose(&self.profile.image, &self.profile.profile, &job)?;
+        let profile = &self.profile.profile;
+        let timeout = job.timeout.unwrap_or(profile.job_timeout);
+        let grace = profile.kill_grace;
+        let limit = profile.output_limit;
+        let runtime = self.executor.runtime.clone();
+
+        let handover = Instant::now();
+        let encoded = spec.encode();
+        drop(spec);
+        let write = async {
+            self.input.write_all(&encoded).await?;
+            self.input.flush().await
+        };
+        if let Err(e) = write.await {
+            return Err(ExecError::StreamLost {
+                container: id,
+                reason: format!("handing the job over failed: {e}"),
+            });
+        }
+        drop(encoded);
+
+        // The engine's wait is a watchdog for a container that dies without an exit
+        // frame (killed from outside, out of memory): the frames stay the source of truth.
+        let watch_runtime = runtime.clone();
+        let watch_id = id.clone();
+        let mut stopped = Box::pin(async move { watch_runtime.wait(&watch_id).await });
+        let mut stop_code: Option<i64> = None;
+
+        let mut streams = [StreamState::new(limit), StreamState::new(limit)];
+        let mut first_output: Option<Duration> = None;
+        let mut start_error = None;
+        let mut gate_stderr = Vec::new();
+        let mut exit: Option<ExitStatus> = None;
+        let mut lost: Option<String> = None;
+        let mut timed_out = false;
+        let deadline = tokio::time::Instant::from_std(handover + timeout);
+        let far = deadline + Duration::from_secs(365 * 24 * 3600);
+        let mut kill_at = far;
+        let mut give_up_at = far;
+
+        'run: loop {
+            tokio::select! {
+                biased;
+                item = self.output.next() => match item {
+                    Some(Ok(Output::Stdout(bytes))) => {
+                        self.decoder.push(&bytes);
+                        loop {
+                            let frame = match self.decoder.next_frame() {
+                                Ok(Some(f)) => f,
+                                Ok(None) => break,
+                                Err(e) => return Err(ExecError::Protocol { container: id, reason: e.to_string() }),
+                            };
+                            let (kind, data) = match frame {
+                                Frame::Stdout(d) => (StreamKind::Stdout, d),
+                                Frame::Stderr(d) => (StreamKind::Stderr, d),
+                                Frame::StartFailed(msg) => {
+                                    start_error = Some(msg);
+                                    continue;
+                                }
+                                Frame::Exit(status) => {
+                                    exit = Some(status);
+                                    break 'run;
+                                }
+                                Frame::Ready(_) => {
+                                    return Err(ExecError::Protocol { container: id, reason: "a second READY frame".into() });
+                                }
+                            };
+                            if first_output.is_none() && !data.is_empty() {
+                                first_output = Some(handover.elapsed());
+                            }
+                            streams[kind as usize].deliver(kind, &data, sink).await;
+                        }
+                    }
+                    Some(Ok(Output::Stderr(bytes))) => keep_tail(&mut gate_stderr, &bytes),
+                    Some(Err(e)) => {
+                        lost = Some(format!("the attach stream broke: {e}"));
+                        break 'run;
+                    }
+                    None => {
+                        if lost.is_none() {
+                            lost = Some(format!("the container ended before the gate reported an exit{}", stderr_note(&gate_stderr)));
+                        }
+                        break 'run;
+                    }
+                },
+                code = &mut stopped, if stop_code.is_none() => {
+                    stop_code = Some(code.unwrap_or(-1));
+                    give_up_at = tokio::time::Instant::now() + AFTER_STOP_GRACE;
+                }
+                Some(sig) = recv_signal(&mut control.signals) => {
+                    if let Err(e) = runtime.kill(&id, sig).await {
+                        tracing::debug!(container = %id, error = %e, "forwarding a signal failed");
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    kill_at = tokio::time::Instant::now() + grace;
+                    // The gate forwards SIGTERM to the job's process group.
+                    if let Err(e) = runtime.kill(&id, "SIGTERM").await {
+                        tracing::debug!(container = %id, error = %e, "SIGTERM on timeout failed");
+                    }
+                }
+                _ = tokio::time::sleep_until(kill_at), if timed_out => {
+                    if let Err(e) = runtime.kill(&id, "SIGKILL").await {
+                        if !e.is_not_found() {
+                            tracing::warn!(container = %id, error = %e, "killing a timed-out job failed");
+                        }
+                    }
+                    // The job is gone with its container; do not wait on the stream (an
+                    // attach can outlive its container, bollard#251).
+                    exit = Some(ExitStatus::Signal(9));
+                    break 'run;
+                }
+                _ = tokio::time::sleep_until(give_up_at), if stop_code.is_some() => {
+                    break 'run;
+                }
+            }
+        }
+        let exit_time = handover.elapsed();
+
+        let exit = match exit {
+            Some(status) => status,
+            None => {
+                // No exit frame: the container died under the job.
+                let code = match stop_code {
+                    Some(c) => c,
+                    None => tokio::time::timeout(Duration::from_secs(5), runtime.wait(&id))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(-1),
+                };
+                let why = lost.take().unwrap_or_else(|| {
+                    format!(
+                        "the container stopped before the gate reported an exit{}",
+                        stderr_note(&gate_stderr)
+                    )
+                });
+                lost = Some(format!("{why} (container exit code {code})"));
+                if code > 128 && code < 160 {
+                    ExitStatus::Signal((code - 128) as i32)
+                } else {
+                    ExitStatus::Code(code as i32)
+                }
+            }
+        };
+
+        // The container served its one job: remove it off the job's path.
+        if let Some(id) = self.id.take() {
+            self.executor.remove_later(id);
+        }
+        Ok(Outcome {
+            container: id,
+            exit,
+            timed_out,
+            stdout_truncated: streams[0].truncated,
+            stderr_truncated: streams[1].truncated,
+            start_error,
+            lost,
+            park: self.timings,
+            run: RunTimings {
+                first_output,
+                exit: exit_time,
+            },
+        })
+    }
+}
+
+async fn recv_signal(
+    rx: &mut Option<mpsc::UnboundedReceiver<&'static str>>,
+) -> Option<&'static str> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Per-stream accounting: the cap, and whether the sink still takes output.
+struct StreamState {
+    written: u64,
+    limit: u64,
+    truncated: bool,
+    sink_broken: bool,
+}
+
+impl StreamState {
+    fn new(limit: u64) -> StreamState {
+        StreamState {
+            written: 0,
+            limit,
+            truncated: false,
+            sink_broken: false,
+        }
+    }
+
+    async fn deliver<S: OutputSink>(&mut self, kind: StreamKind, data: &[u8], sink: &mut S) {
+        if self.truncated || self.sink_broken {
+            return;
+        }
+        let room = self.limit.saturating_sub(self.written);
+        let (take, cut) = if (data.len() as u64) > room {
+            (room as usize, true)
+        } else {
+            (data.len(), false)
+        };
+        self.written += take as u64;
+        let mut result = Ok(());
+        if take > 0 {
+            result = sink.write(kind, &data[..take]).await;
+        }
+        if cut {
+            self.truncated = true;
+            let marker = format!(
+                "\n[warmpool: {} cut at {} bytes; the job went on]\n",
+                kind.name(),
+                self.limit
+            );
+            if result.is_ok() {
+                result = sink.write(kind, marker.as_bytes()).await;
+            }
+        }
+        if let Err(e) = result {
+            // The reader went away; the job still runs to its end.
+            tracing::debug!(stream = kind.name(), error = %e, "output sink failed; dropping further output");
+            self.sink_broken = true;
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The Docker Engine API implementation of [`Runtime`], through bollard.
+//!
+//! The gate reaches containers through a named volume (`warmpool-gate-<digest>`),
+//! filled once per engine by an archive upload into a short-lived helper container
+//! and mounted read-only at `/.warmpool` in every container. Unlike an upload into
+//! each container, this works for read-only root filesystems and costs nothing per
+//! container; like it, it works against a remote engine.
+//!
+//! Containers log to the `none` driver: warmpool reads the output itself through
+//! the attach stream, so the engine keeps no second copy of it (and no copy of
+//! anything a job prints about its secrets).
+
+use crate::{
+    Attachment, ContainerInfo, ContainerSpec, EngineInfo, ImageConfig, Output, Runtime,
+    RuntimeError,
+};
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder,
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use tokio::sync::OnceCell;
+use warmpool_core::labels;
+use warmpool_gate::{GATE_BINARY, GATE_DIGEST, GATE_DIR, GATE_PATH};
+
+/// Docker through its Engine API.
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+    gate_volume: OnceCell<String>,
+}
+
+impl DockerRuntime {
+    /// Connect to `host` (`unix://...`, `tcp://...`), or else DOCKER_HOST, or else the
+    /// local socket. Nothing is sent until the first call.
+    pub fn connect(host: Option<&str>) -> Result<DockerRuntime, RuntimeError> {
+        let endpoint = host
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        // bollard's defaults: a pinned API version is dropped from paths by bollard
+        // 0.21 anyway (#736), so the engine answers in its own version.
+        let docker =
+            Docker::connect_with_host(&endpoint).map_err(|e| RuntimeError::Unreachable {
+                endpoint: endpoint.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(DockerRuntime {
+            docker,
+            endpoint,
+            gate_volume: OnceCell::new(),
+        })
+    }
+
+    /// The bollard client, for callers that measure the engine directly (the bench's
+    /// `docker exec` and `docker run` baselines).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn err(&self, action: &str, e: BollardError) -> RuntimeError {
+        match e {
+            BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => RuntimeError::NoSuchContainer(message),
+            BollardError::DockerResponseServerError { message, .. } => RuntimeError::Engine {
+                action: action.to_string(),
+                message,
+            },
+            BollardError::IOError { err } => RuntimeError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: err.to_string(),
+            },
+            other => {
+                let message = other.to_string();
+                // hyper's connect errors carry no variant of their own.
+                if message.contains("connect") || message.contains("No such file") {
+                    RuntimeError::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        message,
+                    }
+                } else {
+                    RuntimeError::Engine {
+                        action: action.to_string(),
+                        message,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gate volume for this build of the gate, filled once per engine.
+    async fn gate_volume(&self, image: &str) -> Result<String, RuntimeError> {
+        self.gate_volume
+            .get_or_try_init(|| self.fill_gate_volume(image))
+            .await
+            .cloned()
+    }
+
+    async fn fill_gate_volume(&self, image: &str) -> Result<String, RuntimeError> {
+        let name = format!("warmpool-gate-{GATE_DIGEST}");
+        let volume_labels = HashMap::from([
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::GATE.to_string(), GATE_DIGEST.to_string()),
+        ]);
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(volume_labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.err("create the gate volume", e))?;
+
+        // A helper that is never started: it only gives the archive API a way in.
+        let helper_name = format!("warmpool-gate-fill-{}", unique_suffix());
+        let helper = self
+            .docker
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::default()
+                        .name(&helper_name)
+                        .build(),
+                ),
+                ContainerCreateBody {
+                    image: Some(image.to_string()),
+                    entrypoint: Some(vec![GATE_PATH.to_string()]),
+                    labels: Some(HashMap::from([
+                        (labels::MANAGED.to_string(), "true".to_string()),
+                        (labels::ROLE.to_string(), "gate-fill".to_string()),
+                    ])),
+                    network_disabled: Some(true),
+                    host_config: Some(HostConfig {
+                        mounts: Some(vec![Mount {
+                            target: Some(GATE_DIR.to_string()),
+                            source: Some(name.clone()),
+                            typ: Some(MountType::VOLUME),
+                            read_only: Some(false),
+                            ..Default::default()
+                        }]),
+                        log_config: Some(none_logging()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.err("create the gate-fill helper container", e))?;
+        let result = self.upload_gate_if_missing(&helper.id).await;
+        let removed = self.remove(&helper.id).await;
+        result?;
+        removed?;
+        Ok(name)
+    }
+
+    async fn upload_gate_if_missing(&self, helper: &str) -> Result<(), RuntimeError> {
+        let stat = self
+            .docker
+            .get_container_archive_info(
+                helper,
+                Some(
+                    ContainerArchiveInfoOptionsBuilder::default()
+                        .path(GATE_PATH)
+                        .build(),
+                ),
+            )
+            .await;
+        if let Ok(stat) = stat {
+            if stat.size == GATE_BINARY.len() as i64 {
+                return Ok(());
+            }
+        }
+        let mut tar = tar::Builder::new(Vec::with_capacity(GATE_BINARY.len() + 2048));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(GATE_BINARY.len() as u64);
+        header.set_mode(0o755);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "gate", GATE_BINARY)
+            .and_then(|_| tar.finish())
+            .map_err(|e| RuntimeError::Engine {
+                action: "build the gate archive".into(),
+                message: e.to_string(),
+            })?;
+        let archive = tar.into_inner().map_err(|e| RuntimeError::Engine {
+            action: "build the gate archive".into(),
+            message: e.to_string(),
+        })?;
+        self.docker
+            .upload_to_container(
+                helper,
+                Some(
+                    UploadToContainerOptionsBuilder::default()
+                        .path(GATE_DIR)
+                        .build(),
+                ),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| self.err("upload the gate into its volume", e))
+    }
+}
+
+fn none_logging() -> HostConfigLogConfig {
+    HostConfigLogConfig {
+        typ: Some("none".to_string()),
+        config: None,
+    }
+}
+
+/// A short random-enough suffix for names: time and pid, no extra crate.
+pub(crate) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}{:x}{n:x}",
+        nanos & 0xffff_ffff_ffff,
+        std::process::id()
+    )
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    async fn info(&self) -> Result<EngineInfo, RuntimeError> {
+        let v = self.docker.version().await.map_err(|e| {
+            match self.err("ask the engine its version", e) {
+                // Any failure of the first call means: not reachable as configured.
+                RuntimeError::Engine { message, .. } => RuntimeError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    message,
+                },
+                other => other,
+            }
+        })?;
+        Ok(EngineInfo {
+            version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+            os: v.os.unwrap_or_default(),
+            arch: v.arch.unwrap_or_default(),
+        })
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageConfig>, RuntimeError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(img) => {
+                let c = img.config.unwrap_or_default();
+                Ok(Some(ImageConfig {
+                    id: img.id.unwrap_or_default(),
+                    entrypoint: c.entrypoint.unwrap_or_default(),
+                    cmd: c.cmd.unwrap_or_default(),
+                    env: c.env.unwrap_or_default(),
+                    workdir: c.working_dir.unwrap_or_default(),
+                    user: c.user.unwrap_or_default(),
+                }))
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err(&format!("inspect image {reference}"), e)),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let volume = self.gate_volume(&spec.image).await?;
+        let host_config = HostConfig {
+            mounts: Some(vec![Mount {
+                target: Some(GATE_DIR.to_string()),
+                source: Some(volume),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            log_config: Some(none_logging()),
+            // The gate is init: it reaps and forwards signals, as `--init` would.
+            init: Some(false),
+            memory: spec.memory.map(|m| m as i64),
+            nano_cpus: spec.nano_cpus,
+            pids_limit: spec.pids_limit,
+            network_mode: spec.network.clone(),
+            readonly_rootfs: Some(spec.read_only),
+            tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.clone()),
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
+            security_opt: (!spec.security_opt.is_empty()).then(|| spec.security_opt.clone()),
+            runtime: spec.runtime.clone(),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(vec![GATE_PATH.to_string()]),
+            env: Some(spec.env.clone()),
+            user: spec.user.clone(),
+            working_dir: spec.workdir.clone(),
+            labels: Some(spec.labels.clone()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::default()
+                        .name(&spec.name)
+                        .build(),
+                ),
+                body,
+            )
+            .await
+            .map_err(|e| self.err(&format!("create a container of {}", spec.image), e))?;
+        Ok(created.id)
+    }
+
+    async fn attach(&self, id: &str) -> Result<Attachment, RuntimeError> {
+        let attached = self
+            .docker
+            .attach_container(
+                id,
+                Some(
+                    AttachContainerOptionsBuilder::default()
+                        .stdin(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .stream(true)
+                        .logs(false)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| self.err("attach to the container", e))?;
+        let endpoint = self.endpoint.clone();
+        let output = attached
+            .output
+            .filter_map(move |item| {
+                let endpoint = endpoint.clone();
+                async move {
+                    match item {
+                        Ok(bollard::container::LogOutput::StdOut { message }) => {
+                            Some(Ok(Output::Stdout(message)))
+                        }
+                        Ok(bollard::container::LogOutput::StdErr { message }) => {
+                            Some(Ok(Output::Stderr(message)))
+                        }
+                        // Without a TTY, everything is stdout or stderr.
+                        Ok(bollard::container::LogOutput::Console { message }) => {
+                            Some(Ok(Output::Stdout(message)))
+                        }
+                        Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(RuntimeError::Unreachable {
+                            endpoint,
+                            message: format!("attach stream broke: {e}"),
+                        })),
+                    }
+                }
+            })
+            .boxed();
+        Ok(Attachment {
+            output,
+            input: attached.input,
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| self.err("start the container", e))
+    }
+
+    async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .kill_container(
+                id,
+                Some(
+                    KillContainerOptionsBuilder::default()
+                        .signal(signal)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| self.err(&format!("send {signal} to the container"), e))
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        let mut stream = self.docker.wait_container(
+            id,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        match stream.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(self.err("wait for the container", e)),
+            None => Err(RuntimeError::Engine {
+                action: "wait for the container".into(),
+                message: "the engine closed the wait without a status".into(),
+            }),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(
+                    RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // Already being removed by someone else (the engine says 409): that is done too.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(self.err("remove the container", e)),
+        }
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let filters: HashMap<String, Vec<String>> = HashMap::from([(
+            "label".to_string(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.err("list containers", e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                image_id: c.image_id.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds the images the test suite runs, all FROM scratch (no registry is needed):
+#   warmpool-test/busybox   static busybox with its applets, CMD sh
+#   warmpool-test/cmd       busybox with a CMD only
+#   warmpool-test/entry     busybox with an ENTRYPOINT and a CMD
+#   warmpool-test/user      busybox with USER 1000:1000, WORKDIR and ENV
+#   warmpool-test/noshell   nothing but a static test program (no shell at all)
+# Needs: docker, rustc, and a static busybox (Debian: busybox-static, installed
+# here when missing and we are root). Idempotent; the engine's cache makes reruns cheap.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+BUSYBOX="${BUSYBOX:-/bin/busybox}"
+
+if [ ! -x "$BUSYBOX" ] || ! "$BUSYBOX" --help >/dev/null 2>&1 || ldd "$BUSYBOX" >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "build.sh: installing busybox-static" >&2
+    (apt-get install -y -qq busybox-static >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq busybox-static >/dev/null; })
+  else
+    echo "build.sh: need a static busybox at $BUSYBOX: apt-get install busybox-static (or set BUSYBOX=path)" >&2
+    exit 1
+  fi
+fi
+
+ctx="$(mktemp -d)"
+trap 'rm -rf "$ctx"' EXIT
+mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/tmp" "$ctx/rootfs/etc"
+cp "$BUSYBOX" "$ctx/rootfs/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+  [ "$applet" = busybox ] || ln -sf busybox "$ctx/rootfs/bin/$applet"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' > "$ctx/rootfs/etc/passwd"
+printf 'root:x:0:\napp:x:1000:\n' > "$ctx/rootfs/etc/group"
+chmod 1777 "$ctx/rootfs/tmp"
+
+rustc --edition=2021 -O -C target-feature=+crt-static -C strip=symbols \
+  -o "$ctx/jobtool" "$here/jobtool.rs"
+
+build() { # name, dockerfile text
+  printf '%s\n' "$2" > "$ctx/Dockerfile.$1"
+  # The legacy builder's deprecation notice is noise here: show stderr only on failure.
+  if ! docker build -q -f "$ctx/Dockerfile.$1" -t "warmpool-test/$1:latest" \
+    --label warmpool.test=true "$ctx" >/dev/null 2>"$ctx/build.log"; then
+    cat "$ctx/build.log" >&2
+    exit 1
+  fi
+  echo "built warmpool-test/$1:latest"
+}
+
+build busybox 'FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin:/usr/bin:/bin
+CMD ["sh"]'
+
+build cmd 'FROM warmpool-test/busybox:latest
+CMD ["echo", "hello from cmd"]'
+
+build entry 'FROM warmpool-test/busybox:latest
+ENTRYPOINT ["/bin/sh", "-c", "echo \"entry: $0 $*\"", "ep"]
+CMD ["default", "args"]'
+
+build user 'FROM warmpool-test/busybox:latest
+RUN ["/bin/mkdir", "-p", "/home/app"]
+RUN ["/bin/chown", "1000:1000", "/home/app"]
+ENV APP_MODE=test
+USER 1000:1000
+WORKDIR /home/app
+CMD ["sh", "-c", "id; pwd"]'
+
+build noshell 'FROM scratch
+COPY jobtool /jobtool
+ENTRYPOINT ["/jobtool"]
+CMD ["args", "from", "cmd"]'
