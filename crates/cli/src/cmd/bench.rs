@@ -375,8 +375,8 @@ fn print_table(r: &Report) {
     );
     println!();
     println!(
-        "| {:<12} | {:>16} | {:>16} | {:>10} | {:>10} | {}",
-        "mode", "first output p50", "first output p99", "exit p50", "exit p99", "what"
+        "| {:<12} | {:>16} | {:>16} | {:>10} | {:>10} | what",
+        "mode", "first output p50", "first output p99", "exit p50", "exit p99"
     );
     println!(
         "|{:-<14}|{:->18}|{:->18}|{:->12}|{:->12}|------",
