@@ -35,6 +35,8 @@ pub struct RunControl {
 /// How long the stream may still deliver frames after the engine says the
 /// container has stopped.
 const AFTER_STOP_GRACE: Duration = Duration::from_millis(500);
+/// When the engine's wait starts watching a running job.
+const WATCHDOG_DELAY: Duration = Duration::from_millis(250);
 
 /// A started container whose gate waits for its one job.
 pub struct Parked {
@@ -140,7 +142,12 @@ impl Parked {
         // frame (killed from outside, out of memory): the frames stay the source of truth.
         let watch_runtime = runtime.clone();
         let watch_id = id.clone();
-        let mut stopped = Box::pin(async move { watch_runtime.wait(&watch_id).await });
+        // It starts after WATCHDOG_DELAY: a short job never pays for the extra request,
+        // and a container that dies at once usually ends its attach stream anyway.
+        let mut stopped = Box::pin(async move {
+            tokio::time::sleep(WATCHDOG_DELAY).await;
+            watch_runtime.wait(&watch_id).await
+        });
         let mut stop_code: Option<i64> = None;
 
         let mut streams = [StreamState::new(limit), StreamState::new(limit)];
