@@ -42,12 +42,14 @@ mod sys {
     pub const SIGTERM: i32 = 15;
     pub const EINTR: i32 = 4;
     pub const ECHILD: i32 = 10;
+    pub const PR_SET_CHILD_SUBREAPER: i32 = 36;
     extern "C" {
         pub fn signal(signum: i32, handler: usize) -> usize;
         pub fn kill(pid: i32, sig: i32) -> i32;
         pub fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
         pub fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
         pub fn _exit(code: i32) -> !;
+        pub fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
     }
 }
 
@@ -76,6 +78,9 @@ fn main() {
     for sig in [sys::SIGTERM, sys::SIGINT, sys::SIGHUP] {
         unsafe { sys::signal(sig, forward_signal as *const () as usize) };
     }
+    // As PID 1 every orphan comes to us anyway; as a subreaper they do too when the
+    // gate is not PID 1 (under another init, or in tests on the host).
+    unsafe { sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let mut out = FrameWriter::stdout();
     let version = concat!("warmpool-gate/", env!("CARGO_PKG_VERSION_GATE"));
     if out.frame(FRAME_READY, version.as_bytes()).is_err() {

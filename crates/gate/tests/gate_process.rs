@@ -1,0 +1,371 @@
+//! The gate binary as a process on the host: spec handling, exit reporting,
+//! signal forwarding and reaping, without any container engine in the way.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use warmpool_gate::protocol::{encode_frame, ExitStatus, Frame, FrameDecoder, JobSpec};
+use warmpool_gate::GATE_BINARY;
+
+fn gate_path() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("warmpool-gate-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gate");
+        std::fs::write(&path, GATE_BINARY).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    })
+}
+
+fn start_gate() -> Child {
+    Command::new(gate_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("HOSTNAME", "gatetest")
+        .env("HOME", "/home/gate")
+        .spawn()
+        .unwrap()
+}
+
+fn spec(argv: &[&str]) -> JobSpec {
+    JobSpec {
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: vec![b"PATH=/usr/bin:/bin".to_vec()],
+        cwd: Vec::new(),
+        stdin: None,
+    }
+}
+
+/// Everything the gate said, decoded, plus its stderr and exit code.
+struct Transcript {
+    frames: Vec<Frame>,
+    stderr: String,
+    code: Option<i32>,
+}
+
+impl Transcript {
+    fn stdout(&self) -> Vec<u8> {
+        self.frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Stdout(d) => Some(d.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+    fn stderr_frames(&self) -> String {
+        let bytes: Vec<u8> = self
+            .frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Stderr(d) => Some(d.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+    fn exit(&self) -> Option<ExitStatus> {
+        match self.frames.last() {
+            Some(Frame::Exit(s)) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+fn finish(mut child: Child) -> Transcript {
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut dec = FrameDecoder::new();
+    dec.push(&out);
+    let mut frames = Vec::new();
+    while let Some(f) = dec.next_frame().unwrap() {
+        frames.push(f);
+    }
+    assert_eq!(dec.pending(), 0, "trailing bytes after the last frame");
+    Transcript {
+        frames,
+        stderr: err,
+        code: status.code(),
+    }
+}
+
+fn run_spec(spec: &JobSpec) -> Transcript {
+    let mut child = start_gate();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&spec.encode()).unwrap();
+    drop(stdin);
+    finish(child)
+}
+
+#[test]
+fn says_ready_first_and_exit_last() {
+    let t = run_spec(&spec(&["echo", "hello", "world"]));
+    assert!(matches!(&t.frames[0], Frame::Ready(v) if v.starts_with("warmpool-gate/")));
+    assert_eq!(t.stdout(), b"hello world\n");
+    assert_eq!(t.exit(), Some(ExitStatus::Code(0)));
+    assert_eq!(t.code, Some(0));
+}
+
+#[test]
+fn reports_exit_codes_and_signals() {
+    for code in [0, 1, 42] {
+        let t = run_spec(&spec(&["sh", "-c", &format!("exit {code}")]));
+        assert_eq!(t.exit(), Some(ExitStatus::Code(code)));
+    }
+    let t = run_spec(&spec(&["sh", "-c", "kill -9 $$"]));
+    assert_eq!(t.exit(), Some(ExitStatus::Signal(9)));
+}
+
+#[test]
+fn env_is_ordered_as_docker_run_gives_it() {
+    let mut s = spec(&["env"]);
+    s.env = vec![
+        b"GREETING=hi".to_vec(),
+        b"JOB=1".to_vec(),
+        b"PATH=/usr/bin:/bin".to_vec(),
+    ];
+    let t = run_spec(&s);
+    assert_eq!(
+        String::from_utf8(t.stdout()).unwrap(),
+        "PATH=/usr/bin:/bin\nHOSTNAME=gatetest\nGREETING=hi\nJOB=1\nHOME=/home/gate\n"
+    );
+}
+
+#[test]
+fn stdin_bytes_and_cwd_reach_the_job() {
+    let mut s = spec(&["sh", "-c", "pwd; cat"]);
+    s.cwd = b"/tmp".to_vec();
+    s.stdin = Some(b"line one\nline two\n".to_vec());
+    let t = run_spec(&s);
+    assert_eq!(t.stdout(), b"/tmp\nline one\nline two\n");
+    // Without stdin bytes the job reads /dev/null: EOF at once.
+    let t = run_spec(&spec(&["sh", "-c", "cat; echo done"]));
+    assert_eq!(t.stdout(), b"done\n");
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart() {
+    let t = run_spec(&spec(&["sh", "-c", "echo out; echo err >&2"]));
+    assert_eq!(t.stdout(), b"out\n");
+    assert_eq!(t.stderr_frames(), "err\n");
+}
+
+#[test]
+fn missing_program_is_127_with_a_message() {
+    let t = run_spec(&spec(&["no-such-program-here"]));
+    assert_eq!(t.exit(), Some(ExitStatus::Code(127)));
+    assert!(t
+        .frames
+        .iter()
+        .any(|f| matches!(f, Frame::StartFailed(m) if m.contains("not found"))));
+    assert!(t.stderr_frames().contains("no-such-program-here"));
+}
+
+#[test]
+fn eof_before_a_spec_starts_nothing() {
+    let mut child = start_gate();
+    drop(child.stdin.take());
+    let t = finish(child);
+    assert_eq!(t.code, Some(2));
+    assert!(
+        t.stderr.contains("stdin closed before a complete job spec"),
+        "{}",
+        t.stderr
+    );
+    assert!(t.stderr.contains("starting nothing"));
+    assert_eq!(t.frames.len(), 1, "only READY: {:?}", t.frames);
+}
+
+#[test]
+fn malformed_specs_start_nothing() {
+    let mut good = spec(&["touch", "/tmp/warmpool-gate-must-not-exist"]).encode();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            "does not start with a warmpool job spec",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[5] = 9;
+                b
+            },
+            "version 9",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[6] = 0xff;
+                b
+            },
+            "larger than the limit",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b.truncate(20);
+                b
+            },
+            "stdin closed",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                let n = b.len();
+                b[n - 5] = 7;
+                b
+            },
+            "unknown stdin flag",
+        ),
+        (spec(&[]).encode(), "argv is empty"),
+    ];
+    for (bytes, want) in cases {
+        let mut child = start_gate();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&bytes).unwrap();
+        drop(stdin);
+        let t = finish(child);
+        assert_eq!(t.code, Some(2), "{want}: {}", t.stderr);
+        assert!(t.stderr.contains(want), "want {want:?} in {:?}", t.stderr);
+        assert!(t.exit().is_none());
+    }
+    good.clear();
+    assert!(!std::path::Path::new("/tmp/warmpool-gate-must-not-exist").exists());
+}
+
+#[test]
+fn sigterm_goes_to_the_jobs_process_group() {
+    let mut child = start_gate();
+    let mut stdin = child.stdin.take().unwrap();
+    // The job and its own child both trap TERM: the whole group must get it.
+    let script = "trap 'echo parent got TERM; exit 7' TERM; \
+                  sh -c 'trap \"echo child got TERM; exit 0\" TERM; echo ready; while :; do sleep 0.05; done' & \
+                  wait";
+    stdin
+        .write_all(&spec(&["sh", "-c", script]).encode())
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut dec = FrameDecoder::new();
+    let mut buf = [0u8; 4096];
+    let mut frames = Vec::new();
+    // Wait until the job says it is ready, then signal the gate.
+    'wait: loop {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "gate ended early");
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            let ready = matches!(&f, Frame::Stdout(d) if d.windows(5).any(|w| w == b"ready"));
+            frames.push(f);
+            if ready {
+                break 'wait;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    unsafe { kill(child.id() as i32, 15) };
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    dec.push(&rest);
+    while let Some(f) = dec.next_frame().unwrap() {
+        frames.push(f);
+    }
+    child.wait().unwrap();
+    let stdout: Vec<u8> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Stdout(d) => Some(d.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(text.contains("child got TERM"), "{text}");
+    assert!(text.contains("parent got TERM"), "{text}");
+    assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(7))));
+}
+
+#[test]
+fn orphans_are_reaped_and_do_not_hold_the_job() {
+    // The inner sleep is orphaned (its parent exits at once) and keeps the output
+    // pipes open; the job's end must still end the run promptly.
+    let started = std::time::Instant::now();
+    let t = run_spec(&spec(&["sh", "-c", "(sleep 30 &) ; echo done"]));
+    assert_eq!(t.stdout(), b"done\n");
+    assert_eq!(t.exit(), Some(ExitStatus::Code(0)));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the orphan held the gate"
+    );
+}
+
+#[test]
+fn large_output_arrives_whole_and_in_order() {
+    let t = run_spec(&spec(&["sh", "-c", "seq 1 200000"]));
+    let expected: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(t.stdout()).unwrap(), expected);
+}
+
+#[test]
+fn frame_encoding_round_trips() {
+    let frames = vec![
+        Frame::Ready("warmpool-gate/9".into()),
+        Frame::Stdout(b"a".to_vec()),
+        Frame::Stderr(vec![0, 255, 10]),
+        Frame::StartFailed("nope".into()),
+        Frame::Exit(ExitStatus::Signal(9)),
+    ];
+    let bytes: Vec<u8> = frames.iter().flat_map(encode_frame).collect();
+    // Deliver one byte at a time: frames split anywhere must reassemble.
+    let mut dec = FrameDecoder::new();
+    let mut got = Vec::new();
+    for b in bytes {
+        dec.push(&[b]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            got.push(f);
+        }
+    }
+    assert_eq!(got, frames);
+    let mut dec = FrameDecoder::new();
+    dec.push(&[42, 0, 0, 0, 0]);
+    assert!(dec.next_frame().is_err(), "unknown kinds are refused");
+}
+
+#[test]
+fn spec_round_trips_and_refuses_garbage() {
+    let s = JobSpec {
+        argv: vec![b"a".to_vec(), b"b c".to_vec()],
+        env: vec![b"K=V=W".to_vec()],
+        cwd: b"/x".to_vec(),
+        stdin: Some(vec![0, 1, 2]),
+    };
+    let bytes = s.encode();
+    assert_eq!(JobSpec::read_from(&mut &bytes[..]).unwrap(), s);
+    // Every truncation is an error, never a panic.
+    for cut in 0..bytes.len() {
+        assert!(JobSpec::read_from(&mut &bytes[..cut]).is_err());
+    }
+    // A huge list count in a small body is refused, not allocated.
+    let mut evil = bytes.clone();
+    evil[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(JobSpec::read_from(&mut &evil[..]).is_err());
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
