@@ -1,0 +1,249 @@
+//! Warm path, cold path and plain `docker run --rm --init` give the same stdout,
+//! stderr and exit status (HOSTNAME aside), against the real engine.
+
+mod common;
+
+use common::*;
+use warmpool_core::{Job, Profile};
+
+/// Runs `job` three ways and asserts they agree; returns the reference result so
+/// each test can also check it is what the job should print (a suite where all
+/// three are equally broken must not pass).
+async fn equivalent(p: &Profile, job: Job) -> Captured {
+    let e = engine();
+    let (pc, jc) = (p.clone(), job.clone());
+    let reference = tokio::task::spawn_blocking(move || docker_run(&pc, &jc))
+        .await
+        .unwrap()
+        .without_hostname();
+    let (warm, _) = run_warm(&e, p, job.clone()).await;
+    let (cold, _) = run_cold(&e, p, job).await;
+    assert_eq!(
+        warm.without_hostname(),
+        reference,
+        "warm path vs docker run"
+    );
+    assert_eq!(
+        cold.without_hostname(),
+        reference,
+        "cold path vs docker run"
+    );
+    assert_clean(&e, p).await;
+    reference
+}
+
+#[tokio::test]
+async fn env_dump() {
+    let mut p = profile(BUSYBOX);
+    p.env = vec![
+        ("GREETING".into(), "hi".into()),
+        ("SHARED".into(), "profile".into()),
+    ];
+    let job = Job {
+        args: vec!["env".into()],
+        env: vec![
+            ("SHARED".into(), "job wins".into()),
+            ("JOB_ONLY".into(), "with = and spaces".into()),
+            ("PATH".into(), "/bin:/usr/bin".into()),
+        ],
+        ..Job::default()
+    };
+    let r = equivalent(&p, job).await;
+    let text = r.stdout_text();
+    assert!(text.contains("GREETING=hi\n"), "{text}");
+    assert!(text.contains("SHARED=job wins\n"), "{text}");
+    assert!(text.contains("JOB_ONLY=with = and spaces\n"), "{text}");
+    assert!(text.contains("PATH=/bin:/usr/bin\n"), "{text}");
+    assert_eq!(r.code, 0);
+}
+
+#[tokio::test]
+async fn args_dump_without_a_shell() {
+    let p = profile(NOSHELL);
+    let r = equivalent(&p, job(&["args", "a", "b c", "", "d\"e", "$HOME"])).await;
+    assert_eq!(r.stdout_text(), "a\nb c\n\nd\"e\n$HOME\n");
+}
+
+#[tokio::test]
+async fn image_without_a_shell_env_id_cwd_and_default_cmd() {
+    let p = profile(NOSHELL);
+    let r = equivalent(&p, job(&[])).await;
+    assert_eq!(
+        r.stdout_text(),
+        "from\ncmd\n",
+        "the image's CMD runs by default"
+    );
+    let r = equivalent(&p, job(&["env"])).await;
+    assert!(r.stdout_text().contains("HOME=/\n"), "{}", r.stdout_text());
+    let r = equivalent(&p, job(&["id"])).await;
+    assert_eq!(r.stdout_text(), "uid=0 gid=0\n");
+    let r = equivalent(&p, job(&["cwd"])).await;
+    assert_eq!(r.stdout_text(), "/\n");
+}
+
+#[tokio::test]
+async fn working_dir_and_ids() {
+    let p = profile(BUSYBOX);
+    let r = equivalent(&p, job(&["sh", "-c", "pwd; id"])).await;
+    assert_eq!(
+        r.stdout_text(),
+        "/\nuid=0(root) gid=0(root) groups=0(root)\n"
+    );
+    let mut p = profile(BUSYBOX);
+    p.workdir = Some("/tmp/work".into());
+    p.user = Some("1000:1000".into());
+    let r = equivalent(&p, job(&["sh", "-c", "pwd; id -u; id -g"])).await;
+    assert_eq!(r.stdout_text(), "/tmp/work\n1000\n1000\n");
+}
+
+#[tokio::test]
+async fn image_with_user_and_workdir() {
+    let p = profile(USER);
+    let r = equivalent(&p, job(&[])).await;
+    assert_eq!(
+        r.stdout_text(),
+        "uid=1000(app) gid=1000(app) groups=1000(app)\n/home/app\n"
+    );
+    let r = equivalent(
+        &p,
+        job(&[
+            "sh",
+            "-c",
+            "echo $APP_MODE $HOME; touch mine && ls -n mine | cut -c1-30",
+        ]),
+    )
+    .await;
+    assert!(
+        r.stdout_text().starts_with("test /home/app\n"),
+        "{}",
+        r.stdout_text()
+    );
+}
+
+#[tokio::test]
+async fn image_with_entrypoint_and_cmd() {
+    let p = profile(ENTRY);
+    let r = equivalent(&p, job(&[])).await;
+    assert_eq!(r.stdout_text(), "entry: ep default args\n");
+    let r = equivalent(&p, job(&["given", "args"])).await;
+    assert_eq!(r.stdout_text(), "entry: ep given args\n");
+}
+
+#[tokio::test]
+async fn image_with_cmd_only() {
+    let p = profile(CMD_ONLY);
+    let r = equivalent(&p, job(&[])).await;
+    assert_eq!(r.stdout_text(), "hello from cmd\n");
+    let r = equivalent(&p, job(&["echo", "replaced"])).await;
+    assert_eq!(r.stdout_text(), "replaced\n");
+}
+
+#[tokio::test]
+async fn stdin_echo() {
+    let p = profile(BUSYBOX);
+    let input: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let job = Job {
+        args: vec!["cat".into()],
+        stdin: Some(input.clone()),
+        ..Job::default()
+    };
+    let r = equivalent(&p, job).await;
+    assert_eq!(r.stdout, input);
+}
+
+#[tokio::test]
+async fn exit_codes() {
+    let p = profile(BUSYBOX);
+    for code in [0, 1, 42] {
+        let r = equivalent(&p, job(&["sh", "-c", &format!("echo before; exit {code}")])).await;
+        assert_eq!(r.code, code);
+        assert_eq!(r.stdout_text(), "before\n");
+    }
+}
+
+#[tokio::test]
+async fn death_by_sigkill() {
+    let p = profile(BUSYBOX);
+    let r = equivalent(&p, job(&["sh", "-c", "echo dying; kill -9 $$"])).await;
+    assert_eq!(r.code, 137);
+    assert_eq!(r.stdout_text(), "dying\n");
+}
+
+#[tokio::test]
+async fn stderr_apart_from_stdout() {
+    let p = profile(BUSYBOX);
+    let r = equivalent(
+        &p,
+        job(&[
+            "sh",
+            "-c",
+            "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3",
+        ]),
+    )
+    .await;
+    assert_eq!(r.stdout_text(), "out1\nout2\n");
+    assert_eq!(r.stderr_text(), "err1\nerr2\n");
+    assert_eq!(r.code, 3);
+}
+
+#[tokio::test]
+async fn fifty_megabytes_of_output() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let mut p = profile(NOSHELL);
+    p.output_limit = 64 * 1024 * 1024;
+    let e = engine();
+    let j = job(&["flood", &SIZE.to_string()]);
+    let (pc, jc) = (p.clone(), j.clone());
+    let reference = tokio::task::spawn_blocking(move || docker_run(&pc, &jc))
+        .await
+        .unwrap();
+    let (warm, wo) = run_warm(&e, &p, j.clone()).await;
+    let (cold, _) = run_cold(&e, &p, j).await;
+    assert_eq!(reference.stdout.len(), SIZE);
+    for (name, got) in [("warm", &warm), ("cold", &cold)] {
+        assert_eq!(got.stdout.len(), SIZE, "{name}: length");
+        assert!(
+            got.stdout == reference.stdout,
+            "{name}: content differs from docker run"
+        );
+        assert_eq!(got.code, reference.code, "{name}: exit");
+        assert_eq!(got.stderr, reference.stderr, "{name}: stderr");
+    }
+    assert!(!wo.stdout_truncated);
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn orphans_are_reaped_like_docker_init() {
+    // An orphaned child that exits becomes a zombie unless PID 1 reaps it.
+    let p = profile(BUSYBOX);
+    let script = "(sh -c 'sleep 0.1' &); sleep 0.6; ps -o stat,comm | grep -c '^Z' || true";
+    let r = equivalent(&p, job(&["sh", "-c", script])).await;
+    assert_eq!(r.stdout_text(), "0\n", "no zombies");
+}
+
+#[tokio::test]
+async fn program_not_found_exit_code() {
+    // docker run and the gate word the error differently; the exit code is the contract.
+    let p = profile(BUSYBOX);
+    let e = engine();
+    let j = job(&["no-such-program"]);
+    let (pc, jc) = (p.clone(), j.clone());
+    let reference = tokio::task::spawn_blocking(move || docker_run(&pc, &jc))
+        .await
+        .unwrap();
+    let (warm, wo) = run_warm(&e, &p, j.clone()).await;
+    let (cold, _) = run_cold(&e, &p, j).await;
+    assert_eq!(reference.code, 127);
+    assert_eq!(warm.code, 127);
+    assert_eq!(cold.code, 127);
+    assert!(wo
+        .start_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("not found"));
+    assert!(warm.stderr_text().contains("no-such-program"));
+    assert_clean(&e, &p).await;
+}
