@@ -1,0 +1,401 @@
+//! What must hold between jobs and around them, against the real engine: secrets
+//! stay out of container config and logs, nothing a job leaves reaches the next,
+//! timeouts and output caps hold, the profile's knobs reach the engine, and no
+//! container is left behind.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use warmpool_core::Job;
+use warmpool_exec::RunControl;
+
+fn docker_inspect(id: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker inspect {id}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait (bounded) until a container of this test's profile exists; its id.
+async fn find_container(e: &Engine, p: &warmpool_core::Profile) -> String {
+    let label = p.labels[TEST_LABEL].clone();
+    for _ in 0..200 {
+        let found =
+            warmpool_runtime::Runtime::list(e.runtime.as_ref(), &[(TEST_LABEL, label.as_str())])
+                .await
+                .unwrap();
+        if let Some(c) = found.into_iter().next() {
+            return c.id;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no container appeared for {label}");
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_container_config_and_logs() {
+    let e = engine();
+    let mut p = profile(BUSYBOX);
+    p.env = vec![("PUBLIC_SETTING".into(), "visible".into())];
+    let secret = unique("s3cr3t-value");
+    let job = Job {
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo len=${#API_TOKEN}; sleep 1.5".into(),
+        ],
+        env: vec![("API_TOKEN".into(), secret.clone())],
+        ..Job::default()
+    };
+    let (pc, jc) = (p.clone(), job);
+    let e2 = engine();
+    let running = tokio::spawn(async move {
+        let r = run_warm(&e2, &pc, jc).await;
+        e2.executor.drain().await;
+        r
+    });
+    let id = find_container(&e, &p).await;
+    // Inspect while the job runs, when the secret is in the container's process.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let inspect = docker_inspect(&id);
+    assert!(
+        inspect.contains("PUBLIC_SETTING=visible"),
+        "profile env is config"
+    );
+    assert!(
+        !inspect.contains(&secret),
+        "the job's secret is in docker inspect"
+    );
+    assert!(
+        !inspect.contains("API_TOKEN"),
+        "even the job env's name stays out"
+    );
+    assert!(
+        inspect.contains("\"Type\": \"none\""),
+        "the log driver is none"
+    );
+    let logs = Command::new("docker").args(["logs", &id]).output().unwrap();
+    let logs_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(!logs_text.contains(&secret));
+    let (out, _) = running.await.unwrap();
+    assert_eq!(
+        out.stdout_text(),
+        format!("len={}\n", secret.len()),
+        "the secret reached the job"
+    );
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn leftovers_never_reach_the_next_job() {
+    let e = engine();
+    let p = profile(BUSYBOX);
+    let (first, _) = run_warm(
+        &e,
+        &p,
+        job(&[
+            "sh",
+            "-c",
+            "echo data > /tmp/leftover && echo data > /leftover-root && echo wrote",
+        ]),
+    )
+    .await;
+    assert_eq!(first.stdout_text(), "wrote\n");
+    let (second, _) = run_warm(
+        &e,
+        &p,
+        job(&["sh", "-c", "ls /tmp/leftover /leftover-root 2>&1; exit 0"]),
+    )
+    .await;
+    let text = second.stdout_text();
+    assert!(text.contains("/tmp/leftover: No such file"), "{text}");
+    assert!(text.contains("/leftover-root: No such file"), "{text}");
+    // The gate volume is read-only: a job cannot plant a new gate for later jobs.
+    let (third, _) = run_warm(&e, &p, job(&["sh", "-c", "echo x > /.warmpool/gate"])).await;
+    assert_ne!(third.code, 0, "a job must not write the gate");
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_parked_container_serves_exactly_one_job() {
+    let e = engine();
+    let p = profile(BUSYBOX);
+    let resolved = resolve(&e, &p).await;
+    let parked = e.executor.park(resolved).await.unwrap();
+    let id = parked.id().to_string();
+    let mut sink = CollectSink::default();
+    let o = parked
+        .run(job(&["echo", "once"]), &mut sink, RunControl::default())
+        .await
+        .unwrap();
+    assert_eq!(o.container, id);
+    e.executor.drain().await;
+    let gone = Command::new("docker")
+        .args(["inspect", &id])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the used container must be removed");
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn timeout_kills_a_job_that_ignores_sigterm() {
+    let e = engine();
+    let mut p = profile(BUSYBOX);
+    p.job_timeout = Duration::from_secs(1);
+    p.kill_grace = Duration::from_secs(1);
+    let started = Instant::now();
+    let (out, o) = run_warm(
+        &e,
+        &p,
+        job(&[
+            "sh",
+            "-c",
+            "trap '' TERM; echo waiting; sleep 60; echo never",
+        ]),
+    )
+    .await;
+    let deadline = o.park.total + p.job_timeout;
+    assert!(o.timed_out);
+    assert_eq!(out.stdout_text(), "waiting\n");
+    assert_eq!(out.code, 137, "killed");
+    // Gone within grace + 1 s of the timeout: poll the engine for the container.
+    loop {
+        if leftovers(&e, &p).await.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed()
+                < deadline + p.kill_grace + Duration::from_secs(1) + Duration::from_millis(500),
+            "container still there {:?} after start",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = started.elapsed().saturating_sub(deadline);
+    assert!(
+        gone_after <= p.kill_grace + Duration::from_secs(1),
+        "container gone {gone_after:?} after the timeout; want <= grace + 1s"
+    );
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn timeout_lets_a_job_handle_sigterm() {
+    let e = engine();
+    let mut p = profile(BUSYBOX);
+    p.job_timeout = Duration::from_millis(800);
+    p.kill_grace = Duration::from_secs(10);
+    let (out, o) = run_cold(
+        &e,
+        &p,
+        job(&[
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 5' TERM; echo up; while :; do sleep 0.1; done",
+        ]),
+    )
+    .await;
+    assert!(o.timed_out);
+    assert_eq!(out.stdout_text(), "up\ngot TERM\n");
+    assert_eq!(out.code, 5);
+    assert!(
+        o.run.exit < Duration::from_secs(5),
+        "the grace was not needed: {:?}",
+        o.run.exit
+    );
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn per_job_timeout_overrides_the_profile() {
+    let e = engine();
+    let p = profile(BUSYBOX);
+    let j = Job {
+        timeout: Some(Duration::from_millis(500)),
+        ..job(&["sleep", "30"])
+    };
+    let (out, o) = run_warm(&e, &p, j).await;
+    assert!(o.timed_out);
+    assert_eq!(out.code, 128 + 15, "sleep dies of the forwarded SIGTERM");
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn output_past_the_cap_is_cut_and_the_job_goes_on() {
+    let e = engine();
+    let mut p = profile(BUSYBOX);
+    p.output_limit = 1024 * 1024;
+    let (out, o) = run_warm(
+        &e,
+        &p,
+        job(&[
+            "sh",
+            "-c",
+            "yes warmpool | head -c 20000000; echo finished >&2; exit 4",
+        ]),
+    )
+    .await;
+    assert!(o.stdout_truncated);
+    assert!(!o.stderr_truncated);
+    let marker = "\n[warmpool: stdout cut at 1048576 bytes; the job went on]\n";
+    assert_eq!(out.stdout.len(), 1024 * 1024 + marker.len());
+    assert!(out.stdout_text().ends_with(marker));
+    assert_eq!(
+        out.stderr_text(),
+        "finished\n",
+        "the job went on after the cut"
+    );
+    assert_eq!(out.code, 4);
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn container_killed_from_outside_is_reported() {
+    let e = engine();
+    let p = profile(BUSYBOX);
+    let (pc, e2) = (p.clone(), engine());
+    let running = tokio::spawn(async move {
+        let r = run_warm(&e2, &pc, job(&["sh", "-c", "echo started; sleep 30"])).await;
+        e2.executor.drain().await;
+        r
+    });
+    let id = find_container(&e, &p).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = Command::new("docker").args(["kill", &id]).output().unwrap();
+    assert!(killed.status.success());
+    let (out, o) = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the run must end when its container dies")
+        .unwrap();
+    assert_eq!(out.code, 137);
+    assert!(o.lost.is_some(), "a dead container is reported: {o:?}");
+    assert!(!o.timed_out);
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn read_only_rootfs_with_tmpfs() {
+    let e = engine();
+    let mut p = profile(BUSYBOX);
+    p.read_only = true;
+    p.tmpfs = vec![warmpool_core::config::Tmpfs {
+        path: "/tmp".into(),
+        options: "size=8m".into(),
+    }];
+    let (out, _) = run_cold(
+        &e,
+        &p,
+        job(&[
+            "sh",
+            "-c",
+            "touch /x 2>/dev/null || echo rootfs read-only; touch /tmp/y && echo tmp writable",
+        ]),
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "rootfs read-only\ntmp writable\n");
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn profile_knobs_reach_the_engine() {
+    let e = engine();
+    let config = warmpool_core::Config::parse(
+        r#"
+        [profiles.knobs]
+        image = "warmpool-test/busybox:latest"
+        memory = "64m"
+        cpus = 0.5
+        pids_limit = 32
+        network = "none"
+        cap_drop = ["NET_RAW"]
+        security_opt = ["no-new-privileges"]
+        labels = { purpose = "knob-test" }
+        "#,
+    )
+    .unwrap();
+    let mut p = config.profiles["knobs"].clone();
+    let label = unique("knobs");
+    p.labels.insert(TEST_LABEL.into(), label.clone());
+    let resolved = resolve(&e, &p).await;
+    let parked = e.executor.park(resolved).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&docker_inspect(parked.id())).unwrap();
+    let c = &v[0];
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["Memory"], 64 * 1024 * 1024);
+    assert_eq!(hc["NanoCpus"], 500_000_000);
+    assert_eq!(hc["PidsLimit"], 32);
+    assert_eq!(hc["NetworkMode"], "none");
+    assert_eq!(hc["CapDrop"][0], "NET_RAW");
+    assert_eq!(hc["SecurityOpt"][0], "no-new-privileges");
+    assert_eq!(hc["LogConfig"]["Type"], "none");
+    assert_eq!(c["Config"]["Labels"]["warmpool.managed"], "true");
+    assert_eq!(c["Config"]["Labels"]["warmpool.profile"], "knobs");
+    assert_eq!(c["Config"]["Labels"]["purpose"], "knob-test");
+    assert_eq!(c["Config"]["Entrypoint"][0], warmpool_gate::GATE_PATH);
+    assert_eq!(
+        c["State"]["Running"], true,
+        "parked means running, at the gate"
+    );
+    // The limits are in force inside: the job sees them in its cgroup.
+    let mut sink = CollectSink::default();
+    let o = parked
+        .run(
+            job(&[
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max; \
+                 cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]),
+            &mut sink,
+            RunControl::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code(), 0);
+    assert_eq!(String::from_utf8_lossy(&sink.stdout), "32\n67108864\n");
+    e.executor.drain().await;
+    let left = warmpool_runtime::Runtime::list(e.runtime.as_ref(), &[(TEST_LABEL, label.as_str())])
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn bad_job_input_creates_nothing() {
+    let e = engine();
+    let p = profile(BUSYBOX);
+    let resolved = resolve(&e, &p).await;
+    let bad = Job {
+        env: vec![("NOT-A-NAME".into(), "v".into())],
+        ..job(&["true"])
+    };
+    let mut sink = CollectSink::default();
+    let err = e
+        .executor
+        .run_cold(resolved, bad, &mut sink, RunControl::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NOT-A-NAME"), "{err}");
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn missing_image_names_profile_and_image() {
+    let e = engine();
+    let p = profile("warmpool-test/does-not-exist:never");
+    let err = e.executor.resolve(&p).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&p.name) && err.contains("does-not-exist"),
+        "{err}"
+    );
+    assert!(err.contains("docker build"), "says how to fix it: {err}");
+}
