@@ -227,6 +227,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     // docker run through the Engine API: create, attach, start, wait (then remove,
     // untimed, as `--rm` would do after the exit is known).
     progress("docker run");
+    let mut bench_labels: HashMap<String, String> = profile.labels.clone().into_iter().collect();
+    bench_labels.extend([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::PROFILE.to_string(), profile.name.clone()),
+        (labels::ROLE.to_string(), "bench".to_string()),
+    ]);
     let mut run = Vec::new();
     for i in 0..args.jobs {
         let t0 = Instant::now();
@@ -243,11 +249,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                     working_dir: profile.workdir.clone(),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
-                    labels: Some(HashMap::from([
-                        (labels::MANAGED.to_string(), "true".to_string()),
-                        (labels::PROFILE.to_string(), profile.name.clone()),
-                        (labels::ROLE.to_string(), "bench".to_string()),
-                    ])),
+                    labels: Some(bench_labels.clone()),
                     host_config: Some(HostConfig {
                         init: Some(true),
                         network_mode: profile.network.clone(),

@@ -32,7 +32,14 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             return Ok(1);
         }
     };
-    let (runtime, executor) = super::connect(&config)?;
+    let (runtime, executor) = match super::connect(&config) {
+        Ok(pair) => pair,
+        Err(e) => {
+            println!("FAIL  engine: {e:#}");
+            println!("      check DOCKER_HOST or [engine] host in the config");
+            return Ok(1);
+        }
+    };
     let mut failed = 0;
     match warmpool_runtime::Runtime::info(runtime.as_ref()).await {
         Ok(info) => {

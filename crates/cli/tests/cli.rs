@@ -1,0 +1,394 @@
+//! The `warmpool` binary from the outside: `run` as a stand-in for `docker run`,
+//! `doctor`, and `bench`, against the real engine.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
+
+/// A config file with profiles of this test's own (unique label) for `image`.
+fn config(extra: &str) -> (PathBuf, String) {
+    ensure_images();
+    let label = unique("cli");
+    let dir = std::env::temp_dir().join(&label);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("warmpool.toml");
+    let text = format!(
+        r#"
+[profiles.bb]
+image = "{BUSYBOX}"
+env = {{ GREETING = "hi" }}
+network = "none"
+labels = {{ "{TEST_LABEL}" = "{label}" }}
+{extra}
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    (path, label)
+}
+
+fn warmpool(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_no_containers(label: &str) {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={TEST_LABEL}={label}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "", "containers left for {label}");
+}
+
+fn run(cfg: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "--config", cfg.to_str().unwrap(), "--profile", "bb"];
+    args.extend_from_slice(extra);
+    warmpool(&args).output().unwrap()
+}
+
+#[test]
+fn run_prints_only_the_jobs_output_and_exits_with_its_code() {
+    let (cfg, label) = config("");
+    let out = run(
+        &cfg,
+        &[
+            "-e",
+            "JOB=1",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING $JOB; echo oops >&2; exit 42",
+        ],
+    );
+    assert_eq!(text(&out.stdout), "hi 1\n");
+    assert_eq!(text(&out.stderr), "oops\n", "nothing of warmpool's own");
+    assert_eq!(out.status.code(), Some(42));
+    let out = run(&cfg, &["--warm", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137), "128 + SIGKILL");
+    assert_no_containers(&label);
+}
+
+#[test]
+fn warm_and_cold_agree_and_timing_goes_to_stderr() {
+    let (cfg, label) = config("");
+    let cold = run(&cfg, &["--cold", "--", "sh", "-c", "echo same; pwd"]);
+    let warm = run(
+        &cfg,
+        &["--warm", "--timing", "--", "sh", "-c", "echo same; pwd"],
+    );
+    assert_eq!(cold.stdout, warm.stdout);
+    assert_eq!(text(&cold.stdout), "same\n/\n");
+    let timing = text(&warm.stderr);
+    assert!(timing.contains("warmpool: warm: park"), "{timing}");
+    assert!(timing.contains("first output"), "{timing}");
+    assert_no_containers(&label);
+}
+
+#[test]
+fn env_from_our_environment_and_stdin_with_i() {
+    let (cfg, label) = config("");
+    let mut child = warmpool(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "bb",
+        "-i",
+        "-e",
+        "FROM_HOST",
+        "--",
+        "sh",
+        "-c",
+        "echo $FROM_HOST; cat",
+    ])
+    .env("FROM_HOST", "passed through")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "passed through\npiped in\n");
+    assert_no_containers(&label);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_with_code_125() {
+    let (cfg, _) = config("");
+    let out = run(&cfg, &["-e", "BAD-NAME=x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("BAD-NAME"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let (cfg, _) = config("memroy = \"1g\"");
+    let out = run(&cfg, &["--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("profile \"bb\"") && err.contains("memroy"),
+        "{err}"
+    );
+
+    let (cfg, _) = config("");
+    let out = warmpool(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "nope",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("no profile \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = warmpool(&[
+        "run",
+        "--config",
+        "/nonexistent/warmpool.toml",
+        "--profile",
+        "bb",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("/nonexistent/warmpool.toml"));
+}
+
+#[test]
+fn secrets_never_reach_warmpools_own_logs() {
+    let (cfg, label) = config("");
+    let secret = unique("hunter2");
+    let out = warmpool(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "bb",
+        "-e",
+        &format!("TOKEN={secret}"),
+        "--",
+        "sh",
+        "-c",
+        "echo ${#TOKEN}",
+    ])
+    .env("WARMPOOL_LOG", "trace")
+    .output()
+    .unwrap();
+    assert_eq!(text(&out.stdout), format!("{}\n", secret.len()));
+    assert!(!text(&out.stderr).is_empty(), "trace logging was on");
+    assert!(
+        !text(&out.stderr).contains(&secret),
+        "the secret is in warmpool's logs"
+    );
+    assert_no_containers(&label);
+}
+
+#[test]
+fn signals_are_passed_to_the_job() {
+    let (cfg, label) = config("");
+    let mut child = warmpool(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "bb",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 3' TERM; echo up; while :; do sleep 0.1; done",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !text(&seen).contains("up") {
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "ended before it was up");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    unsafe { kill(child.id() as i32, 15) };
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(text(&rest), "got TERM\n");
+    assert_eq!(status.code(), Some(3));
+    assert_no_containers(&label);
+}
+
+#[test]
+fn memory_stays_bounded_when_a_job_writes_a_gigabyte() {
+    let (cfg, label) = config("");
+    let mut child = warmpool(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "bb",
+        "--",
+        "sh",
+        "-c",
+        "head -c 1073741824 /dev/zero; echo end >&2",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match std::io::Read::read(&mut stdout, &mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n as u64,
+            }
+        }
+    });
+    // Peak resident memory of the warmpool process, read while it runs.
+    let mut peak_kb = 0u64;
+    while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        if let Some(kb) = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+        {
+            peak_kb = kb;
+        }
+        if status.contains("State:\tZ") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let total = reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // The default cap (10 MiB) plus the marker reached our stdout; the rest was dropped.
+    assert_eq!(
+        total,
+        10 * 1024 * 1024
+            + "\n[warmpool: stdout cut at 10485760 bytes; the job went on]\n".len() as u64
+    );
+    assert!(err.ends_with("end\n"), "the job ran to its end: {err}");
+    assert!(peak_kb > 0, "measured");
+    eprintln!("peak RSS of warmpool run for a 1 GiB job: {peak_kb} KiB");
+    assert!(
+        peak_kb < 64 * 1024,
+        "peak RSS {peak_kb} KiB for a 1 GiB job"
+    );
+    assert_no_containers(&label);
+}
+
+#[test]
+fn doctor_reports_what_is_wrong_and_how_to_fix_it() {
+    let (cfg, _) = config(&format!(
+        "\n[profiles.ghost]\nimage = \"warmpool-test/not-built:never\"\n\n[profiles.noshell]\nimage = \"{NOSHELL}\"\nnetwork = \"none\"\n"
+    ));
+    let out = warmpool(&["doctor", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("ok    engine"), "{report}");
+    assert!(report.contains("ok    profile bb"), "{report}");
+    assert!(report.contains("ok    profile noshell"), "{report}");
+    assert!(
+        report.contains("FAIL  profile ghost") && report.contains("docker build"),
+        "{report}"
+    );
+
+    let (cfg, _) = config("");
+    let out = warmpool(&["doctor", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    let out = warmpool(&["doctor", "--config", cfg.to_str().unwrap()])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        report.contains("FAIL  engine") && report.contains("DOCKER_HOST"),
+        "{report}"
+    );
+}
+
+#[test]
+fn bench_measures_all_four_modes() {
+    let (cfg, label) = config("");
+    let out = warmpool(&[
+        "bench",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "bb",
+        "--jobs",
+        "2",
+        "--json",
+        "--",
+        "echo",
+        "hello",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modes: Vec<&str> = v["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["warm", "cold", "docker exec", "docker run"]);
+    for m in v["modes"].as_array().unwrap() {
+        let p50 = m["exit_p50_ms"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50.is_finite(), "{m}");
+        assert!(
+            m["first_output_p50_ms"].as_f64().unwrap().is_finite(),
+            "{m}"
+        );
+    }
+    assert!(v["ratios"]["run_exit_over_warm_exit"].as_f64().unwrap() > 0.0);
+    // The bench's own containers (warm, cold, keeper, docker run) are all gone.
+    assert_no_containers(&label);
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
