@@ -56,10 +56,15 @@ fn assert_no_containers(label: &str) {
     assert_eq!(text(&out.stdout).trim(), "", "containers left for {label}");
 }
 
-fn run(cfg: &std::path::Path, extra: &[&str]) -> Output {
+/// `warmpool run --config CFG --profile bb EXTRA...`
+fn run_command(cfg: &std::path::Path, extra: &[&str]) -> Command {
     let mut args = vec!["run", "--config", cfg.to_str().unwrap(), "--profile", "bb"];
     args.extend_from_slice(extra);
-    warmpool(&args).output().unwrap()
+    warmpool(&args)
+}
+
+fn run(cfg: &std::path::Path, extra: &[&str]) -> Output {
+    run_command(cfg, extra).output().unwrap()
 }
 
 #[test]
@@ -103,20 +108,18 @@ fn warm_and_cold_agree_and_timing_goes_to_stderr() {
 #[test]
 fn env_from_our_environment_and_stdin_with_i() {
     let (cfg, label) = config("");
-    let mut child = warmpool(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--profile",
-        "bb",
-        "-i",
-        "-e",
-        "FROM_HOST",
-        "--",
-        "sh",
-        "-c",
-        "echo $FROM_HOST; cat",
-    ])
+    let mut child = run_command(
+        &cfg,
+        &[
+            "-i",
+            "-e",
+            "FROM_HOST",
+            "--",
+            "sh",
+            "-c",
+            "echo $FROM_HOST; cat",
+        ],
+    )
     .env("FROM_HOST", "passed through")
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
@@ -187,19 +190,17 @@ fn bad_input_is_a_clear_error_with_code_125() {
 fn secrets_never_reach_warmpools_own_logs() {
     let (cfg, label) = config("");
     let secret = unique("hunter2");
-    let out = warmpool(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--profile",
-        "bb",
-        "-e",
-        &format!("TOKEN={secret}"),
-        "--",
-        "sh",
-        "-c",
-        "echo ${#TOKEN}",
-    ])
+    let out = run_command(
+        &cfg,
+        &[
+            "-e",
+            &format!("TOKEN={secret}"),
+            "--",
+            "sh",
+            "-c",
+            "echo ${#TOKEN}",
+        ],
+    )
     .env("WARMPOOL_LOG", "trace")
     .output()
     .unwrap();
@@ -215,17 +216,15 @@ fn secrets_never_reach_warmpools_own_logs() {
 #[test]
 fn signals_are_passed_to_the_job() {
     let (cfg, label) = config("");
-    let mut child = warmpool(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--profile",
-        "bb",
-        "--",
-        "sh",
-        "-c",
-        "trap 'echo got TERM; exit 3' TERM; echo up; while :; do sleep 0.1; done",
-    ])
+    let mut child = run_command(
+        &cfg,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 3' TERM; echo up; while :; do sleep 0.1; done",
+        ],
+    )
     .stdout(Stdio::piped())
     .spawn()
     .unwrap();
@@ -249,17 +248,15 @@ fn signals_are_passed_to_the_job() {
 #[test]
 fn memory_stays_bounded_when_a_job_writes_a_gigabyte() {
     let (cfg, label) = config("");
-    let mut child = warmpool(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--profile",
-        "bb",
-        "--",
-        "sh",
-        "-c",
-        "head -c 1073741824 /dev/zero; echo end >&2",
-    ])
+    let mut child = run_command(
+        &cfg,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "head -c 1073741824 /dev/zero; echo end >&2",
+        ],
+    )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()

@@ -6,6 +6,21 @@ mod common;
 use common::*;
 use warmpool_core::{Job, Profile};
 
+/// The three runs of one job: docker run (the reference), warm, cold.
+async fn three_ways(
+    e: &Engine,
+    p: &Profile,
+    job: Job,
+) -> (Captured, Captured, Captured, warmpool_exec::Outcome) {
+    let (pc, jc) = (p.clone(), job.clone());
+    let reference = tokio::task::spawn_blocking(move || docker_run(&pc, &jc))
+        .await
+        .unwrap();
+    let (warm, warm_outcome) = run_warm(e, p, job.clone()).await;
+    let (cold, _) = run_cold(e, p, job).await;
+    (reference, warm, cold, warm_outcome)
+}
+
 /// Runs `job` three ways and asserts they agree; returns the reference result so
 /// each test can also check it is what the job should print (a suite where all
 /// three are equally broken must not pass).
@@ -39,8 +54,10 @@ async fn env_dump() {
         ("GREETING".into(), "hi".into()),
         ("SHARED".into(), "profile".into()),
     ];
+    // Sorted: `docker run` itself does not keep env order stable from run to run
+    // (the order the gate gives is checked in the gate's own tests).
     let job = Job {
-        args: vec!["env".into()],
+        args: vec!["sh".into(), "-c".into(), "env | sort".into()],
         env: vec![
             ("SHARED".into(), "job wins".into()),
             ("JOB_ONLY".into(), "with = and spaces".into()),
@@ -194,13 +211,7 @@ async fn fifty_megabytes_of_output() {
     let mut p = profile(NOSHELL);
     p.output_limit = 64 * 1024 * 1024;
     let e = engine();
-    let j = job(&["flood", &SIZE.to_string()]);
-    let (pc, jc) = (p.clone(), j.clone());
-    let reference = tokio::task::spawn_blocking(move || docker_run(&pc, &jc))
-        .await
-        .unwrap();
-    let (warm, wo) = run_warm(&e, &p, j.clone()).await;
-    let (cold, _) = run_cold(&e, &p, j).await;
+    let (reference, warm, cold, wo) = three_ways(&e, &p, job(&["flood", &SIZE.to_string()])).await;
     assert_eq!(reference.stdout.len(), SIZE);
     for (name, got) in [("warm", &warm), ("cold", &cold)] {
         assert_eq!(got.stdout.len(), SIZE, "{name}: length");
@@ -229,13 +240,7 @@ async fn program_not_found_exit_code() {
     // docker run and the gate word the error differently; the exit code is the contract.
     let p = profile(BUSYBOX);
     let e = engine();
-    let j = job(&["no-such-program"]);
-    let (pc, jc) = (p.clone(), j.clone());
-    let reference = tokio::task::spawn_blocking(move || docker_run(&pc, &jc))
-        .await
-        .unwrap();
-    let (warm, wo) = run_warm(&e, &p, j.clone()).await;
-    let (cold, _) = run_cold(&e, &p, j).await;
+    let (reference, warm, cold, wo) = three_ways(&e, &p, job(&["no-such-program"])).await;
     assert_eq!(reference.code, 127);
     assert_eq!(warm.code, 127);
     assert_eq!(cold.code, 127);

@@ -36,6 +36,21 @@ async fn find_container(e: &Engine, p: &warmpool_core::Profile) -> String {
     panic!("no container appeared for {label}");
 }
 
+/// Run `job` warm on an engine handle of its own, in the background, its
+/// container removed before the handle resolves.
+fn spawn_warm(
+    p: &warmpool_core::Profile,
+    job: Job,
+) -> tokio::task::JoinHandle<(Captured, warmpool_exec::Outcome)> {
+    let p = p.clone();
+    tokio::spawn(async move {
+        let e = engine();
+        let r = run_warm(&e, &p, job).await;
+        e.executor.drain().await;
+        r
+    })
+}
+
 #[tokio::test]
 async fn secrets_stay_out_of_container_config_and_logs() {
     let e = engine();
@@ -51,13 +66,7 @@ async fn secrets_stay_out_of_container_config_and_logs() {
         env: vec![("API_TOKEN".into(), secret.clone())],
         ..Job::default()
     };
-    let (pc, jc) = (p.clone(), job);
-    let e2 = engine();
-    let running = tokio::spawn(async move {
-        let r = run_warm(&e2, &pc, jc).await;
-        e2.executor.drain().await;
-        r
-    });
+    let running = spawn_warm(&p, job);
     let id = find_container(&e, &p).await;
     // Inspect while the job runs, when the secret is in the container's process.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -262,12 +271,7 @@ async fn output_past_the_cap_is_cut_and_the_job_goes_on() {
 async fn container_killed_from_outside_is_reported() {
     let e = engine();
     let p = profile(BUSYBOX);
-    let (pc, e2) = (p.clone(), engine());
-    let running = tokio::spawn(async move {
-        let r = run_warm(&e2, &pc, job(&["sh", "-c", "echo started; sleep 30"])).await;
-        e2.executor.drain().await;
-        r
-    });
+    let running = spawn_warm(&p, job(&["sh", "-c", "echo started; sleep 30"]));
     let id = find_container(&e, &p).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let killed = Command::new("docker").args(["kill", &id]).output().unwrap();

@@ -9,3 +9,20 @@ pub const PROFILE: &str = "warmpool.profile";
 pub const GATE: &str = "warmpool.gate";
 /// What a container is for: `job` (parked or running a job) or `gate-fill`.
 pub const ROLE: &str = "warmpool.role";
+
+/// A suffix for container names that no other container of this engine has:
+/// pid, time and a counter (no extra crate, no randomness needed).
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}-{:x}-{n}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    )
+}

@@ -2,7 +2,8 @@
 //! unit-tested without an engine.
 
 use std::collections::HashMap;
-use warmpool_core::{labels, ImageConfig, Profile};
+use warmpool_core::labels::{self, unique_suffix};
+use warmpool_core::{ImageConfig, Profile};
 use warmpool_runtime::ContainerSpec;
 
 /// The container for one job of `profile`: the profile's knobs, warmpool's labels,
@@ -44,17 +45,6 @@ pub fn container_spec(profile: &Profile, image: &ImageConfig) -> ContainerSpec {
         security_opt: profile.security_opt.clone(),
         runtime: profile.runtime.clone(),
     }
-}
-
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}-{nanos:08x}-{n}", std::process::id())
 }
 
 #[cfg(test)]

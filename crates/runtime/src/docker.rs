@@ -28,7 +28,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use tokio::sync::OnceCell;
-use warmpool_core::labels;
+use warmpool_core::labels::{self, unique_suffix};
 use warmpool_gate::{GATE_BINARY, GATE_DIGEST, GATE_DIR, GATE_PATH};
 
 /// Docker through its Engine API.
@@ -220,22 +220,6 @@ fn none_logging() -> HostConfigLogConfig {
         typ: Some("none".to_string()),
         config: None,
     }
-}
-
-/// A short random-enough suffix for names: time and pid, no extra crate.
-pub(crate) fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:x}{:x}{n:x}",
-        nanos & 0xffff_ffff_ffff,
-        std::process::id()
-    )
 }
 
 #[async_trait]

@@ -53,6 +53,16 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
                 info.os,
                 info.arch
             );
+            // The gate is built for this build's architecture; the engine must run it.
+            if info.arch != std::env::consts::ARCH {
+                println!(
+                    "FAIL  the engine runs {} but this warmpool's gate is built for {}; build warmpool for {} (cargo build --target ...)",
+                    info.arch,
+                    std::env::consts::ARCH,
+                    info.arch
+                );
+                failed += 1;
+            }
             if !api_ok {
                 println!(
                     "      the engine's API is older than {}.{}, the oldest warmpool is tested with; upgrade Docker",
