@@ -12,6 +12,16 @@ pub struct DoctorArgs {
 /// Lowest Engine API version warmpool is tested with (Docker 20.10).
 const MIN_API: (u32, u32) = (1, 41);
 
+/// Docker names architectures as Go does; Rust as the target triple does.
+fn go_arch(arch: &str) -> &str {
+    match arch {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "386" => "x86",
+        other => other,
+    }
+}
+
 fn parse_api(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
@@ -54,7 +64,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
                 info.arch
             );
             // The gate is built for this build's architecture; the engine must run it.
-            if info.arch != std::env::consts::ARCH {
+            if go_arch(&info.arch) != std::env::consts::ARCH {
                 println!(
                     "FAIL  the engine runs {} but this warmpool's gate is built for {}; build warmpool for {} (cargo build --target ...)",
                     info.arch,
