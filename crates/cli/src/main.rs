@@ -54,6 +54,9 @@ fn main() -> ExitCode {
             Command::Bench(args) => cmd::bench::run(args).await,
         }
     });
+    // A write to our stdout that a reader never takes must not keep us alive once
+    // the job is over: do not wait for blocked I/O threads.
+    runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
 fn config(extra: &str) -> (PathBuf, String) {
     ensure_images();
     let label = unique("cli");
+    // Extra profiles may carry this config's label too: "@LABEL@" stands for it.
+    let extra = extra.replace("@LABEL@", &label);
     let dir = std::env::temp_dir().join(&label);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("warmpool.toml");
@@ -311,9 +313,149 @@ fn memory_stays_bounded_when_a_job_writes_a_gigabyte() {
 }
 
 #[test]
+fn a_slow_reader_gets_everything_and_the_right_exit_code() {
+    let (cfg, label) = config("");
+    let mut child = run_command(
+        &cfg,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "head -c 1500000 /dev/zero; echo done >&2; exit 1",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // About 640 KB/s: the job ends long before we have read its output.
+        std::thread::sleep(Duration::from_millis(100));
+        match std::io::Read::read(&mut stdout, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(total, 1_500_000, "all of stdout arrived");
+    assert_eq!(err, "done\n");
+    assert_eq!(status.code(), Some(1), "the job's own exit code");
+    assert_no_containers(&label);
+}
+
+#[test]
+fn a_reader_that_does_not_read_does_not_stop_the_timeout() {
+    let (cfg, label) = config("kill_grace = \"1s\"");
+    // A unique sleep, to find the job's process on this host (containers share the kernel).
+    let marker = format!("61.{}", std::process::id());
+    let script = format!("yes | head -c 50000000; sleep {marker}");
+    let mut child = run_command(&cfg, &["--timeout", "1s", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read nothing for a while: the job blocks on its full output pipe, and the
+    // timeout must still stop it, long before we read.
+    std::thread::sleep(Duration::from_secs(6));
+    // The job's own processes, by how their command lines start (warmpool's own
+    // command line contains the script too, but does not start with it).
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let job_alive: Vec<String> = text(&ps.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("sleep {marker}")) || l.starts_with("head -c 50000000"))
+        .map(str::to_string)
+        .collect();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut sink).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        job_alive.is_empty(),
+        "the timed-out job still runs while its output is not read: {job_alive:?}"
+    );
+    assert!(matches!(status.code(), Some(137) | Some(143)), "{status:?}");
+    assert_no_containers(&label);
+}
+
+#[test]
+fn unset_env_removes_the_images_value() {
+    let (cfg, label) = config(&format!(
+        "\n[profiles.user]\nimage = \"{USER}\"\nnetwork = \"none\"\nlabels = {{ \"{TEST_LABEL}\" = \"@LABEL@\" }}\n"
+    ));
+    let out = warmpool(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "user",
+        "-e",
+        "APP_MODE",
+        "--",
+        "sh",
+        "-c",
+        "echo ${APP_MODE-removed}",
+    ])
+    .env_remove("APP_MODE")
+    .output()
+    .unwrap();
+    assert_eq!(text(&out.stdout), "removed\n", "{}", text(&out.stderr));
+    let docker = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "-e",
+            "APP_MODE",
+            USER,
+            "sh",
+            "-c",
+            "echo ${APP_MODE-removed}",
+        ])
+        .env_remove("APP_MODE")
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, docker.stdout, "as docker run does");
+    assert_no_containers(&label);
+}
+
+#[test]
+fn killing_warmpool_leaves_no_container_behind() {
+    let (cfg, label) = config("");
+    let mut child = run_command(&cfg, &["--", "sh", "-c", "echo up; sleep 60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"up\n");
+    unsafe { kill(child.id() as i32, 9) };
+    child.wait().unwrap();
+    // The gate sees its host go, kills the job and exits; the engine removes the
+    // container (auto-remove). Nothing else cleans up here.
+    let filter = format!("label={TEST_LABEL}={label}");
+    let mut left = String::from("?");
+    for _ in 0..200 {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+            .unwrap();
+        left = text(&out.stdout).trim().to_string();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left, "", "containers left after warmpool was killed");
+}
+
+#[test]
 fn doctor_reports_what_is_wrong_and_how_to_fix_it() {
-    let (cfg, _) = config(&format!(
-        "\n[profiles.ghost]\nimage = \"warmpool-test/not-built:never\"\n\n[profiles.noshell]\nimage = \"{NOSHELL}\"\nnetwork = \"none\"\n"
+    let (cfg, doctor_label) = config(&format!(
+        "\n[profiles.ghost]\nimage = \"warmpool-test/not-built:never\"\nlabels = {{ \"{TEST_LABEL}\" = \"@LABEL@\" }}\n\n[profiles.noshell]\nimage = \"{NOSHELL}\"\nnetwork = \"none\"\nlabels = {{ \"{TEST_LABEL}\" = \"@LABEL@\" }}\n"
     ));
     let out = warmpool(&["doctor", "--config", cfg.to_str().unwrap()])
         .output()
@@ -323,6 +465,7 @@ fn doctor_reports_what_is_wrong_and_how_to_fix_it() {
     assert!(report.contains("ok    engine"), "{report}");
     assert!(report.contains("ok    profile bb"), "{report}");
     assert!(report.contains("ok    profile noshell"), "{report}");
+    assert_no_containers(&doctor_label);
     assert!(
         report.contains("FAIL  profile ghost") && report.contains("docker build"),
         "{report}"

@@ -50,6 +50,7 @@ async fn equivalent(p: &Profile, job: Job) -> Captured {
 #[tokio::test]
 async fn env_dump() {
     let mut p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     p.env = vec![
         ("GREETING".into(), "hi".into()),
         ("SHARED".into(), "profile".into()),
@@ -77,6 +78,7 @@ async fn env_dump() {
 #[tokio::test]
 async fn args_dump_without_a_shell() {
     let p = profile(NOSHELL);
+    let _cleanup = cleanup(&p);
     let r = equivalent(&p, job(&["args", "a", "b c", "", "d\"e", "$HOME"])).await;
     assert_eq!(r.stdout_text(), "a\nb c\n\nd\"e\n$HOME\n");
 }
@@ -84,6 +86,7 @@ async fn args_dump_without_a_shell() {
 #[tokio::test]
 async fn image_without_a_shell_env_id_cwd_and_default_cmd() {
     let p = profile(NOSHELL);
+    let _cleanup = cleanup(&p);
     let r = equivalent(&p, job(&[])).await;
     assert_eq!(
         r.stdout_text(),
@@ -101,12 +104,14 @@ async fn image_without_a_shell_env_id_cwd_and_default_cmd() {
 #[tokio::test]
 async fn working_dir_and_ids() {
     let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     let r = equivalent(&p, job(&["sh", "-c", "pwd; id"])).await;
     assert_eq!(
         r.stdout_text(),
         "/\nuid=0(root) gid=0(root) groups=0(root)\n"
     );
     let mut p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     p.workdir = Some("/tmp/work".into());
     p.user = Some("1000:1000".into());
     let r = equivalent(&p, job(&["sh", "-c", "pwd; id -u; id -g"])).await;
@@ -116,6 +121,7 @@ async fn working_dir_and_ids() {
 #[tokio::test]
 async fn image_with_user_and_workdir() {
     let p = profile(USER);
+    let _cleanup = cleanup(&p);
     let r = equivalent(&p, job(&[])).await;
     assert_eq!(
         r.stdout_text(),
@@ -140,6 +146,7 @@ async fn image_with_user_and_workdir() {
 #[tokio::test]
 async fn image_with_entrypoint_and_cmd() {
     let p = profile(ENTRY);
+    let _cleanup = cleanup(&p);
     let r = equivalent(&p, job(&[])).await;
     assert_eq!(r.stdout_text(), "entry: ep default args\n");
     let r = equivalent(&p, job(&["given", "args"])).await;
@@ -149,6 +156,7 @@ async fn image_with_entrypoint_and_cmd() {
 #[tokio::test]
 async fn image_with_cmd_only() {
     let p = profile(CMD_ONLY);
+    let _cleanup = cleanup(&p);
     let r = equivalent(&p, job(&[])).await;
     assert_eq!(r.stdout_text(), "hello from cmd\n");
     let r = equivalent(&p, job(&["echo", "replaced"])).await;
@@ -158,6 +166,7 @@ async fn image_with_cmd_only() {
 #[tokio::test]
 async fn stdin_echo() {
     let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     let input: Vec<u8> = (0..100_000u32)
         .flat_map(|i| format!("line {i}\n").into_bytes())
         .collect();
@@ -173,6 +182,7 @@ async fn stdin_echo() {
 #[tokio::test]
 async fn exit_codes() {
     let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     for code in [0, 1, 42] {
         let r = equivalent(&p, job(&["sh", "-c", &format!("echo before; exit {code}")])).await;
         assert_eq!(r.code, code);
@@ -183,6 +193,7 @@ async fn exit_codes() {
 #[tokio::test]
 async fn death_by_sigkill() {
     let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     let r = equivalent(&p, job(&["sh", "-c", "echo dying; kill -9 $$"])).await;
     assert_eq!(r.code, 137);
     assert_eq!(r.stdout_text(), "dying\n");
@@ -191,6 +202,7 @@ async fn death_by_sigkill() {
 #[tokio::test]
 async fn stderr_apart_from_stdout() {
     let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     let r = equivalent(
         &p,
         job(&[
@@ -209,6 +221,7 @@ async fn stderr_apart_from_stdout() {
 async fn fifty_megabytes_of_output() {
     const SIZE: usize = 50 * 1024 * 1024;
     let mut p = profile(NOSHELL);
+    let _cleanup = cleanup(&p);
     p.output_limit = 64 * 1024 * 1024;
     let e = engine();
     let (reference, warm, cold, wo) = three_ways(&e, &p, job(&["flood", &SIZE.to_string()])).await;
@@ -230,6 +243,7 @@ async fn fifty_megabytes_of_output() {
 async fn orphans_are_reaped_like_docker_init() {
     // An orphaned child that exits becomes a zombie unless PID 1 reaps it.
     let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     let script = "(sh -c 'sleep 0.1' &); sleep 0.6; ps -o stat,comm | grep -c '^Z' || true";
     let r = equivalent(&p, job(&["sh", "-c", script])).await;
     assert_eq!(r.stdout_text(), "0\n", "no zombies");
@@ -239,6 +253,7 @@ async fn orphans_are_reaped_like_docker_init() {
 async fn program_not_found_exit_code() {
     // docker run and the gate word the error differently; the exit code is the contract.
     let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
     let e = engine();
     let (reference, warm, cold, wo) = three_ways(&e, &p, job(&["no-such-program"])).await;
     assert_eq!(reference.code, 127);

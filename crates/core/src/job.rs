@@ -25,6 +25,9 @@ pub struct Job {
     pub args: Vec<String>,
     /// Applied last; may carry secrets, so it never goes into container config.
     pub env: Vec<(String, String)>,
+    /// Variables to remove from the job's env, the image's and the profile's
+    /// included (as `docker run -e NAME` does when NAME is not set).
+    pub unset: Vec<String>,
     /// Bytes for the job's stdin; `None` gives it /dev/null (as `docker run` without -i).
     pub stdin: Option<Vec<u8>>,
     /// Overrides the profile's `job_timeout`.
@@ -56,6 +59,8 @@ pub enum JobError {
     NulInArg(usize),
     #[error("nothing to run: the image has no ENTRYPOINT or CMD and the job gave no arguments")]
     NoCommand,
+    #[error("the job is {0} bytes (args, env and stdin), over the limit of {1} bytes")]
+    TooLarge(u64, u64),
 }
 
 fn env_key(entry: &str) -> &str {
@@ -81,6 +86,9 @@ impl Job {
             if v.contains('\0') {
                 return Err(JobError::NulInEnv(k.clone()));
             }
+        }
+        if let Some(k) = self.unset.iter().find(|k| !valid_env_name(k)) {
+            return Err(JobError::BadEnvName(k.clone()));
         }
         if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
             return Err(JobError::NulInArg(i));
@@ -110,6 +118,10 @@ pub fn compose(image: &ImageConfig, profile: &Profile, job: &Job) -> Result<JobS
     for (k, v) in profile.env.iter().chain(job.env.iter()) {
         replace_or_append(&mut env, format!("{k}={v}"));
     }
+    // A bare KEY tells the gate to remove KEY, as the daemon does for `-e KEY`.
+    for k in &job.unset {
+        replace_or_append(&mut env, k.clone());
+    }
     let user_keys: Vec<String> = env.iter().map(|e| env_key(e).to_string()).collect();
     for entry in &image.env {
         if !user_keys.iter().any(|k| k == env_key(entry)) {
@@ -120,12 +132,17 @@ pub fn compose(image: &ImageConfig, profile: &Profile, job: &Job) -> Result<JobS
         .workdir
         .clone()
         .unwrap_or_else(|| image.workdir.clone());
-    Ok(JobSpec {
+    let spec = JobSpec {
         argv: argv.into_iter().map(String::into_bytes).collect(),
         env: env.into_iter().map(String::into_bytes).collect(),
         cwd: cwd.into_bytes(),
         stdin: job.stdin.clone(),
-    })
+    };
+    let max = u64::from(warmpool_gate::protocol::MAX_SPEC_BODY);
+    if spec.body_len() > max {
+        return Err(JobError::TooLarge(spec.body_len(), max));
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -196,6 +213,31 @@ mod tests {
             strings(&spec.env),
             ["GREETING=yo", "LANG=en", "SECRET=s", "PATH=/bin"]
         );
+    }
+
+    #[test]
+    fn unset_removes_from_every_layer() {
+        let mut p = Profile::new("p", "img");
+        p.env = vec![("GREETING".into(), "hi".into())];
+        let job = Job {
+            unset: vec!["GREETING".into(), "LANG".into()],
+            ..Job::default()
+        };
+        let spec = compose(&image(), &p, &job).unwrap();
+        assert_eq!(strings(&spec.env), ["GREETING", "LANG", "PATH=/bin"]);
+    }
+
+    #[test]
+    fn oversized_jobs_are_refused_before_anything_runs() {
+        let p = Profile::new("p", "img");
+        let job = Job {
+            stdin: Some(vec![0; warmpool_gate::protocol::MAX_SPEC_BODY as usize]),
+            ..Job::default()
+        };
+        assert!(matches!(
+            compose(&image(), &p, &job),
+            Err(JobError::TooLarge(..))
+        ));
     }
 
     #[test]

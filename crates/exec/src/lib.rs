@@ -89,13 +89,15 @@ impl Executor {
     pub async fn park(&self, profile: Arc<ResolvedProfile>) -> Result<Parked, ExecError> {
         let started = Instant::now();
         let spec = container_spec(&profile.profile, &profile.image);
-        let id = self.runtime.create(&spec).await?;
-        let created = started.elapsed();
-        // From here on, a failure must not leave the container behind.
+        // From here on, a failure or a cancellation must not leave the container
+        // behind: until the engine gives us its id, remove it by its (unique) name.
         let mut guard = RemoveOnDrop {
             executor: self.clone(),
-            id: Some(id.clone()),
+            id: Some(spec.name.clone()),
         };
+        let id = self.runtime.create(&spec).await?;
+        guard.id = Some(id.clone());
+        let created = started.elapsed();
         let attachment = self.runtime.attach(&id).await?;
         let attached = started.elapsed();
         self.runtime
@@ -204,8 +206,13 @@ impl Executor {
                 tracing::warn!(container = %id, error = %e, "removing a used container failed");
             }
         };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            self.cleanup.spawn_on(task, &handle);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                self.cleanup.spawn_on(task, &handle);
+            }
+            Err(_) => tracing::warn!(
+                "a container could not be removed: no async runtime is running (it removes itself once its gate exits)"
+            ),
         }
     }
 

@@ -44,6 +44,9 @@ pub struct RunTimings {
 pub struct Outcome {
     pub container: String,
     pub exit: ExitStatus,
+    /// The gate said the job's process exists (its STARTED frame). A run that was
+    /// lost before this never started the job: it is safe to run it elsewhere.
+    pub started: bool,
     /// The job ran past its timeout and was stopped (SIGTERM, then a kill after the grace).
     pub timed_out: bool,
     pub stdout_truncated: bool,

@@ -7,6 +7,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 use warmpool_core::job::compose;
 use warmpool_core::Job;
 use warmpool_gate::protocol::{ExitStatus, Frame, FrameDecoder};
-use warmpool_runtime::{Output, RuntimeError};
+use warmpool_runtime::{Output, Runtime, RuntimeError};
 
 /// Where a job's output goes, chunk by chunk, as it arrives. Never handed the
 /// whole output: a job that writes gigabytes costs one chunk of memory.
@@ -34,7 +35,9 @@ pub struct RunControl {
 
 /// How long the stream may still deliver frames after the engine says the
 /// container has stopped.
-const AFTER_STOP_GRACE: Duration = Duration::from_millis(500);
+const AFTER_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the acknowledgement (closing the gate's stdin) to go out.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// When the engine's wait starts watching a running job.
 const WATCHDOG_DELAY: Duration = Duration::from_millis(250);
 
@@ -113,13 +116,12 @@ impl Parked {
         mut self,
         job: Job,
         sink: &mut S,
-        mut control: RunControl,
+        control: RunControl,
     ) -> Result<Outcome, ExecError> {
         let id = self.id().to_string();
         let spec = compose(&self.profile.image, &self.profile.profile, &job)?;
         let profile = &self.profile.profile;
         let timeout = job.timeout.unwrap_or(profile.job_timeout);
-        let grace = profile.kill_grace;
         let limit = profile.output_limit;
         let runtime = self.executor.runtime.clone();
 
@@ -138,33 +140,47 @@ impl Parked {
         }
         drop(encoded);
 
+        // Timeout and signals are enforced by a task of their own, so a caller that
+        // reads the output slowly (or not at all) never delays a kill.
+        let enforcer = Enforcer::spawn(
+            runtime.clone(),
+            id.clone(),
+            tokio::time::Instant::from_std(handover + timeout),
+            profile.kill_grace,
+            control.signals,
+        );
+
         // The engine's wait is a watchdog for a container that dies without an exit
-        // frame (killed from outside, out of memory): the frames stay the source of truth.
+        // frame (killed from outside, out of memory): the frames stay the source of
+        // truth. It starts after WATCHDOG_DELAY: a short job never pays for the extra
+        // request, and a container that dies at once usually ends its stream anyway.
         let watch_runtime = runtime.clone();
         let watch_id = id.clone();
-        // It starts after WATCHDOG_DELAY: a short job never pays for the extra request,
-        // and a container that dies at once usually ends its attach stream anyway.
         let mut stopped = Box::pin(async move {
             tokio::time::sleep(WATCHDOG_DELAY).await;
             watch_runtime.wait(&watch_id).await
         });
+        let mut watching = true;
         let mut stop_code: Option<i64> = None;
 
         let mut streams = [StreamState::new(limit), StreamState::new(limit)];
         let mut first_output: Option<Duration> = None;
+        let mut started = false;
         let mut start_error = None;
         let mut gate_stderr = Vec::new();
         let mut exit: Option<ExitStatus> = None;
         let mut lost: Option<String> = None;
-        let mut timed_out = false;
-        let deadline = tokio::time::Instant::from_std(handover + timeout);
-        let far = deadline + Duration::from_secs(365 * 24 * 3600);
-        let mut kill_at = far;
-        let mut give_up_at = far;
+        let mut give_up_at = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
 
         'run: loop {
             tokio::select! {
                 biased;
+                _ = enforcer.killed.notified() => {
+                    // The job is gone with its container; do not wait on the stream (an
+                    // attach can outlive its container, bollard#251).
+                    exit = Some(ExitStatus::Signal(9));
+                    break 'run;
+                }
                 item = self.output.next() => match item {
                     Some(Ok(Output::Stdout(bytes))) => {
                         self.decoder.push(&bytes);
@@ -177,6 +193,10 @@ impl Parked {
                             let (kind, data) = match frame {
                                 Frame::Stdout(d) => (StreamKind::Stdout, d),
                                 Frame::Stderr(d) => (StreamKind::Stderr, d),
+                                Frame::Started(_) => {
+                                    started = true;
+                                    continue;
+                                }
                                 Frame::StartFailed(msg) => {
                                     start_error = Some(msg);
                                     continue;
@@ -192,7 +212,17 @@ impl Parked {
                             if first_output.is_none() && !data.is_empty() {
                                 first_output = Some(handover.elapsed());
                             }
-                            streams[kind as usize].deliver(kind, &data, sink).await;
+                            // A caller that reads slowly holds the job back (backpressure),
+                            // but not a kill: once the job is killed, stop writing, so the
+                            // attach stream is dropped and the engine can tear the container
+                            // down (it waits for an attached reader otherwise).
+                            tokio::select! {
+                                _ = streams[kind as usize].deliver(kind, &data, sink) => {}
+                                _ = enforcer.killed.notified() => {
+                                    exit = Some(ExitStatus::Signal(9));
+                                    break 'run;
+                                }
+                            }
                         }
                     }
                     Some(Ok(Output::Stderr(bytes))) => keep_tail(&mut gate_stderr, &bytes),
@@ -201,39 +231,24 @@ impl Parked {
                         break 'run;
                     }
                     None => {
-                        if lost.is_none() {
-                            lost = Some(format!("the container ended before the gate reported an exit{}", stderr_note(&gate_stderr)));
-                        }
+                        lost = Some(format!("the container ended before the gate reported an exit{}", stderr_note(&gate_stderr)));
                         break 'run;
                     }
                 },
-                code = &mut stopped, if stop_code.is_none() => {
-                    stop_code = Some(code.unwrap_or(-1));
-                    give_up_at = tokio::time::Instant::now() + AFTER_STOP_GRACE;
-                }
-                Some(sig) = recv_signal(&mut control.signals) => {
-                    if let Err(e) = runtime.kill(&id, sig).await {
-                        tracing::debug!(container = %id, error = %e, "forwarding a signal failed");
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline), if !timed_out => {
-                    timed_out = true;
-                    kill_at = tokio::time::Instant::now() + grace;
-                    // The gate forwards SIGTERM to the job's process group.
-                    if let Err(e) = runtime.kill(&id, "SIGTERM").await {
-                        tracing::debug!(container = %id, error = %e, "SIGTERM on timeout failed");
-                    }
-                }
-                _ = tokio::time::sleep_until(kill_at), if timed_out => {
-                    if let Err(e) = runtime.kill(&id, "SIGKILL").await {
-                        if !e.is_not_found() {
-                            tracing::warn!(container = %id, error = %e, "killing a timed-out job failed");
+                result = &mut stopped, if watching => {
+                    watching = false;
+                    match result {
+                        Ok(code) => stop_code = Some(code),
+                        // Gone already (removed): stopped, code unknown.
+                        Err(e) if e.is_not_found() => stop_code = Some(-1),
+                        Err(e) => {
+                            // The engine could not tell; the frames and the timeout still hold.
+                            tracing::debug!(container = %id, error = %e, "watchdog wait failed");
                         }
                     }
-                    // The job is gone with its container; do not wait on the stream (an
-                    // attach can outlive its container, bollard#251).
-                    exit = Some(ExitStatus::Signal(9));
-                    break 'run;
+                    if stop_code.is_some() {
+                        give_up_at = tokio::time::Instant::now() + AFTER_STOP_GRACE;
+                    }
                 }
                 _ = tokio::time::sleep_until(give_up_at), if stop_code.is_some() => {
                     break 'run;
@@ -241,9 +256,15 @@ impl Parked {
             }
         }
         let exit_time = handover.elapsed();
+        let timed_out = enforcer.timed_out();
+        drop(enforcer);
 
         let exit = match exit {
-            Some(status) => status,
+            Some(status) => {
+                // The acknowledgement the gate waits for: it exits once it sees EOF.
+                let _ = tokio::time::timeout(ACK_TIMEOUT, self.input.shutdown()).await;
+                status
+            }
             None => {
                 // No exit frame: the container died under the job.
                 let code = match stop_code {
@@ -260,12 +281,12 @@ impl Parked {
                         stderr_note(&gate_stderr)
                     )
                 });
-                lost = Some(format!("{why} (container exit code {code})"));
-                if code > 128 && code < 160 {
-                    ExitStatus::Signal((code - 128) as i32)
+                lost = Some(if code >= 0 {
+                    format!("{why} (container exit code {code})")
                 } else {
-                    ExitStatus::Code(code as i32)
-                }
+                    format!("{why} (container exit code unknown)")
+                });
+                lost_status(code)
             }
         };
 
@@ -276,6 +297,7 @@ impl Parked {
         Ok(Outcome {
             container: id,
             exit,
+            started,
             timed_out,
             stdout_truncated: streams[0].truncated,
             stderr_truncated: streams[1].truncated,
@@ -287,6 +309,91 @@ impl Parked {
                 exit: exit_time,
             },
         })
+    }
+}
+
+/// What to report for a job whose container died without an exit frame. Never 0:
+/// the job did not report success.
+fn lost_status(container_code: i64) -> ExitStatus {
+    match container_code {
+        129..=159 => ExitStatus::Signal((container_code - 128) as i32),
+        1..=255 => ExitStatus::Code(container_code as i32),
+        // Unknown, or 0 without the gate's word for it: as `docker run` does when it
+        // cannot tell, 125.
+        _ => ExitStatus::Code(125),
+    }
+}
+
+/// Enforces a job's timeout (SIGTERM, grace, kill) and passes signals on, in a task
+/// of its own; aborted when dropped.
+struct Enforcer {
+    killed: Arc<tokio::sync::Notify>,
+    timed_out: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Enforcer {
+    fn spawn(
+        runtime: Arc<dyn Runtime>,
+        id: String,
+        deadline: tokio::time::Instant,
+        grace: Duration,
+        mut signals: Option<mpsc::UnboundedReceiver<&'static str>>,
+    ) -> Enforcer {
+        let killed = Arc::new(tokio::sync::Notify::new());
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let (k, t) = (killed.clone(), timed_out.clone());
+        let task = tokio::spawn(async move {
+            let mut kill_at = None;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline), if kill_at.is_none() => {
+                        t.store(true, Ordering::SeqCst);
+                        kill_at = Some(tokio::time::Instant::now() + grace);
+                        // The gate forwards SIGTERM to the job's process group.
+                        if let Err(e) = runtime.kill(&id, "SIGTERM").await {
+                            tracing::debug!(container = %id, error = %e, "SIGTERM on timeout failed");
+                        }
+                    }
+                    _ = sleep_until_some(kill_at) => {
+                        if let Err(e) = runtime.kill(&id, "SIGKILL").await {
+                            if !e.is_not_found() {
+                                tracing::warn!(container = %id, error = %e, "killing a timed-out job failed");
+                            }
+                        }
+                        k.notify_one();
+                        return;
+                    }
+                    Some(sig) = recv_signal(&mut signals) => {
+                        if let Err(e) = runtime.kill(&id, sig).await {
+                            tracing::debug!(container = %id, error = %e, "forwarding a signal failed");
+                        }
+                    }
+                }
+            }
+        });
+        Enforcer {
+            killed,
+            timed_out,
+            task,
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

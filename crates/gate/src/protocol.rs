@@ -17,9 +17,13 @@
 //! kind: u8 | length: u32 BE | payload
 //! ```
 //!
-//! `READY` first (payload: the gate's version string), then any number of
-//! `STDOUT`/`STDERR` chunks, optionally one `START_FAILED` (payload: a message),
-//! and `EXIT` last (payload: 0 + exit code i32 BE, or 1 + signal number i32 BE).
+//! `READY` first (payload: the gate's version string); once the job's process
+//! exists, `STARTED` (payload: its pid, i32 BE) or else one `START_FAILED`
+//! (payload: a message); any number of `STDOUT`/`STDERR` chunks; `EXIT` last
+//! (payload: 0 + exit code i32 BE, or 1 + signal number i32 BE). After `EXIT`
+//! the gate waits (bounded) for the host to close its stdin, so the host has
+//! read everything before the container ends; stdin closing *during* a job
+//! means the host is gone, and the gate kills the job.
 //! The gate's own diagnostics go to the container's stderr, never into frames.
 
 use std::fmt;
@@ -37,10 +41,11 @@ pub const MAX_FRAME_PAYLOAD: u32 = 16 * 1024 * 1024;
 pub const FRAME_HEADER_LEN: usize = 5;
 
 pub const FRAME_READY: u8 = 1;
-pub const FRAME_STDOUT: u8 = 2;
-pub const FRAME_STDERR: u8 = 3;
-pub const FRAME_START_FAILED: u8 = 4;
-pub const FRAME_EXIT: u8 = 5;
+pub const FRAME_STARTED: u8 = 2;
+pub const FRAME_STDOUT: u8 = 3;
+pub const FRAME_STDERR: u8 = 4;
+pub const FRAME_START_FAILED: u8 = 5;
+pub const FRAME_EXIT: u8 = 6;
 
 /// What a job is, as far as the gate is concerned: everything is already
 /// resolved by the host (argv, the complete environment, working directory).
@@ -48,8 +53,9 @@ pub const FRAME_EXIT: u8 = 5;
 pub struct JobSpec {
     /// argv[0] is looked up in the job's PATH when it has no '/'.
     pub argv: Vec<Vec<u8>>,
-    /// "KEY=VALUE" entries in order. The gate starts from Docker's defaults
-    /// (PATH, HOSTNAME), replaces or appends these, and keeps HOME if unset.
+    /// "KEY=VALUE" entries in order; a bare "KEY" removes KEY (as `docker run -e
+    /// KEY` for an unset KEY). The gate starts from Docker's defaults (PATH,
+    /// HOSTNAME), replaces, appends or removes these, and keeps HOME if unset.
     pub env: Vec<Vec<u8>>,
     /// Empty means: stay in the container's working directory.
     pub cwd: Vec<u8>,
@@ -132,6 +138,19 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 impl JobSpec {
+    /// Length of the encoded body, without encoding it (the limit is checked on
+    /// the host before anything is created for a job).
+    pub fn body_len(&self) -> u64 {
+        let list = |l: &Vec<Vec<u8>>| 4 + l.iter().map(|i| 4 + i.len() as u64).sum::<u64>();
+        list(&self.argv)
+            + list(&self.env)
+            + 4
+            + self.cwd.len() as u64
+            + 1
+            + 4
+            + self.stdin.as_ref().map_or(0, |s| s.len() as u64)
+    }
+
     /// The complete spec message: header and body.
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
@@ -195,13 +214,10 @@ impl JobSpec {
             if e.contains(&0) {
                 return Err(SpecError::Malformed("an env entry contains a NUL byte"));
             }
-            match e.iter().position(|b| *b == b'=') {
-                Some(0) | None => {
-                    return Err(SpecError::Malformed(
-                        "an env entry is not of the form KEY=VALUE",
-                    ))
-                }
-                Some(_) => {}
+            if e.is_empty() || e[0] == b'=' {
+                return Err(SpecError::Malformed(
+                    "an env entry has no name (want KEY=VALUE or KEY)",
+                ));
             }
         }
         let cwd = cur.bytes("cwd")?;
@@ -308,6 +324,7 @@ impl ExitStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Ready(String),
+    Started(i32),
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     StartFailed(String),
@@ -334,6 +351,7 @@ pub fn exit_payload(status: ExitStatus) -> [u8; 5] {
 pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     let (kind, payload): (u8, Vec<u8>) = match frame {
         Frame::Ready(v) => (FRAME_READY, v.as_bytes().to_vec()),
+        Frame::Started(pid) => (FRAME_STARTED, pid.to_be_bytes().to_vec()),
         Frame::Stdout(b) => (FRAME_STDOUT, b.clone()),
         Frame::Stderr(b) => (FRAME_STDERR, b.clone()),
         Frame::StartFailed(m) => (FRAME_START_FAILED, m.as_bytes().to_vec()),
@@ -360,7 +378,7 @@ impl fmt::Display for FrameError {
                 f,
                 "the gate sent a frame of {n} bytes, over the limit of {MAX_FRAME_PAYLOAD}"
             ),
-            FrameError::BadExit => write!(f, "the gate sent a malformed exit frame"),
+            FrameError::BadExit => write!(f, "the gate sent a malformed exit or started frame"),
         }
     }
 }
@@ -417,6 +435,10 @@ impl FrameDecoder {
         let payload = &avail[FRAME_HEADER_LEN..total];
         let frame = match kind {
             FRAME_READY => Frame::Ready(String::from_utf8_lossy(payload).into_owned()),
+            FRAME_STARTED => match <[u8; 4]>::try_from(payload) {
+                Ok(b) => Frame::Started(i32::from_be_bytes(b)),
+                Err(_) => return Err(FrameError::BadExit),
+            },
             FRAME_STDOUT => Frame::Stdout(payload.to_vec()),
             FRAME_STDERR => Frame::Stderr(payload.to_vec()),
             FRAME_START_FAILED => Frame::StartFailed(String::from_utf8_lossy(payload).into_owned()),

@@ -80,9 +80,32 @@ impl Transcript {
     }
 }
 
+/// Read frames until EXIT (or EOF), then acknowledge by closing stdin, as the host
+/// does, and collect the rest.
 fn finish(mut child: Child) -> Transcript {
-    let mut out = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let stdin = child.stdin.take();
+    let mut out = child.stdout.take().unwrap();
+    let mut dec = FrameDecoder::new();
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 65536];
+    'read: loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            let last = matches!(f, Frame::Exit(_));
+            frames.push(f);
+            if last {
+                break 'read;
+            }
+        }
+    }
+    drop(stdin);
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "bytes after the exit frame");
     let mut err = String::new();
     child
         .stderr
@@ -91,12 +114,6 @@ fn finish(mut child: Child) -> Transcript {
         .read_to_string(&mut err)
         .unwrap();
     let status = child.wait().unwrap();
-    let mut dec = FrameDecoder::new();
-    dec.push(&out);
-    let mut frames = Vec::new();
-    while let Some(f) = dec.next_frame().unwrap() {
-        frames.push(f);
-    }
     assert_eq!(dec.pending(), 0, "trailing bytes after the last frame");
     Transcript {
         frames,
@@ -105,11 +122,15 @@ fn finish(mut child: Child) -> Transcript {
     }
 }
 
+/// Hand the gate a spec and keep its stdin open until the exit frame, as the host does.
 fn run_spec(spec: &JobSpec) -> Transcript {
     let mut child = start_gate();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&spec.encode()).unwrap();
-    drop(stdin);
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&spec.encode())
+        .unwrap();
     finish(child)
 }
 
@@ -120,6 +141,7 @@ fn says_ready_first_and_exit_last() {
     assert_eq!(t.stdout(), b"hello world\n");
     assert_eq!(t.exit(), Some(ExitStatus::Code(0)));
     assert_eq!(t.code, Some(0));
+    assert!(matches!(t.frames[1], Frame::Started(pid) if pid > 0));
 }
 
 #[test]
@@ -127,9 +149,11 @@ fn reports_exit_codes_and_signals() {
     for code in [0, 1, 42] {
         let t = run_spec(&spec(&["sh", "-c", &format!("exit {code}")]));
         assert_eq!(t.exit(), Some(ExitStatus::Code(code)));
+        assert_eq!(t.code, Some(code), "the gate exits with the job's code");
     }
     let t = run_spec(&spec(&["sh", "-c", "kill -9 $$"]));
     assert_eq!(t.exit(), Some(ExitStatus::Signal(9)));
+    assert_eq!(t.code, Some(137), "128 + signal, as tini");
 }
 
 #[test]
@@ -234,6 +258,14 @@ fn malformed_specs_start_nothing() {
             "unknown stdin flag",
         ),
         (spec(&[]).encode(), "argv is empty"),
+        (
+            {
+                let mut s = spec(&["true"]);
+                s.env = vec![b"=v".to_vec()];
+                s.encode()
+            },
+            "has no name",
+        ),
     ];
     for (bytes, want) in cases {
         let mut child = start_gate();
@@ -254,7 +286,7 @@ fn sigterm_goes_to_the_jobs_process_group() {
     let mut child = start_gate();
     let mut stdin = child.stdin.take().unwrap();
     // The job and its own child both trap TERM: the whole group must get it.
-    let script = "trap 'echo parent got TERM; exit 7' TERM; \
+    let script = "trap 'echo parent got TERM; wait; exit 7' TERM; \
                   sh -c 'trap \"echo child got TERM; exit 0\" TERM; echo ready; while :; do sleep 0.05; done' & \
                   wait";
     stdin
@@ -279,12 +311,19 @@ fn sigterm_goes_to_the_jobs_process_group() {
     }
     std::thread::sleep(Duration::from_millis(100));
     unsafe { kill(child.id() as i32, 15) };
-    let mut rest = Vec::new();
-    out.read_to_end(&mut rest).unwrap();
-    dec.push(&rest);
-    while let Some(f) = dec.next_frame().unwrap() {
-        frames.push(f);
+    'rest: loop {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "the gate ended without an exit frame");
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            let last = matches!(f, Frame::Exit(_));
+            frames.push(f);
+            if last {
+                break 'rest;
+            }
+        }
     }
+    drop(stdin);
     child.wait().unwrap();
     let stdout: Vec<u8> = frames
         .iter()
@@ -301,16 +340,98 @@ fn sigterm_goes_to_the_jobs_process_group() {
 }
 
 #[test]
-fn orphans_are_reaped_and_do_not_hold_the_job() {
+fn an_orphan_holding_the_pipes_does_not_hold_the_job() {
     // The inner sleep is orphaned (its parent exits at once) and keeps the output
-    // pipes open; the job's end must still end the run promptly.
+    // pipes open; the job's end must still end the run, long before the sleep ends.
+    // (Reaping itself is checked in a container, where the gate is PID 1.)
     let started = std::time::Instant::now();
-    let t = run_spec(&spec(&["sh", "-c", "(sleep 30 &) ; echo done"]));
+    let t = run_spec(&spec(&["sh", "-c", "(sleep 8 &) ; echo done"]));
     assert_eq!(t.stdout(), b"done\n");
     assert_eq!(t.exit(), Some(ExitStatus::Code(0)));
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(7),
         "the orphan held the gate"
+    );
+}
+
+#[test]
+fn the_host_going_away_kills_the_job() {
+    let mut child = start_gate();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(&spec(&["sh", "-c", "echo up; sleep 30; echo never"]).encode())
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("up") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let started = std::time::Instant::now();
+    drop(stdin); // the host's attach is gone
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the job outlived its host"
+    );
+    assert_eq!(status.code(), Some(137), "killed");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("host went away"), "{err}");
+    assert!(!String::from_utf8_lossy(&rest).contains("never"));
+}
+
+#[test]
+fn the_gate_waits_for_the_host_to_read_the_exit() {
+    let mut child = start_gate();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&spec(&["true"]).encode())
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut dec = FrameDecoder::new();
+    let mut buf = [0u8; 4096];
+    let mut got_exit = false;
+    while !got_exit {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0);
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            got_exit |= matches!(f, Frame::Exit(_));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited before the acknowledgement"
+    );
+    drop(child.stdin.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn unset_entries_remove_variables() {
+    let mut s = spec(&["env"]);
+    s.env = vec![
+        b"PATH=/usr/bin:/bin".to_vec(),
+        b"HOSTNAME".to_vec(),
+        b"A=1".to_vec(),
+    ];
+    let t = run_spec(&s);
+    assert_eq!(
+        String::from_utf8(t.stdout()).unwrap(),
+        "PATH=/usr/bin:/bin\nA=1\nHOME=/home/gate\n"
     );
 }
 
@@ -325,6 +446,7 @@ fn large_output_arrives_whole_and_in_order() {
 fn frame_encoding_round_trips() {
     let frames = vec![
         Frame::Ready("warmpool-gate/9".into()),
+        Frame::Started(42),
         Frame::Stdout(b"a".to_vec()),
         Frame::Stderr(vec![0, 255, 10]),
         Frame::StartFailed("nope".into()),

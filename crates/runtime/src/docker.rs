@@ -26,16 +26,40 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
-use std::collections::HashMap;
-use tokio::sync::OnceCell;
+use std::collections::{HashMap, HashSet};
 use warmpool_core::labels::{self, unique_suffix};
 use warmpool_gate::{GATE_BINARY, GATE_DIGEST, GATE_DIR, GATE_PATH};
+
+/// Engines (by endpoint) whose gate volume this process has filled.
+static FILLED_GATE_VOLUMES: std::sync::LazyLock<tokio::sync::Mutex<HashSet<String>>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(HashSet::new()));
+
+/// A failure to connect at all (no socket, refused, no permission), as opposed to
+/// an engine that answered with an error.
+fn is_connect_error(e: &BollardError) -> bool {
+    if matches!(e, BollardError::SocketNotFoundError(_)) {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | NotFound | PermissionDenied | AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
 
 /// Docker through its Engine API.
 pub struct DockerRuntime {
     docker: Docker,
     endpoint: String,
-    gate_volume: OnceCell<String>,
 }
 
 impl DockerRuntime {
@@ -53,11 +77,7 @@ impl DockerRuntime {
                 endpoint: endpoint.clone(),
                 message: e.to_string(),
             })?;
-        Ok(DockerRuntime {
-            docker,
-            endpoint,
-            gate_volume: OnceCell::new(),
-        })
+        Ok(DockerRuntime { docker, endpoint })
     }
 
     /// The bollard client, for callers that measure the engine directly (the bench's
@@ -71,61 +91,68 @@ impl DockerRuntime {
     }
 
     fn err(&self, action: &str, e: BollardError) -> RuntimeError {
+        if is_connect_error(&e) {
+            return RuntimeError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: e.to_string(),
+            };
+        }
         match e {
             BollardError::DockerResponseServerError {
                 status_code: 404,
                 message,
-            } => RuntimeError::NoSuchContainer(message),
+            } => RuntimeError::NotFound {
+                action: action.to_string(),
+                message,
+            },
             BollardError::DockerResponseServerError { message, .. } => RuntimeError::Engine {
                 action: action.to_string(),
                 message,
             },
-            BollardError::IOError { err } => RuntimeError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                message: err.to_string(),
+            other => RuntimeError::Engine {
+                action: action.to_string(),
+                message: other.to_string(),
             },
-            other => {
-                let message = other.to_string();
-                // hyper's connect errors carry no variant of their own.
-                if message.contains("connect") || message.contains("No such file") {
-                    RuntimeError::Unreachable {
-                        endpoint: self.endpoint.clone(),
-                        message,
-                    }
-                } else {
-                    RuntimeError::Engine {
-                        action: action.to_string(),
-                        message,
-                    }
-                }
-            }
         }
     }
 
-    /// The gate volume for this build of the gate, filled once per engine.
-    async fn gate_volume(&self, image: &str) -> Result<String, RuntimeError> {
-        self.gate_volume
-            .get_or_try_init(|| self.fill_gate_volume(image))
-            .await
-            .cloned()
+    /// The gate volume for this build of the gate, filled once per engine and
+    /// process. Fills are serialized process-wide: a fill rewrites the gate file,
+    /// which must not happen under a container that is starting it.
+    async fn gate_volume(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let name = format!("warmpool-gate-{GATE_DIGEST}");
+        let mut filled = FILLED_GATE_VOLUMES.lock().await;
+        if !filled.contains(&self.endpoint) {
+            self.fill_gate_volume(spec, &name).await?;
+            filled.insert(self.endpoint.clone());
+        }
+        Ok(name)
     }
 
-    async fn fill_gate_volume(&self, image: &str) -> Result<String, RuntimeError> {
-        let name = format!("warmpool-gate-{GATE_DIGEST}");
+    /// Forget that the gate volume is filled (it was found empty or gone), so the
+    /// next container creation fills it again.
+    async fn forget_gate_volume(&self) {
+        FILLED_GATE_VOLUMES.lock().await.remove(&self.endpoint);
+    }
+
+    async fn fill_gate_volume(&self, spec: &ContainerSpec, name: &str) -> Result<(), RuntimeError> {
         let volume_labels = HashMap::from([
             (labels::MANAGED.to_string(), "true".to_string()),
             (labels::GATE.to_string(), GATE_DIGEST.to_string()),
         ]);
         self.docker
             .create_volume(VolumeCreateRequest {
-                name: Some(name.clone()),
+                name: Some(name.to_string()),
                 labels: Some(volume_labels),
                 ..Default::default()
             })
             .await
             .map_err(|e| self.err("create the gate volume", e))?;
 
-        // A helper that is never started: it only gives the archive API a way in.
+        // A helper that is never started: it only gives the archive API a way in. It
+        // carries the labels of the containers it prepares, so it is found as theirs.
+        let mut helper_labels = spec.labels.clone();
+        helper_labels.insert(labels::ROLE.to_string(), "gate-fill".to_string());
         let helper_name = format!("warmpool-gate-fill-{}", unique_suffix());
         let helper = self
             .docker
@@ -136,17 +163,14 @@ impl DockerRuntime {
                         .build(),
                 ),
                 ContainerCreateBody {
-                    image: Some(image.to_string()),
+                    image: Some(spec.image.clone()),
                     entrypoint: Some(vec![GATE_PATH.to_string()]),
-                    labels: Some(HashMap::from([
-                        (labels::MANAGED.to_string(), "true".to_string()),
-                        (labels::ROLE.to_string(), "gate-fill".to_string()),
-                    ])),
+                    labels: Some(helper_labels),
                     network_disabled: Some(true),
                     host_config: Some(HostConfig {
                         mounts: Some(vec![Mount {
                             target: Some(GATE_DIR.to_string()),
-                            source: Some(name.clone()),
+                            source: Some(name.to_string()),
                             typ: Some(MountType::VOLUME),
                             read_only: Some(false),
                             ..Default::default()
@@ -163,7 +187,7 @@ impl DockerRuntime {
         let removed = self.remove(&helper.id).await;
         result?;
         removed?;
-        Ok(name)
+        Ok(())
     }
 
     async fn upload_gate_if_missing(&self, helper: &str) -> Result<(), RuntimeError> {
@@ -264,7 +288,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let volume = self.gate_volume(&spec.image).await?;
+        let volume = self.gate_volume(spec).await?;
         let host_config = HostConfig {
             mounts: Some(vec![Mount {
                 target: Some(GATE_DIR.to_string()),
@@ -276,6 +300,10 @@ impl Runtime for DockerRuntime {
             log_config: Some(none_logging()),
             // The gate is init: it reaps and forwards signals, as `--init` would.
             init: Some(false),
+            // As `docker run --rm`: once the gate exits the engine removes the
+            // container, so nothing is left even if warmpool itself dies (the gate
+            // exits when its stdin, warmpool's attach, goes away).
+            auto_remove: Some(true),
             memory: spec.memory.map(|m| m as i64),
             nano_cpus: spec.nano_cpus,
             pids_limit: spec.pids_limit,
@@ -369,10 +397,15 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| self.err("start the container", e))
+        let result = self.docker.start_container(id, None).await;
+        if let Err(BollardError::DockerResponseServerError { message, .. }) = &result {
+            // The gate volume was emptied or removed behind our back: fill it again
+            // for the next container.
+            if message.contains(GATE_PATH) {
+                self.forget_gate_volume().await;
+            }
+        }
+        result.map_err(|e| self.err("start the container", e))
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
@@ -427,11 +460,23 @@ impl Runtime for DockerRuntime {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
-            // Already being removed by someone else (the engine says 409): that is done too.
+            // Already being removed (auto-remove after the gate exited): wait until it
+            // is gone, so "removed" means gone for the caller too.
             Err(BollardError::DockerResponseServerError {
                 status_code: 409,
                 message,
-            }) if message.contains("already in progress") => Ok(()),
+            }) if message.contains("already in progress") => {
+                let mut gone = self.docker.wait_container(
+                    id,
+                    Some(
+                        WaitContainerOptionsBuilder::default()
+                            .condition("removed")
+                            .build(),
+                    ),
+                );
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), gone.next()).await;
+                Ok(())
+            }
             Err(e) => Err(self.err("remove the container", e)),
         }
     }

@@ -77,8 +77,8 @@ pub struct ContainerInfo {
 pub enum RuntimeError {
     #[error("cannot reach the Docker engine ({endpoint}): {message}. Is dockerd running, and does DOCKER_HOST (or [engine] host) point at it?")]
     Unreachable { endpoint: String, message: String },
-    #[error("no such container: {0}")]
-    NoSuchContainer(String),
+    #[error("{action}: not found: {message}")]
+    NotFound { action: String, message: String },
     #[error("{action}: {message}")]
     Engine { action: String, message: String },
 }
@@ -86,7 +86,7 @@ pub enum RuntimeError {
 impl RuntimeError {
     /// The container (or whatever the call was about) does not exist (any more).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RuntimeError::NoSuchContainer(_))
+        matches!(self, RuntimeError::NotFound { .. })
     }
 }
 

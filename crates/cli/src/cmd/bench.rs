@@ -109,13 +109,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let config = super::load_config(&args.config)?;
     let profile = config.profile(&args.profile)?.clone();
     let (runtime, executor) = super::connect(&config)?;
-    let resolved = executor.resolve(&profile).await?;
+    let result = measure(&args, &profile, &runtime, &executor).await;
+    // Every container the bench made is removed before we exit, on every path.
+    executor.drain().await;
+    result
+}
+
+async fn measure(
+    args: &BenchArgs,
+    profile: &warmpool_core::Profile,
+    runtime: &warmpool_runtime::DockerRuntime,
+    executor: &warmpool_exec::Executor,
+) -> anyhow::Result<u8> {
+    let resolved = executor.resolve(profile).await?;
     let job = Job {
         args: args.args.clone(),
         env: vec![("WARMPOOL_BENCH".into(), "1".into())],
         ..Job::default()
     };
-    let spec = warmpool_core::job::compose(&resolved.image, &profile, &job)?;
+    let spec = warmpool_core::job::compose(&resolved.image, profile, &job)?;
     let argv: Vec<String> = spec
         .argv
         .iter()
@@ -260,49 +272,54 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             )
             .await
             .context("docker run: create")?;
-        let attached = docker
-            .attach_container(
+        // Attach, start, read, wait; the container is removed whatever happens.
+        let timed = async {
+            let attached = docker
+                .attach_container(
+                    &created.id,
+                    Some(
+                        AttachContainerOptionsBuilder::default()
+                            .stdout(true)
+                            .stderr(true)
+                            .stream(true)
+                            .build(),
+                    ),
+                )
+                .await
+                .context("docker run: attach")?;
+            docker
+                .start_container(&created.id, None)
+                .await
+                .context("docker run: start")?;
+            let mut output = attached.output;
+            let first = match tokio::time::timeout(Duration::from_secs(60), output.next()).await {
+                Ok(Some(Ok(_))) => Some(t0.elapsed()),
+                _ => None,
+            };
+            let mut wait = docker.wait_container(
                 &created.id,
                 Some(
-                    AttachContainerOptionsBuilder::default()
-                        .stdout(true)
-                        .stderr(true)
-                        .stream(true)
+                    WaitContainerOptionsBuilder::default()
+                        .condition("not-running")
                         .build(),
                 ),
-            )
-            .await
-            .context("docker run: attach")?;
-        docker
-            .start_container(&created.id, None)
-            .await
-            .context("docker run: start")?;
-        let mut output = attached.output;
-        let first = match tokio::time::timeout(Duration::from_secs(60), output.next()).await {
-            Ok(Some(Ok(_))) => Some(t0.elapsed()),
-            _ => None,
-        };
-        let mut wait = docker.wait_container(
-            &created.id,
-            Some(
-                WaitContainerOptionsBuilder::default()
-                    .condition("not-running")
-                    .build(),
-            ),
-        );
-        let _ = wait.next().await;
-        run.push(Sample {
-            first_output_ms: first.map(ms).unwrap_or(f64::NAN),
-            exit_ms: ms(t0.elapsed()),
-        });
-        drop(output);
-        docker
+            );
+            let _ = wait.next().await;
+            anyhow::Ok(Sample {
+                first_output_ms: first.map(ms).unwrap_or(f64::NAN),
+                exit_ms: ms(t0.elapsed()),
+            })
+        }
+        .await;
+        let removed = docker
             .remove_container(
                 &created.id,
                 Some(RemoveContainerOptionsBuilder::default().force(true).build()),
             )
             .await
-            .context("docker run: remove")?;
+            .context("docker run: remove");
+        run.push(timed?);
+        removed?;
     }
 
     let modes = vec![

@@ -27,7 +27,7 @@ pub struct RunArgs {
     /// Park a container first; hand the job over once it is parked.
     #[arg(long)]
     warm: bool,
-    /// Print phase timings on stderr after the job.
+    /// Print phase timings (and why a job timed out or was lost) on stderr after the job.
     #[arg(long)]
     timing: bool,
     /// Pass this process's stdin to the job (read to its end first), as `docker run -i`.
@@ -62,25 +62,30 @@ impl OutputSink for StdSink {
     }
 }
 
-pub fn parse_env(entries: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+/// `-e KEY=VALUE` sets; `-e KEY` takes KEY's value from our environment, or, when
+/// KEY is not set here, removes KEY from the job's env (as `docker run -e KEY`).
+/// Variables to set, and variables to remove.
+type EnvArgs = (Vec<(String, String)>, Vec<String>);
+
+pub fn parse_env(entries: &[String]) -> anyhow::Result<EnvArgs> {
     let mut env = Vec::new();
+    let mut unset = Vec::new();
     for e in entries {
         let (k, v) = match e.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => match std::env::var(e) {
-                Ok(v) => (e.clone(), v),
-                // As docker: `-e NAME` for an unset NAME passes nothing.
-                Err(_) => continue,
-            },
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (e.clone(), std::env::var(e).ok()),
         };
         if !valid_env_name(&k) {
             bail!(
                 "-e {k}: not a valid variable name (letters, digits, _; not starting with a digit)"
             );
         }
-        env.push((k, v));
+        match v {
+            Some(v) => env.push((k, v)),
+            None => unset.push(k),
+        }
     }
-    Ok(env)
+    Ok((env, unset))
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -103,9 +108,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
+    let (env, unset) = parse_env(&args.env)?;
     let job = Job {
         args: args.args,
-        env: parse_env(&args.env)?,
+        env,
+        unset,
         stdin,
         timeout,
     };
@@ -120,6 +127,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         (SignalKind::interrupt(), "SIGINT"),
         (SignalKind::terminate(), "SIGTERM"),
         (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::quit(), "SIGQUIT"),
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
     ] {
         let mut s = signal(kind).context("installing signal handlers")?;
         let tx = tx.clone();
@@ -136,26 +146,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         out: tokio::io::stdout(),
         err: tokio::io::stderr(),
     };
-    let outcome = if args.warm {
-        let parked = executor.park(resolved).await?;
-        parked.run(job, &mut sink, control).await?
-    } else {
-        executor.run_cold(resolved, job, &mut sink, control).await?
-    };
+    let result = async {
+        if args.warm {
+            let parked = executor.park(resolved).await?;
+            parked.run(job, &mut sink, control).await
+        } else {
+            executor.run_cold(resolved, job, &mut sink, control).await
+        }
+    }
+    .await;
     for f in forwarders {
         f.abort();
     }
+    // Removing the used container is off the job's path, but must finish before we
+    // exit, on every path (an error after the container was created included).
+    executor.drain().await;
+    let outcome = result?;
+    // Quiet by default, as `docker run`: the exit code tells. --timing says more.
     if args.timing {
         print_timing(&outcome, args.warm);
+        if let Some(lost) = &outcome.lost {
+            eprintln!("warmpool: {lost}");
+        }
+        if outcome.timed_out {
+            eprintln!("warmpool: the job timed out and was stopped");
+        }
     }
-    if let Some(lost) = &outcome.lost {
-        eprintln!("warmpool: {lost}");
-    }
-    if outcome.timed_out {
-        eprintln!("warmpool: the job timed out and was stopped");
-    }
-    // Removing the used container is off the job's path, but must finish before we exit.
-    executor.drain().await;
     Ok(outcome.exit_code().clamp(0, 255) as u8)
 }
 

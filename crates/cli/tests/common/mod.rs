@@ -55,6 +55,37 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Removes, when dropped, every container carrying this test's label, so even a
+/// failing test leaves nothing on the engine (it runs `docker rm -f`).
+pub struct CleanupGuard(pub String);
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        let filter = format!("label={TEST_LABEL}={}", self.0);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// The guard for a profile made by [`profile`].
+pub fn cleanup(p: &Profile) -> CleanupGuard {
+    CleanupGuard(p.labels[TEST_LABEL].clone())
+}
+
 /// A profile for `image` whose containers carry a label unique to this test.
 pub fn profile(image: &str) -> Profile {
     let name = unique("t");

@@ -1,0 +1,1387 @@
+//! A deterministic, trace-driven simulation of one profile's pool under a sizing
+//! policy, on simulated time: claims, cold starts, queueing at `max_containers`, the
+//! engine's park latency under concurrent parks, and idle container-seconds. It reads
+//! a trace file at most; it must not touch the engine, a clock or the real pool.
+//!
+//! The model (what [`simulate`] assumes, in full in `docs/pool-sizing.md`):
+//!
+//! - **Engine.** Parks share the engine as processor sharing: with `k` parks in
+//!   flight the engine completes [`EngineModel::parks_per_sec`]`(k)` parks a second,
+//!   each park progressing at `1/k` of that. The measured rates make one park take
+//!   0.30 s alone and 0.44, 0.70, 1.43 s with 2, 4, 8 in flight. Each profile has the
+//!   engine to itself; removing a container and running a job cost it nothing.
+//! - **Pool.** Idle containers are parked or parking for the pool. The pool
+//!   reconciles after every event and every second: it starts parks up to the
+//!   policy's target (at most `max_parallel_parks` of its own in flight, as the
+//!   engine gains nothing beyond 4) and removes parked containers above it.
+//! - **Claims.** A claim takes the longest-parked container (a hit); with none parked
+//!   it parks its own on its time (a cold start, a miss) if `max_containers`
+//!   (parked + parking + busy) allows, else it queues for the next container that
+//!   parks or the next slot that frees. A job keeps its container for its runtime,
+//!   then the container is gone.
+
+use crate::sizing::{DemandTracker, SizingConfig};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often the simulated pool reconciles when nothing else happens: often enough
+/// that a shrink is not late by more than a second.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// A park whose remaining work is below this (in parks) is done: float rounding of
+/// event times leaves crumbs of about 1e-9.
+const PARK_DONE_EPSILON: f64 = 1e-6;
+/// Hit rate goal of the issue.
+pub const GOAL_HIT_RATE: f64 = 0.99;
+/// Idle goal of the issue: at most this many times the clairvoyant pool's idle.
+pub const GOAL_IDLE_RATIO: f64 = 1.5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot read trace {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("trace {source_name}, line {line}: {reason}")]
+    Parse {
+        source_name: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("trace {source_name} has no arrivals; expected a header `arrival_s,function,runtime_ms` and one line per arrival")]
+    Empty { source_name: String },
+}
+
+/// One claim of a trace: when it arrives and how long its job keeps the container.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arrival {
+    pub at: Duration,
+    pub runtime: Duration,
+}
+
+/// One profile's claims over `[0, horizon]`, sorted by time (a claim later than
+/// `horizon` moves the end of the run to it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    pub name: String,
+    pub arrivals: Vec<Arrival>,
+    /// End of the simulated span; idle time is counted up to here.
+    pub horizon: Duration,
+}
+
+impl Workload {
+    /// Where a run of it ends: the horizon, or the last claim if that is later.
+    pub fn end(&self) -> Duration {
+        self.arrivals
+            .last()
+            .map_or(self.horizon, |last| last.at.max(self.horizon))
+    }
+}
+
+/// The engine's park throughput as a function of parks in flight, interpolated
+/// linearly between measured points and flat past the last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineModel {
+    /// `(parks in flight, parks completed per second)`, by increasing concurrency.
+    pub throughput: Vec<(usize, f64)>,
+}
+
+impl EngineModel {
+    /// Measured on the 2-core development machine (Docker 20.10.24): 3.3, 4.5, 5.7
+    /// and 5.6 parks/s at 1, 2, 4 and 8 concurrent parks.
+    pub fn measured() -> Self {
+        Self {
+            throughput: vec![(1, 3.3), (2, 4.5), (4, 5.7), (8, 5.6)],
+        }
+    }
+
+    /// Parks completed per second with `in_flight` parks sharing the engine.
+    pub fn parks_per_sec(&self, in_flight: usize) -> f64 {
+        let Some(&(first_k, first_rate)) = self.throughput.first() else {
+            return 0.0;
+        };
+        if in_flight <= first_k {
+            return first_rate;
+        }
+        for pair in self.throughput.windows(2) {
+            let ((k0, r0), (k1, r1)) = (pair[0], pair[1]);
+            if in_flight <= k1 {
+                // Reached only with k0 < in_flight <= k1; saturating all the same, so an
+                // unsorted table gives a wrong rate, not a panic.
+                let share =
+                    in_flight.saturating_sub(k0) as f64 / k1.saturating_sub(k0).max(1) as f64;
+                return r0 + share * (r1 - r0);
+            }
+        }
+        self.throughput.last().map_or(0.0, |&(_, rate)| rate)
+    }
+
+    /// The engine's best rate, at whatever concurrency.
+    pub fn max_parks_per_sec(&self) -> f64 {
+        self.throughput
+            .iter()
+            .map(|&(_, rate)| rate)
+            .fold(0.0, f64::max)
+    }
+
+    /// How long one park takes when `in_flight` parks run side by side throughout.
+    pub fn park_latency(&self, in_flight: usize) -> Duration {
+        let in_flight = in_flight.max(1);
+        let rate = self.parks_per_sec(in_flight);
+        if rate > 0.0 {
+            Duration::from_secs_f64(in_flight as f64 / rate)
+        } else {
+            Duration::MAX
+        }
+    }
+}
+
+/// The profile's limits, as the pool enforces them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolLimits {
+    pub min_idle: usize,
+    pub max_idle: usize,
+    /// Parked + parking + busy, for this profile.
+    pub max_containers: usize,
+    /// Parks the pool runs side by side for itself (cold starts are not held back).
+    pub max_parallel_parks: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self {
+            min_idle: 1,
+            max_idle: 8,
+            max_containers: 16,
+            max_parallel_parks: 4,
+        }
+    }
+}
+
+/// OpenWhisk's reactive prewarm rule (`ContainerPool.getReactiveCold` and
+/// `adjustPrewarmedContainer`): a claimed prewarm is replaced at once; every
+/// `period`, prewarms older than `ttl` are removed and the pool is backfilled to
+/// `clamp(cold starts in the period / threshold * increment, min, max)`, or to `min`
+/// when there were none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenWhiskRule {
+    pub period: Duration,
+    pub threshold: usize,
+    pub increment: usize,
+    pub min: usize,
+    pub max: usize,
+    pub ttl: Duration,
+}
+
+impl OpenWhiskRule {
+    /// OpenWhisk's shipped settings (`runtimes.json`: threshold 1, increment 1, ttl
+    /// 2 minutes; `prewarm-expiration-check-interval` 1 minute) with the profile's
+    /// bounds in place of its `minCount` 1 / `maxCount` 4, so both rules get the
+    /// same room.
+    pub fn shipped(limits: &PoolLimits) -> Self {
+        Self {
+            period: Duration::from_secs(60),
+            threshold: 1,
+            increment: 1,
+            min: limits.min_idle,
+            max: limits.max_idle,
+            ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A sizing policy to compare.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// Ours: [`crate::sizing`].
+    Adaptive(SizingConfig),
+    /// Always this many idle.
+    Fixed(usize),
+    OpenWhisk(OpenWhiskRule),
+}
+
+impl Policy {
+    pub fn label(&self) -> String {
+        match self {
+            Policy::Adaptive(_) => "adaptive".to_string(),
+            Policy::Fixed(size) => format!("fixed {size}"),
+            Policy::OpenWhisk(_) => "OpenWhisk".to_string(),
+        }
+    }
+}
+
+/// What one simulated run counted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimOutcome {
+    pub arrivals: usize,
+    /// Claims that found a parked container.
+    pub hits: usize,
+    /// Claims that parked their own container on their time.
+    pub cold_starts: usize,
+    /// Claims that waited for room under `max_containers`.
+    pub queued: usize,
+    /// Time containers existed without a job: parking for the pool, or parked.
+    pub idle_container_secs: f64,
+    /// Containers parked, for the pool and on jobs' paths.
+    pub parks: usize,
+    /// 99th percentile of the time from a claim to its container (0 for a hit).
+    pub p99_claim_wait: Duration,
+    /// Longest time from a claim to its container.
+    pub max_claim_wait: Duration,
+}
+
+impl SimOutcome {
+    pub fn hit_rate(&self) -> f64 {
+        if self.arrivals == 0 {
+            1.0
+        } else {
+            self.hits as f64 / self.arrivals as f64
+        }
+    }
+}
+
+/// Idle container-seconds of the clairvoyant pool: it keeps `min_idle` parked
+/// throughout and serves each claim with a container whose park started exactly one
+/// uncontended park time before the claim, so each claim adds that park time and
+/// nothing more. It hits every claim. It is a lower bound, not a pool the engine
+/// could always run: where claims come faster than the engine parks, just in time
+/// is too late.
+pub fn clairvoyant_idle_secs(workload: &Workload, min_idle: usize, engine: &EngineModel) -> f64 {
+    min_idle as f64 * workload.end().as_secs_f64()
+        + workload.arrivals.len() as f64 * engine.park_latency(1).as_secs_f64()
+}
+
+/// A park in flight: when it is done, and whose it is.
+#[derive(Debug)]
+struct Park {
+    /// The engine's work counter (see [`PoolState::work_done`]) at which it is parked.
+    done_at_work: f64,
+    started: Duration,
+    /// `None` for the pool's own parks; the claim's arrival and runtime for a cold start.
+    for_claim: Option<Arrival>,
+}
+
+/// What decides the target, with its state.
+enum Controller {
+    Adaptive(DemandTracker),
+    Fixed(usize),
+    OpenWhisk {
+        rule: OpenWhiskRule,
+        target: usize,
+        cold_starts: usize,
+        next_check: Duration,
+    },
+}
+
+impl Controller {
+    fn new(policy: &Policy) -> Self {
+        match policy {
+            Policy::Adaptive(config) => Controller::Adaptive(DemandTracker::new(config.clone())),
+            Policy::Fixed(size) => Controller::Fixed(*size),
+            Policy::OpenWhisk(rule) => Controller::OpenWhisk {
+                rule: *rule,
+                target: rule.min,
+                cold_starts: 0,
+                next_check: rule.period,
+            },
+        }
+    }
+
+    fn target(&self, now: Duration) -> usize {
+        match self {
+            Controller::Adaptive(tracker) => tracker.target_idle(now),
+            Controller::Fixed(size) => *size,
+            Controller::OpenWhisk { target, .. } => *target,
+        }
+    }
+}
+
+/// One run's mutable state.
+struct PoolState<'a> {
+    limits: &'a PoolLimits,
+    engine: &'a EngineModel,
+    now: Duration,
+    /// Park start of each parked container, longest-parked first.
+    parked: VecDeque<Duration>,
+    /// Parks in flight, in start order, which is also their finishing order: every
+    /// park needs the same work and they all progress at the same speed.
+    parks: VecDeque<Park>,
+    /// How many of `parks` are the pool's own.
+    pool_parks: usize,
+    /// Work each park in flight has received since the start, in parks: processor
+    /// sharing's virtual time. A park started at `w` is done at `w + 1`.
+    work_done: f64,
+    /// End times of running jobs.
+    busy: BinaryHeap<Reverse<Duration>>,
+    /// Claims waiting for room, in arrival order.
+    queue: VecDeque<Arrival>,
+    idle_container_secs: f64,
+    hits: usize,
+    cold_starts: usize,
+    queued: usize,
+    parks_done: usize,
+    /// Time from claim to container, one per claim served.
+    waits: Vec<Duration>,
+}
+
+impl PoolState<'_> {
+    fn containers(&self) -> usize {
+        self.parked.len() + self.parks.len() + self.busy.len()
+    }
+
+    /// Work each park in flight does per second now.
+    fn park_progress_per_sec(&self) -> f64 {
+        let in_flight = self.parks.len();
+        if in_flight == 0 {
+            0.0
+        } else {
+            self.engine.parks_per_sec(in_flight) / in_flight as f64
+        }
+    }
+
+    fn next_park_done(&self) -> Option<Duration> {
+        let progress = self.park_progress_per_sec();
+        if progress <= 0.0 {
+            return None;
+        }
+        let left = self.parks.front()?.done_at_work - self.work_done;
+        // Rounded up so the park is done (not a crumb short) when the event fires.
+        let nanos = (left.max(0.0) / progress * 1e9).ceil();
+        Some(self.now + Duration::from_nanos(nanos as u64))
+    }
+
+    /// Moves time to `to`: idle containers accrue, parks progress.
+    fn advance(&mut self, to: Duration) {
+        let elapsed = to.saturating_sub(self.now).as_secs_f64();
+        let idle = self.parked.len() + self.pool_parks;
+        self.idle_container_secs += idle as f64 * elapsed;
+        self.work_done += self.park_progress_per_sec() * elapsed;
+        self.now = to;
+    }
+
+    fn start_job(&mut self, claim: Arrival) {
+        self.waits.push(self.now.saturating_sub(claim.at));
+        self.busy.push(Reverse(self.now + claim.runtime));
+    }
+
+    fn start_park(&mut self, for_claim: Option<Arrival>) {
+        if for_claim.is_none() {
+            self.pool_parks += 1;
+        }
+        self.parks.push_back(Park {
+            done_at_work: self.work_done + 1.0,
+            started: self.now,
+            for_claim,
+        });
+    }
+
+    /// Parks done by now; returns how long each took, for the policy.
+    fn finish_parks(&mut self) -> Vec<Duration> {
+        let mut took = Vec::new();
+        while self
+            .parks
+            .front()
+            .is_some_and(|park| park.done_at_work - self.work_done <= PARK_DONE_EPSILON)
+        {
+            let Some(park) = self.parks.pop_front() else {
+                break;
+            };
+            took.push(self.now.saturating_sub(park.started));
+            self.parks_done += 1;
+            match park.for_claim {
+                Some(claim) => self.start_job(claim),
+                None => {
+                    self.pool_parks -= 1;
+                    match self.queue.pop_front() {
+                        Some(claim) => self.start_job(claim),
+                        None => self.parked.push_back(park.started),
+                    }
+                }
+            }
+        }
+        took
+    }
+
+    fn finish_jobs(&mut self) {
+        while self
+            .busy
+            .peek()
+            .is_some_and(|Reverse(end)| *end <= self.now)
+        {
+            self.busy.pop();
+        }
+    }
+
+    /// A claim arrives: hit, cold start, or queue. Returns whether it was a cold start.
+    fn claim(&mut self, claim: Arrival) -> bool {
+        if self.parked.pop_front().is_some() {
+            self.hits += 1;
+            self.start_job(claim);
+            false
+        } else if self.queue.is_empty() && self.containers() < self.limits.max_containers {
+            self.cold_starts += 1;
+            self.start_park(Some(claim));
+            true
+        } else {
+            self.queued += 1;
+            self.queue.push_back(claim);
+            false
+        }
+    }
+
+    /// Brings the idle containers toward `target`; queued claims get room first.
+    fn reconcile(&mut self, target: usize) {
+        while !self.queue.is_empty() && self.containers() < self.limits.max_containers {
+            if let Some(claim) = self.queue.pop_front() {
+                self.start_park(Some(claim));
+            }
+        }
+        let target = target.min(self.limits.max_idle);
+        let pool_parks = self.pool_parks;
+        let idle = self.parked.len() + pool_parks;
+        if idle < target && self.queue.is_empty() {
+            let room = self.limits.max_containers.saturating_sub(self.containers());
+            let slots = self.limits.max_parallel_parks.saturating_sub(pool_parks);
+            for _ in 0..(target - idle).min(room).min(slots) {
+                self.start_park(None);
+            }
+        } else if idle > target {
+            for _ in 0..(idle - target).min(self.parked.len()) {
+                self.parked.pop_front();
+            }
+        }
+    }
+}
+
+/// Runs one workload under one policy. Deterministic: the same inputs give the same
+/// outcome, bit for bit.
+pub fn simulate(
+    workload: &Workload,
+    limits: &PoolLimits,
+    engine: &EngineModel,
+    policy: &Policy,
+) -> SimOutcome {
+    let mut controller = Controller::new(policy);
+    let mut pool = PoolState {
+        limits,
+        engine,
+        now: Duration::ZERO,
+        parked: VecDeque::new(),
+        parks: VecDeque::new(),
+        pool_parks: 0,
+        work_done: 0.0,
+        busy: BinaryHeap::new(),
+        queue: VecDeque::new(),
+        idle_container_secs: 0.0,
+        hits: 0,
+        cold_starts: 0,
+        queued: 0,
+        parks_done: 0,
+        waits: Vec::with_capacity(workload.arrivals.len()),
+    };
+    // The pool was started before the trace: its first target is parked at 0.
+    let initial = controller.target(Duration::ZERO).min(limits.max_idle);
+    for _ in 0..initial.min(limits.max_containers) {
+        pool.parked.push_back(Duration::ZERO);
+    }
+
+    let horizon = workload.end();
+    let mut next_arrival = 0;
+    let mut next_reconcile = RECONCILE_EVERY;
+    loop {
+        let mut next = next_reconcile.min(horizon);
+        if let Some(arrival) = workload.arrivals.get(next_arrival) {
+            next = next.min(arrival.at);
+        }
+        if let Some(done) = pool.next_park_done() {
+            next = next.min(done);
+        }
+        if let Some(Reverse(end)) = pool.busy.peek() {
+            next = next.min(*end);
+        }
+        pool.advance(next);
+
+        for took in pool.finish_parks() {
+            if let Controller::Adaptive(tracker) = &mut controller {
+                tracker.on_park_time(took);
+            }
+        }
+        pool.finish_jobs();
+        while let Some(&arrival) = workload
+            .arrivals
+            .get(next_arrival)
+            .filter(|a| a.at <= pool.now)
+        {
+            next_arrival += 1;
+            if let Controller::Adaptive(tracker) = &mut controller {
+                tracker.on_arrival(pool.now);
+            }
+            let cold = pool.claim(arrival);
+            if let (true, Controller::OpenWhisk { cold_starts, .. }) = (cold, &mut controller) {
+                *cold_starts += 1;
+            }
+        }
+        if pool.now >= next_reconcile {
+            next_reconcile += RECONCILE_EVERY;
+            if let Controller::OpenWhisk {
+                rule,
+                target,
+                cold_starts,
+                next_check,
+            } = &mut controller
+            {
+                if pool.now >= *next_check {
+                    *next_check += rule.period;
+                    openwhisk_check(&mut pool, rule, target, cold_starts);
+                }
+            }
+        }
+        pool.reconcile(controller.target(pool.now));
+
+        if pool.now >= horizon {
+            break;
+        }
+    }
+
+    let mut waits = pool.waits;
+    waits.sort_unstable();
+    let p99_claim_wait = percentile(&waits, 0.99);
+    SimOutcome {
+        arrivals: workload.arrivals.len(),
+        hits: pool.hits,
+        cold_starts: pool.cold_starts,
+        queued: pool.queued,
+        idle_container_secs: pool.idle_container_secs,
+        parks: pool.parks_done,
+        p99_claim_wait,
+        max_claim_wait: waits.last().copied().unwrap_or_default(),
+    }
+}
+
+/// OpenWhisk's periodic step: drop expired prewarms, then set the backfill level.
+fn openwhisk_check(
+    pool: &mut PoolState<'_>,
+    rule: &OpenWhiskRule,
+    target: &mut usize,
+    cold_starts: &mut usize,
+) {
+    let now = pool.now;
+    pool.parked.retain(|started| *started + rule.ttl > now);
+    let desired = if *cold_starts == 0 {
+        rule.min
+    } else {
+        (*cold_starts / rule.threshold.max(1) * rule.increment)
+            .clamp(rule.min, rule.max.max(rule.min))
+    };
+    // Prewarms that survived stay (OpenWhisk removes only expired ones); a claimed
+    // one is replaced, so the level holds until the next check.
+    *target = (pool.parked.len() + pool.pool_parks).max(desired);
+    *cold_starts = 0;
+}
+
+/// The `share` quantile of sorted values (nearest rank).
+fn percentile(sorted: &[Duration], share: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (share * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Everything a comparison runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSettings {
+    pub limits: PoolLimits,
+    pub engine: EngineModel,
+    pub sizing: SizingConfig,
+    pub openwhisk: OpenWhiskRule,
+    pub fixed_sizes: Vec<usize>,
+}
+
+impl SimSettings {
+    /// The profile defaults (min_idle 1, max_idle 8, idle_ttl 10m) with `max_containers`.
+    pub fn with_max_containers(max_containers: usize) -> Self {
+        let limits = PoolLimits {
+            max_containers,
+            ..PoolLimits::default()
+        };
+        let sizing = SizingConfig {
+            min_idle: limits.min_idle,
+            max_idle: limits.max_idle,
+            ..SizingConfig::default()
+        };
+        Self {
+            openwhisk: OpenWhiskRule::shipped(&limits),
+            limits,
+            engine: EngineModel::measured(),
+            sizing,
+            fixed_sizes: vec![1, 2, 4, 8],
+        }
+    }
+
+    /// The policies compared, ours first.
+    pub fn policies(&self) -> Vec<Policy> {
+        let mut policies = vec![Policy::Adaptive(self.sizing.clone())];
+        policies.extend(self.fixed_sizes.iter().map(|&size| Policy::Fixed(size)));
+        policies.push(Policy::OpenWhisk(self.openwhisk));
+        policies
+    }
+}
+
+/// One workload under every policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub workload: String,
+    pub arrivals: usize,
+    pub horizon: Duration,
+    /// Most claims per second in any minute of the workload.
+    pub peak_rate: f64,
+    /// Whether the engine can park as fast as claims come in the workload's busiest
+    /// minute; if not, no pool bounded by `max_idle` can hit most of that minute.
+    pub within_engine_reach: bool,
+    pub clairvoyant_idle_secs: f64,
+    /// In the order of [`SimSettings::policies`].
+    pub runs: Vec<(Policy, SimOutcome)>,
+    /// The smallest fixed pool (up to `max_idle`) that reaches the hit-rate goal, found
+    /// with hindsight: the best a hand-tuned fixed size could have done.
+    pub cheapest_fixed: Option<(usize, SimOutcome)>,
+}
+
+impl Comparison {
+    pub fn idle_ratio(&self, outcome: &SimOutcome) -> f64 {
+        if self.clairvoyant_idle_secs > 0.0 {
+            outcome.idle_container_secs / self.clairvoyant_idle_secs
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    pub fn meets_goal(&self, outcome: &SimOutcome) -> bool {
+        outcome.hit_rate() >= GOAL_HIT_RATE && self.idle_ratio(outcome) <= GOAL_IDLE_RATIO
+    }
+
+    /// The outcome of the first run whose policy `matches`.
+    pub fn outcome(&self, matches: impl Fn(&Policy) -> bool) -> Option<&SimOutcome> {
+        self.runs
+            .iter()
+            .find(|(policy, _)| matches(policy))
+            .map(|(_, outcome)| outcome)
+    }
+
+    /// The adaptive policy's outcome.
+    pub fn adaptive(&self) -> Option<&SimOutcome> {
+        self.outcome(|policy| matches!(policy, Policy::Adaptive(_)))
+    }
+}
+
+/// Most claims in any `window`, per second.
+pub fn peak_rate(workload: &Workload, window: Duration) -> f64 {
+    let mut most = 0;
+    let mut first = 0;
+    for (last, arrival) in workload.arrivals.iter().enumerate() {
+        while workload.arrivals[first].at + window <= arrival.at {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most as f64 / window.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// Runs every policy of `settings` on every workload, and the fixed sizes up to
+/// `max_idle` until one reaches the hit-rate goal.
+pub fn compare(workloads: &[Workload], settings: &SimSettings) -> Vec<Comparison> {
+    let policies = settings.policies();
+    let run = |workload: &Workload, policy: &Policy| {
+        simulate(workload, &settings.limits, &settings.engine, policy)
+    };
+    workloads
+        .iter()
+        .map(|workload| {
+            let runs: Vec<(Policy, SimOutcome)> = policies
+                .iter()
+                .map(|policy| (policy.clone(), run(workload, policy)))
+                .collect();
+            let cheapest_fixed = (1..=settings.limits.max_idle).find_map(|size| {
+                let outcome = runs
+                    .iter()
+                    .find(|(policy, _)| *policy == Policy::Fixed(size))
+                    .map(|(_, outcome)| outcome.clone())
+                    .unwrap_or_else(|| run(workload, &Policy::Fixed(size)));
+                (outcome.hit_rate() >= GOAL_HIT_RATE).then_some((size, outcome))
+            });
+            let peak_rate = peak_rate(workload, Duration::from_secs(60));
+            Comparison {
+                workload: workload.name.clone(),
+                arrivals: workload.arrivals.len(),
+                horizon: workload.end(),
+                peak_rate,
+                within_engine_reach: peak_rate <= settings.engine.max_parks_per_sec(),
+                clairvoyant_idle_secs: clairvoyant_idle_secs(
+                    workload,
+                    settings.limits.min_idle,
+                    &settings.engine,
+                ),
+                runs,
+                cheapest_fixed,
+            }
+        })
+        .collect()
+}
+
+/// The comparison as Markdown: a summary table (hit rate and idle / clairvoyant per
+/// policy, one row per workload, then totals) and the adaptive policy's details.
+pub fn report(title: &str, settings: &SimSettings, comparisons: &[Comparison]) -> String {
+    let mut out = String::new();
+    let limits = &settings.limits;
+    let _ = writeln!(out, "### {title}\n");
+    let _ = writeln!(
+        out,
+        "min_idle {}, max_idle {}, max_containers {}, idle_ttl {}, at most {} pool parks in \
+         flight, engine at most {:.1} parks/s. Each cell: hit rate · idle container-seconds ÷ \
+         the clairvoyant pool's. Peak: most claims per second in any minute.\n",
+        limits.min_idle,
+        limits.max_idle,
+        limits.max_containers,
+        format_duration(settings.sizing.idle_ttl),
+        limits.max_parallel_parks,
+        settings.engine.max_parks_per_sec(),
+    );
+    let labels: Vec<String> = settings.policies().iter().map(Policy::label).collect();
+    let _ = write!(out, "| profile | claims | peak /s | clairvoyant idle (s) |");
+    for label in &labels {
+        let _ = write!(out, " {label} |");
+    }
+    let _ = write!(out, " cheapest fixed ≥ 99 % |\n|---|---:|---:|---:|");
+    for _ in &labels {
+        let _ = write!(out, "---|");
+    }
+    let _ = writeln!(out, "---|");
+    for comparison in comparisons {
+        let _ = write!(
+            out,
+            "| {} | {} | {:.1} | {:.0} |",
+            comparison.workload,
+            comparison.arrivals,
+            comparison.peak_rate,
+            comparison.clairvoyant_idle_secs
+        );
+        for (_, outcome) in &comparison.runs {
+            let _ = write!(
+                out,
+                " {} |",
+                cell(outcome.hit_rate(), comparison.idle_ratio(outcome))
+            );
+        }
+        match &comparison.cheapest_fixed {
+            Some((size, outcome)) => {
+                let ratio = comparison.idle_ratio(outcome);
+                let _ = writeln!(out, " {size}: {} |", cell(outcome.hit_rate(), ratio));
+            }
+            None => {
+                let _ = writeln!(out, " none up to {} |", limits.max_idle);
+            }
+        }
+    }
+    let reachable: Vec<Comparison> = comparisons
+        .iter()
+        .filter(|c| c.within_engine_reach)
+        .cloned()
+        .collect();
+    let mut total_rows = vec![("all", Totals::of(comparisons, labels.len()))];
+    if reachable.len() < comparisons.len() {
+        total_rows.push((
+            "all within the engine's reach",
+            Totals::of(&reachable, labels.len()),
+        ));
+    }
+    for (name, totals) in total_rows {
+        let _ = write!(
+            out,
+            "| **{name}** | {} | | {:.0} |",
+            totals.arrivals, totals.clairvoyant
+        );
+        for policy in &totals.per_policy {
+            let ratio = policy.idle / totals.clairvoyant;
+            let _ = write!(out, " **{}** |", cell(policy.hit_rate(), ratio));
+        }
+        let _ = writeln!(out, " |");
+    }
+    let _ = write!(out, "| goal met (≥ 99 % and ≤ 1.5×) | | | |");
+    for index in 0..labels.len() {
+        let met = comparisons
+            .iter()
+            .filter(|c| c.runs.get(index).is_some_and(|(_, o)| c.meets_goal(o)))
+            .count();
+        let _ = write!(out, " {met} of {} |", comparisons.len());
+    }
+    let met = comparisons
+        .iter()
+        .filter(|c| {
+            c.cheapest_fixed
+                .as_ref()
+                .is_some_and(|(_, o)| c.meets_goal(o))
+        })
+        .count();
+    let _ = writeln!(out, " {met} of {} |", comparisons.len());
+
+    let _ = writeln!(out, "\nThe adaptive policy in detail:\n");
+    let _ = writeln!(
+        out,
+        "| profile | hit rate | cold starts | queued | idle (s) | mean idle | × clairvoyant | parks | p99 wait | max wait | goal |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for comparison in comparisons {
+        let Some(outcome) = comparison.adaptive() else {
+            continue;
+        };
+        let ratio = comparison.idle_ratio(outcome);
+        let goal = match (
+            outcome.hit_rate() >= GOAL_HIT_RATE,
+            ratio <= GOAL_IDLE_RATIO,
+        ) {
+            (true, true) => "met",
+            (true, false) => "idle over",
+            (false, true) => "hits under",
+            (false, false) => "both missed",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} % | {} | {} | {:.0} | {:.2} | {:.2}× | {} | {} | {} | {} |",
+            comparison.workload,
+            outcome.hit_rate() * 100.0,
+            outcome.cold_starts,
+            outcome.queued,
+            outcome.idle_container_secs,
+            outcome.idle_container_secs / comparison.horizon.as_secs_f64().max(f64::MIN_POSITIVE),
+            ratio,
+            outcome.parks,
+            format_millis(outcome.p99_claim_wait),
+            format_millis(outcome.max_claim_wait),
+            goal,
+        );
+    }
+    out
+}
+
+fn cell(hit_rate: f64, ratio: f64) -> String {
+    format!("{:.2} % · {:.2}×", hit_rate * 100.0, ratio)
+}
+
+fn format_millis(duration: Duration) -> String {
+    format!("{} ms", duration.as_millis())
+}
+
+fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs > 0 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Sums over workloads, per policy.
+struct Totals {
+    arrivals: usize,
+    clairvoyant: f64,
+    per_policy: Vec<PolicyTotal>,
+}
+
+#[derive(Default, Clone)]
+struct PolicyTotal {
+    arrivals: usize,
+    hits: usize,
+    idle: f64,
+}
+
+impl PolicyTotal {
+    fn hit_rate(&self) -> f64 {
+        if self.arrivals == 0 {
+            1.0
+        } else {
+            self.hits as f64 / self.arrivals as f64
+        }
+    }
+}
+
+impl Totals {
+    fn of(comparisons: &[Comparison], policies: usize) -> Self {
+        let mut per_policy = vec![PolicyTotal::default(); policies];
+        for comparison in comparisons {
+            for (total, (_, outcome)) in per_policy.iter_mut().zip(&comparison.runs) {
+                total.arrivals += outcome.arrivals;
+                total.hits += outcome.hits;
+                total.idle += outcome.idle_container_secs;
+            }
+        }
+        Self {
+            arrivals: comparisons.iter().map(|c| c.arrivals).sum(),
+            clairvoyant: comparisons.iter().map(|c| c.clairvoyant_idle_secs).sum(),
+            per_policy,
+        }
+    }
+}
+
+/// A parsed trace file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// One per function, by name.
+    pub workloads: Vec<Workload>,
+    /// Runtimes below zero, taken as zero.
+    pub negative_runtimes: usize,
+}
+
+/// Parses a trace (`arrival_s,function,runtime_ms`, columns in any order, a header
+/// line first) into one workload per function. The horizon, shared by all, is the
+/// last arrival rounded up to a whole second.
+pub fn parse_trace(text: &str, source_name: &str) -> Result<Trace, SimError> {
+    let parse_error = |line: usize, reason: String| SimError::Parse {
+        source_name: source_name.to_string(),
+        line,
+        reason,
+    };
+    let mut lines = text.lines().enumerate();
+    let Some((_, header)) = lines.next() else {
+        return Err(SimError::Empty {
+            source_name: source_name.to_string(),
+        });
+    };
+    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+    let column = |name: &str| {
+        columns.iter().position(|c| *c == name).ok_or_else(|| {
+            parse_error(
+                1,
+                format!("the header has no column `{name}` (it is `{header}`)"),
+            )
+        })
+    };
+    let (at_column, function_column, runtime_column) = (
+        column("arrival_s")?,
+        column("function")?,
+        column("runtime_ms")?,
+    );
+
+    let mut by_function: BTreeMap<String, Vec<Arrival>> = BTreeMap::new();
+    let mut last = Duration::ZERO;
+    let mut negative_runtimes = 0;
+    for (index, line) in lines {
+        let line_number = index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let field = |column: usize, name: &str| {
+            fields
+                .get(column)
+                .copied()
+                .ok_or_else(|| parse_error(line_number, format!("no `{name}` field in `{line}`")))
+        };
+        let seconds = |column: usize, name: &str, scale: f64| -> Result<Duration, SimError> {
+            let text = field(column, name)?;
+            let value: f64 = text.parse().map_err(|_| {
+                parse_error(line_number, format!("`{name}` is not a number: `{text}`"))
+            })?;
+            Duration::try_from_secs_f64(value * scale).map_err(|_| {
+                parse_error(
+                    line_number,
+                    format!("`{name}` must be a finite number of at least 0, got `{text}`"),
+                )
+            })
+        };
+        let at = seconds(at_column, "arrival_s", 1.0)?;
+        let runtime_text = field(runtime_column, "runtime_ms")?;
+        let runtime = match runtime_text.parse::<f64>() {
+            // OrcBench draws runtimes from fitted normal distributions, and a few
+            // come out below zero; the job then takes no time.
+            Ok(millis) if millis < 0.0 => {
+                negative_runtimes += 1;
+                Duration::ZERO
+            }
+            _ => seconds(runtime_column, "runtime_ms", 1e-3)?,
+        };
+        let function = field(function_column, "function")?;
+        if function.is_empty() {
+            return Err(parse_error(line_number, "empty `function`".to_string()));
+        }
+        last = last.max(at);
+        by_function
+            .entry(function.to_string())
+            .or_default()
+            .push(Arrival { at, runtime });
+    }
+    if by_function.is_empty() {
+        return Err(SimError::Empty {
+            source_name: source_name.to_string(),
+        });
+    }
+    let horizon = Duration::from_secs(last.as_secs() + u64::from(last.subsec_nanos() > 0));
+    let workloads = by_function
+        .into_iter()
+        .map(|(name, mut arrivals)| {
+            arrivals.sort_by_key(|a| a.at);
+            Workload {
+                name,
+                arrivals,
+                horizon,
+            }
+        })
+        .collect();
+    Ok(Trace {
+        workloads,
+        negative_runtimes,
+    })
+}
+
+/// Settings for trace files: the profile defaults with `max_containers` 64. The
+/// fixture's runtimes are Azure functions'; its busiest long-running function (fn09,
+/// 1.8 claims/s of ~10 s) keeps ~19 containers busy, more than the default 16, and
+/// a cap that queues every claim would hide what sizing does.
+pub fn trace_settings() -> SimSettings {
+    SimSettings::with_max_containers(64)
+}
+
+/// Reads a trace file, runs every policy on each of its functions, and returns the
+/// Markdown report.
+pub fn run_trace_file(path: &Path) -> Result<String, SimError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SimError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let trace = parse_trace(&text, &path.display().to_string())?;
+    let settings = trace_settings();
+    let comparisons = compare(&trace.workloads, &settings);
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut out = report(&format!("Trace `{name}`"), &settings, &comparisons);
+    if trace.negative_runtimes > 0 {
+        let _ = writeln!(
+            out,
+            "\nRuntimes below zero in the trace, run as zero: {}.",
+            trace.negative_runtimes
+        );
+    }
+    Ok(out)
+}
+
+/// Settings for the synthetic scenarios: the profile defaults, `max_containers` 16.
+pub fn synthetic_settings() -> SimSettings {
+    SimSettings::with_max_containers(16)
+}
+
+/// Runs every policy on the synthetic scenarios and returns the Markdown report.
+pub fn run_synthetic() -> String {
+    let settings = synthetic_settings();
+    let comparisons = compare(&synthetic_workloads(), &settings);
+    report("Synthetic scenarios", &settings, &comparisons)
+}
+
+/// The three named scenarios, generated from a fixed seed (same claims every run).
+pub fn synthetic_workloads() -> Vec<Workload> {
+    vec![bursty(), diurnal(), cold_morning()]
+}
+
+/// An hour of a trickle (3 claims a minute) with bursts: on average one every 5
+/// minutes, 10 to 40 s long, at 1 to 4 claims a second. Jobs run 0.5 to 3 s.
+fn bursty() -> Workload {
+    let horizon = 3600.0;
+    let mut random = SplitMix64::new(0x5eed_0001);
+    let mut bursts = Vec::new();
+    let mut start = random.exponential(1.0 / 300.0);
+    while start < horizon {
+        let length = random.between(10.0, 40.0);
+        let rate = random.between(1.0, 4.0);
+        bursts.push((start, start + length, rate));
+        start += length + random.exponential(1.0 / 300.0);
+    }
+    let rate = |t: f64| {
+        0.05 + bursts
+            .iter()
+            .filter(|(from, to, _)| *from <= t && t < *to)
+            .map(|(_, _, rate)| rate)
+            .sum::<f64>()
+    };
+    let peak = 0.05 + bursts.iter().map(|b| b.2).fold(0.0, f64::max);
+    Workload {
+        name: "bursty".to_string(),
+        arrivals: poisson_arrivals(&mut random, horizon, peak, rate, (0.5, 3.0)),
+        horizon: Duration::from_secs_f64(horizon),
+    }
+}
+
+/// A day compressed into 4 hours: the rate follows `0.01 + 1.5 sin²(πt/T)` claims a
+/// second, from a near-empty night to a midday peak and back. Jobs run 1 to 4 s.
+fn diurnal() -> Workload {
+    let horizon = 4.0 * 3600.0;
+    let mut random = SplitMix64::new(0x5eed_0002);
+    let rate = |t: f64| 0.01 + 1.5 * (std::f64::consts::PI * t / horizon).sin().powi(2);
+    Workload {
+        name: "diurnal".to_string(),
+        arrivals: poisson_arrivals(&mut random, horizon, 1.51, rate, (1.0, 4.0)),
+        horizon: Duration::from_secs_f64(horizon),
+    }
+}
+
+/// Two quiet night hours (one claim every 20 minutes on average), then the morning:
+/// within a minute the rate climbs to 3 claims a second for 5 minutes, then settles
+/// at 1.5 a second for the rest of the hour. Jobs run 1 to 3 s.
+fn cold_morning() -> Workload {
+    let horizon = 3.0 * 3600.0;
+    let morning = 2.0 * 3600.0;
+    let mut random = SplitMix64::new(0x5eed_0003);
+    let rate = move |t: f64| {
+        if t < morning {
+            1.0 / 1200.0
+        } else if t < morning + 60.0 {
+            3.0 * (t - morning) / 60.0
+        } else if t < morning + 360.0 {
+            3.0
+        } else {
+            1.5
+        }
+    };
+    Workload {
+        name: "cold morning".to_string(),
+        arrivals: poisson_arrivals(&mut random, horizon, 3.0, rate, (1.0, 3.0)),
+        horizon: Duration::from_secs_f64(horizon),
+    }
+}
+
+/// Claims of a Poisson process with rate `rate(t)` (at most `peak`) over
+/// `[0, horizon)`, by thinning; runtimes uniform in `runtime_secs`.
+fn poisson_arrivals(
+    random: &mut SplitMix64,
+    horizon: f64,
+    peak: f64,
+    rate: impl Fn(f64) -> f64,
+    runtime_secs: (f64, f64),
+) -> Vec<Arrival> {
+    let mut arrivals = Vec::new();
+    let mut t = 0.0;
+    loop {
+        t += random.exponential(peak);
+        if t >= horizon {
+            return arrivals;
+        }
+        if random.unit() * peak < rate(t) {
+            arrivals.push(Arrival {
+                at: Duration::from_secs_f64(t),
+                runtime: Duration::from_secs_f64(random.between(runtime_secs.0, runtime_secs.1)),
+            });
+        }
+    }
+}
+
+/// splitmix64 (Steele, Lea, Flood 2014): small, fast, and the same numbers on every
+/// platform, which is all a reproducible scenario needs.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn between(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.unit()
+    }
+
+    /// Exponentially distributed with this rate (mean `1 / rate`).
+    fn exponential(&mut self, rate: f64) -> f64 {
+        -(1.0 - self.unit()).ln() / rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    fn workload(arrivals: &[(u64, u64)], horizon_secs: u64) -> Workload {
+        Workload {
+            name: "test".to_string(),
+            arrivals: arrivals
+                .iter()
+                .map(|&(at, runtime)| Arrival {
+                    at: ms(at),
+                    runtime: ms(runtime),
+                })
+                .collect(),
+            horizon: Duration::from_secs(horizon_secs),
+        }
+    }
+
+    #[test]
+    fn engine_latency_follows_the_measured_rates() {
+        let engine = EngineModel::measured();
+        let latency = |k| engine.park_latency(k).as_secs_f64();
+        assert!((latency(1) - 0.303).abs() < 0.001);
+        assert!((latency(2) - 0.444).abs() < 0.001);
+        assert!((latency(4) - 0.702).abs() < 0.001);
+        assert!((latency(8) - 1.429).abs() < 0.001);
+        assert!((engine.parks_per_sec(3) - 5.1).abs() < 1e-9);
+        assert_eq!(engine.parks_per_sec(20), 5.6);
+    }
+
+    #[test]
+    fn a_lone_claim_on_a_parked_container_is_a_hit_and_is_replaced() {
+        let outcome = simulate(
+            &workload(&[(10_000, 500)], 20),
+            &PoolLimits::default(),
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!(
+            (outcome.hits, outcome.cold_starts, outcome.queued),
+            (1, 0, 0)
+        );
+        assert_eq!(outcome.parks, 1, "the replacement");
+        // One container idle throughout: the parked one until the claim, then its
+        // replacement, whose parking counts as idle too. 20 s, up to float rounding.
+        assert!((outcome.idle_container_secs - 20.0).abs() < 1e-6);
+        assert_eq!(outcome.p99_claim_wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_second_claim_within_a_park_time_is_a_cold_start() {
+        let outcome = simulate(
+            &workload(&[(10_000, 500), (10_100, 500)], 20),
+            &PoolLimits::default(),
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!((outcome.hits, outcome.cold_starts), (1, 1));
+        // The cold park shares the engine with the replacement: 2 in flight, 0.44 s
+        // for both would be the steady figure; it started 0.1 s later, so between.
+        let wait = outcome.max_claim_wait.as_secs_f64();
+        assert!(wait > 0.303 && wait < 0.444, "{wait}");
+    }
+
+    #[test]
+    fn max_containers_queues_claims() {
+        let limits = PoolLimits {
+            max_containers: 2,
+            ..PoolLimits::default()
+        };
+        // Three long jobs at once with room for two containers: one hit, one cold
+        // start, one waits for a slot.
+        let outcome = simulate(
+            &workload(&[(1_000, 5_000), (1_000, 5_000), (1_000, 5_000)], 20),
+            &limits,
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!(
+            (outcome.hits, outcome.cold_starts, outcome.queued),
+            (1, 1, 1)
+        );
+        assert!(outcome.max_claim_wait > Duration::from_secs(5));
+    }
+
+    #[test]
+    fn openwhisk_grows_after_cold_starts_and_expires_after_ttl() {
+        let limits = PoolLimits::default();
+        let rule = OpenWhiskRule::shipped(&limits);
+        // Four claims at once at 10 s: one hit, three cold starts. At the 60 s check
+        // the pool grows to 3; nothing more comes, so the extra two expire at the
+        // first check past their ttl (created at 60 s: the check at 180 s).
+        let claims = [(10_000, 100), (10_000, 100), (10_000, 100), (10_000, 100)];
+        let outcome = simulate(
+            &workload(&claims, 300),
+            &limits,
+            &EngineModel::measured(),
+            &Policy::OpenWhisk(rule),
+        );
+        assert_eq!((outcome.hits, outcome.cold_starts), (1, 3));
+        // ~1 container for 300 s, plus ~2 more from ~60 s to 180 s.
+        let extra = outcome.idle_container_secs - 300.0;
+        assert!((extra - 240.0).abs() < 3.0, "{extra}");
+    }
+
+    #[test]
+    fn the_adaptive_policy_grows_during_a_burst() {
+        // Trickle, then 4 claims/s for 30 s: a fixed pool of 1 misses most of the
+        // burst, the adaptive one most of it hits.
+        let mut claims: Vec<(u64, u64)> = (0..10).map(|i| (i * 6_000, 200)).collect();
+        claims.extend((0..120).map(|i| (60_000 + i * 250, 200)));
+        let trace = workload(&claims, 120);
+        let engine = EngineModel::measured();
+        let limits = PoolLimits::default();
+        let fixed = simulate(&trace, &limits, &engine, &Policy::Fixed(1));
+        let adaptive = simulate(
+            &trace,
+            &limits,
+            &engine,
+            &Policy::Adaptive(SizingConfig::default()),
+        );
+        assert!(adaptive.hit_rate() > 0.95, "{adaptive:?}");
+        assert!(fixed.hit_rate() < 0.7, "{fixed:?}");
+    }
+
+    #[test]
+    fn parse_trace_groups_by_function_and_rounds_the_horizon_up() {
+        let text = "arrival_s,function,runtime_ms\n0.5,b,10\n0.25,a,20\n\n7.1,a,30\n";
+        let text = text.replace("7.1,a,30", "7.1,a,30\n3,b,-5");
+        let trace = parse_trace(&text, "inline").expect("valid trace");
+        assert_eq!(trace.negative_runtimes, 1);
+        let workloads = trace.workloads;
+        let names: Vec<&str> = workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(workloads[0].arrivals.len(), 2);
+        assert_eq!(workloads[0].arrivals[1].runtime, ms(30));
+        assert_eq!(workloads[1].arrivals[1].runtime, Duration::ZERO);
+        assert!(workloads
+            .iter()
+            .all(|w| w.horizon == Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn parse_trace_names_the_bad_line() {
+        let missing = parse_trace("arrival_s,runtime_ms\n1,2\n", "t.csv");
+        assert!(matches!(missing, Err(SimError::Parse { line: 1, .. })));
+        let negative = parse_trace("arrival_s,function,runtime_ms\n1,a,2\n-1,a,2\n", "t.csv");
+        match negative {
+            Err(error @ SimError::Parse { line: 3, .. }) => {
+                assert!(error.to_string().contains("t.csv, line 3"), "{error}");
+            }
+            other => panic!("expected a parse error on line 3, got {other:?}"),
+        }
+        let short = parse_trace("arrival_s,function,runtime_ms\n1,a\n", "t.csv");
+        assert!(matches!(short, Err(SimError::Parse { line: 2, .. })));
+        let empty = parse_trace("arrival_s,function,runtime_ms\n", "t.csv");
+        assert!(matches!(empty, Err(SimError::Empty { .. })));
+    }
+
+    #[test]
+    fn synthetic_scenarios_are_the_same_every_time() {
+        let first = synthetic_workloads();
+        assert_eq!(first, synthetic_workloads());
+        let counts: Vec<usize> = first.iter().map(|w| w.arrivals.len()).collect();
+        assert!(counts.iter().all(|&n| n > 500), "{counts:?}");
+        for workload in &first {
+            assert!(workload.arrivals.windows(2).all(|w| w[0].at <= w[1].at));
+        }
+    }
+}
