@@ -1,11 +1,14 @@
 //! The configuration file: parsing and validation, no I/O beyond the string it is
-//! given. Every error names the profile and the key, so a typo is found at load time,
-//! not when the first job arrives.
+//! given ([`Config::load`] alone reads the file and the hostname). Every error names
+//! the profile or section and the key, so a typo is found at load time, not when the
+//! first job arrives.
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default cap on each of a job's output streams.
@@ -14,6 +17,29 @@ pub const DEFAULT_OUTPUT_LIMIT: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default time between SIGTERM and the kill when a job times out (as `docker stop`).
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+/// Default number of parked containers a profile keeps ready even with no demand.
+pub const DEFAULT_MIN_IDLE: usize = 1;
+/// Default ceiling of the adaptive idle target.
+pub const DEFAULT_MAX_IDLE: usize = 8;
+/// Default cap on a profile's containers: parked, busy and starting together.
+pub const DEFAULT_MAX_CONTAINERS: usize = 16;
+/// Default cap on jobs waiting for a container.
+pub const DEFAULT_MAX_QUEUE: usize = 1000;
+/// Default time a job may wait in the queue before it fails.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5 * 60);
+/// Default age at which a parked container is replaced.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// Default time parked containers above `min_idle` are kept once demand has gone.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Instance name when `[server] instance` is unset and the hostname is unknown.
+pub const FALLBACK_INSTANCE: &str = "warmpool";
+/// Default time running jobs get to finish when the server shuts down.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default address of the HTTP service.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default directory of the service's state.
+pub const DEFAULT_DATA_DIR: &str = ".warmpool";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -34,6 +60,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub engine: EngineConfig,
+    pub server: ServerConfig,
     pub profiles: BTreeMap<String, Profile>,
 }
 
@@ -43,6 +70,63 @@ pub struct EngineConfig {
     /// Docker endpoint (`unix:///var/run/docker.sock`, `tcp://host:2375`); unset means
     /// DOCKER_HOST or the local default socket.
     pub host: Option<String>,
+}
+
+/// The `[server]` section: this pool instance and, for the HTTP service, where it
+/// listens and keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// This pool's name, labelled on every container it creates, so two pools on one
+    /// engine tell their containers apart. Default: the hostname (see [`Config::load`]).
+    pub instance: String,
+    /// Time running jobs get to finish when the server shuts down.
+    pub shutdown_grace: Duration,
+    /// Address of the HTTP service; checked to parse as a [`SocketAddr`].
+    pub listen: String,
+    /// Directory of the service's state.
+    pub data_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            instance: FALLBACK_INSTANCE.to_string(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            listen: DEFAULT_LISTEN.to_string(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The instance name when `[server] instance` is unset: `hostname` (trimmed) when
+    /// there is one, else [`FALLBACK_INSTANCE`]. Pure; [`host_name`] does the lookup.
+    pub fn instance_or_default(hostname: Option<&str>) -> String {
+        match hostname.map(str::trim) {
+            Some(h) if !h.is_empty() => h.to_string(),
+            _ => FALLBACK_INSTANCE.to_string(),
+        }
+    }
+}
+
+/// Is `name` a valid instance name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`? It goes into
+/// labels and container names.
+pub fn valid_instance_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The machine's hostname: `/etc/hostname`, else `HOSTNAME`, trimmed; `None` when
+/// neither has one. The only I/O here besides reading the config file.
+pub fn host_name() -> Option<String> {
+    let from_file = std::fs::read_to_string("/etc/hostname").ok();
+    [from_file, std::env::var("HOSTNAME").ok()]
+        .into_iter()
+        .flatten()
+        .map(|h| h.trim().to_string())
+        .find(|h| !h.is_empty())
 }
 
 /// A tmpfs mount: target path and mount options (`size=64m,mode=1777`).
@@ -76,6 +160,21 @@ pub struct Profile {
     pub workdir: Option<String>,
     pub runtime: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Parked containers kept ready even when no jobs arrive (0: none while idle).
+    pub min_idle: usize,
+    /// The adaptive idle target never goes above this.
+    pub max_idle: usize,
+    /// Containers parked, busy and starting together, at most.
+    pub max_containers: usize,
+    /// Jobs waiting for a container, at most.
+    pub max_queue: usize,
+    /// A queued job fails after waiting this long.
+    pub max_wait: Duration,
+    /// Parked containers older than this are replaced.
+    pub max_age: Duration,
+    /// Parked containers above `min_idle` are removed once the demand that asked for
+    /// them is this old.
+    pub idle_ttl: Duration,
 }
 
 impl Profile {
@@ -101,6 +200,13 @@ impl Profile {
             workdir: None,
             runtime: None,
             labels: BTreeMap::new(),
+            min_idle: DEFAULT_MIN_IDLE,
+            max_idle: DEFAULT_MAX_IDLE,
+            max_containers: DEFAULT_MAX_CONTAINERS,
+            max_queue: DEFAULT_MAX_QUEUE,
+            max_wait: DEFAULT_MAX_WAIT,
+            max_age: DEFAULT_MAX_AGE,
+            idle_ttl: DEFAULT_IDLE_TTL,
         }
     }
 }
@@ -157,6 +263,68 @@ impl<'de> Deserialize<'de> for ConfigSize {
         }
         d.deserialize_any(V)
     }
+}
+
+/// A count: a whole number, 0 or more (a negative or fractional number is an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigCount(pub usize);
+
+impl<'de> Deserialize<'de> for ConfigCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ConfigCount;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number, 0 or more")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                if v < 0 {
+                    return Err(E::custom(format!(
+                        "{v} is negative; use a whole number, 0 or more"
+                    )));
+                }
+                self.visit_u64(v as u64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(ConfigCount)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "{v} is not a whole number; use a whole number, 0 or more"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One key's value as `T`, the key named in the error: serde's own type errors do not
+/// say which key they are about.
+fn typed<T: de::DeserializeOwned>(
+    key: &str,
+    value: Option<toml::Value>,
+) -> Result<Option<T>, String> {
+    value
+        .map(|v| {
+            v.try_into::<T>()
+                .map_err(|e| format!("key `{key}`: {}", e.message()))
+        })
+        .transpose()
+}
+
+/// A profile duration that must be above zero, or `default` when unset.
+fn positive_duration(
+    key: &str,
+    value: Option<toml::Value>,
+    default: Duration,
+) -> Result<Duration, String> {
+    let d = typed::<ConfigDuration>(key, value)?.map_or(default, |d| d.0);
+    if d.is_zero() {
+        return Err(format!("key `{key}`: must be above 0"));
+    }
+    Ok(d)
 }
 
 /// `"500ms"`, `"30s"`, `"2m"`, `"1h"`, or a bare number of seconds.
@@ -244,6 +412,14 @@ struct RawProfile {
     runtime: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    // Pool keys stay raw TOML here so that a wrong type is reported with the key.
+    min_idle: Option<toml::Value>,
+    max_idle: Option<toml::Value>,
+    max_containers: Option<toml::Value>,
+    max_queue: Option<toml::Value>,
+    max_wait: Option<toml::Value>,
+    max_age: Option<toml::Value>,
+    idle_ttl: Option<toml::Value>,
 }
 
 /// Is `name` a valid environment variable name (POSIX: letters, digits, `_`, not
@@ -334,6 +510,33 @@ impl RawProfile {
                 ));
             }
         }
+        let count = |key: &str, value: Option<toml::Value>, default: usize| {
+            typed::<ConfigCount>(key, value).map(|c| c.map_or(default, |c| c.0))
+        };
+        let min_idle = count("min_idle", self.min_idle, DEFAULT_MIN_IDLE)?;
+        let max_idle = count("max_idle", self.max_idle, DEFAULT_MAX_IDLE)?;
+        let max_containers = count(
+            "max_containers",
+            self.max_containers,
+            DEFAULT_MAX_CONTAINERS,
+        )?;
+        let max_queue = count("max_queue", self.max_queue, DEFAULT_MAX_QUEUE)?;
+        if max_idle < min_idle {
+            return Err(format!(
+                "key `max_idle`: {max_idle} is below min_idle ({min_idle}); raise max_idle or lower min_idle"
+            ));
+        }
+        if max_containers == 0 {
+            return Err("key `max_containers`: must be at least 1".into());
+        }
+        if max_containers < min_idle {
+            return Err(format!(
+                "key `max_containers`: {max_containers} cannot hold min_idle ({min_idle}) parked containers; raise max_containers or lower min_idle"
+            ));
+        }
+        let max_wait = positive_duration("max_wait", self.max_wait, DEFAULT_MAX_WAIT)?;
+        let max_age = positive_duration("max_age", self.max_age, DEFAULT_MAX_AGE)?;
+        let idle_ttl = positive_duration("idle_ttl", self.idle_ttl, DEFAULT_IDLE_TTL)?;
         for k in self.labels.keys() {
             if k.starts_with(LABEL_PREFIX) {
                 return Err(format!(
@@ -361,6 +564,66 @@ impl RawProfile {
             workdir: self.workdir,
             runtime: self.runtime,
             labels: self.labels,
+            min_idle,
+            max_idle,
+            max_containers,
+            max_queue,
+            max_wait,
+            max_age,
+            idle_ttl,
+        })
+    }
+}
+
+/// The `[server]` section as written in TOML, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    instance: Option<toml::Value>,
+    shutdown_grace: Option<toml::Value>,
+    listen: Option<toml::Value>,
+    data_dir: Option<toml::Value>,
+}
+
+impl RawServer {
+    /// `hostname` stands in for an unset `instance`.
+    fn validate(self, hostname: Option<&str>) -> Result<ServerConfig, String> {
+        let instance = match typed::<String>("instance", self.instance)? {
+            Some(name) if !valid_instance_name(&name) => {
+                return Err(format!(
+                    "key `instance`: \"{name}\" is not an instance name (a letter or digit, then up to 62 letters, digits, '_', '.' or '-')"
+                ))
+            }
+            Some(name) => name,
+            None => {
+                let name = ServerConfig::instance_or_default(hostname);
+                if !valid_instance_name(&name) {
+                    return Err(format!(
+                        "key `instance`: not set, and the hostname \"{name}\" is not an instance name (a letter or digit, then up to 62 letters, digits, '_', '.' or '-'); set `instance` in [server]"
+                    ));
+                }
+                name
+            }
+        };
+        let shutdown_grace = typed::<ConfigDuration>("shutdown_grace", self.shutdown_grace)?
+            .map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0);
+        let listen =
+            typed::<String>("listen", self.listen)?.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        if listen.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "key `listen`: \"{listen}\" is not an IP address and port, like \"127.0.0.1:7070\" or \"[::1]:7070\""
+            ));
+        }
+        let data_dir =
+            typed::<PathBuf>("data_dir", self.data_dir)?.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        if data_dir.as_os_str().is_empty() {
+            return Err("key `data_dir`: must name a directory".into());
+        }
+        Ok(ServerConfig {
+            instance,
+            shutdown_grace,
+            listen,
+            data_dir,
         })
     }
 }
@@ -375,18 +638,35 @@ fn valid_profile_name(name: &str) -> bool {
 }
 
 impl Config {
-    /// Parse and validate a whole config file's text.
+    /// Parse and validate a whole config file's text. An unset `[server] instance`
+    /// becomes [`FALLBACK_INSTANCE`]; [`Config::load`] uses the hostname instead.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_hostname(text, None)
+    }
+
+    /// Parse and validate a whole config file's text; an unset `[server] instance`
+    /// becomes `hostname` (see [`ServerConfig::instance_or_default`]).
+    pub fn parse_with_hostname(text: &str, hostname: Option<&str>) -> Result<Config, ConfigError> {
         let doc: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
         let mut config = Config::default();
+        // `[server]` may be absent; its defaults (the hostname among them) still apply.
+        let mut server = toml::Value::Table(toml::Table::new());
         for (key, value) in doc {
             match key.as_str() {
                 "engine" => {
                     config.engine = value.try_into().map_err(|e: toml::de::Error| {
                         ConfigError::Top(format!("[engine]: {}", e.message()))
                     })?;
+                }
+                "server" => {
+                    if !value.is_table() {
+                        return Err(ConfigError::Top(
+                            "`server` must be a table, like [server]".into(),
+                        ));
+                    }
+                    server = value;
                 }
                 "profiles" => {
                     let toml::Value::Table(profiles) = value else {
@@ -413,12 +693,18 @@ impl Config {
                     }
                 }
                 other => {
+                    let expected = "`engine`, `server` or `profiles`";
                     return Err(ConfigError::Top(format!(
-                        "unknown top-level key `{other}` (expected `engine` or `profiles`)"
-                    )))
+                        "unknown top-level key `{other}` (expected {expected})"
+                    )));
                 }
             }
         }
+        let server_err = |message: String| ConfigError::Top(format!("[server] {message}"));
+        let server: RawServer = server
+            .try_into()
+            .map_err(|e: toml::de::Error| server_err(e.message().to_string()))?;
+        config.server = server.validate(hostname).map_err(server_err)?;
         if config.profiles.is_empty() {
             return Err(ConfigError::Top(
                 "no profiles: add at least one [profiles.NAME] with an `image`".into(),
@@ -427,13 +713,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Read and parse a config file.
+    /// Read and parse a config file; an unset `[server] instance` becomes the
+    /// machine's hostname ([`host_name`]).
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text)
+        Config::parse_with_hostname(&text, host_name().as_deref())
     }
 
     /// The profile called `name`, or an error listing the ones there are.
@@ -463,6 +750,8 @@ mod tests {
             cpus = 1.0
             pids_limit = 256
             network = "none"
+            min_idle = 2
+            max_containers = 16
             "#,
         )
         .unwrap();
@@ -475,6 +764,7 @@ mod tests {
         assert_eq!(p.pids_limit, Some(256));
         assert_eq!(p.network.as_deref(), Some("none"));
         assert_eq!(p.output_limit, DEFAULT_OUTPUT_LIMIT);
+        assert_eq!((p.min_idle, p.max_containers), (2, 16));
     }
 
     #[test]
@@ -524,6 +814,233 @@ mod tests {
         assert!(e.contains("no profiles"), "{e}");
         let e = err("[profiles.echo\nimage = ");
         assert!(e.contains("TOML"), "{e}");
+    }
+
+    fn profile_with(keys: &str) -> Result<Profile, String> {
+        Config::parse(&format!("[profiles.echo]\nimage = \"x\"\n{keys}\n"))
+            .map(|c| c.profiles["echo"].clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pool_keys_default() {
+        let p = profile_with("").unwrap();
+        assert_eq!(p.min_idle, 1);
+        assert_eq!(p.max_idle, 8);
+        assert_eq!(p.max_containers, 16);
+        assert_eq!(p.max_queue, 1000);
+        assert_eq!(p.max_wait, Duration::from_secs(300));
+        assert_eq!(p.max_age, Duration::from_secs(3600));
+        assert_eq!(p.idle_ttl, Duration::from_secs(600));
+        // A parsed profile and a built one agree on every default.
+        assert_eq!(p, Profile::new("echo", "x"));
+    }
+
+    #[test]
+    fn pool_keys_parse() {
+        let p = profile_with(
+            r#"
+            min_idle = 2
+            max_idle = 4
+            max_containers = 5
+            max_queue = 0
+            max_wait = "90s"
+            max_age = 7200
+            idle_ttl = "1.5m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.min_idle, p.max_idle, p.max_containers, p.max_queue),
+            (2, 4, 5, 0)
+        );
+        assert_eq!(p.max_wait, Duration::from_secs(90));
+        assert_eq!(p.max_age, Duration::from_secs(7200));
+        assert_eq!(p.idle_ttl, Duration::from_secs(90));
+        // min_idle 0 (no container kept while idle) is allowed, so is min == max.
+        let p = profile_with("min_idle = 0\nmax_idle = 0").unwrap();
+        assert_eq!((p.min_idle, p.max_idle), (0, 0));
+        let p = profile_with("min_idle = 3\nmax_idle = 3\nmax_containers = 3").unwrap();
+        assert_eq!((p.min_idle, p.max_idle, p.max_containers), (3, 3, 3));
+    }
+
+    /// The error for `keys` in profile "echo", checked to name the profile and `key`.
+    fn pool_err(keys: &str, key: &str) -> String {
+        let e = profile_with(keys).unwrap_err();
+        assert!(
+            e.contains("profile \"echo\"") && e.contains(&format!("key `{key}`")),
+            "{keys:?}: {e}"
+        );
+        e
+    }
+
+    #[test]
+    fn pool_counts_are_whole_numbers() {
+        for key in ["min_idle", "max_idle", "max_containers", "max_queue"] {
+            let e = pool_err(&format!("{key} = -1"), key);
+            assert!(e.contains("-1 is negative"), "{e}");
+            let e = pool_err(&format!("{key} = 1.5"), key);
+            assert!(e.contains("1.5 is not a whole number"), "{e}");
+            let e = pool_err(&format!("{key} = \"2\""), key);
+            assert!(e.contains("whole number"), "{e}");
+        }
+    }
+
+    #[test]
+    fn pool_limits_must_fit_together() {
+        let e = pool_err("min_idle = 3\nmax_idle = 2", "max_idle");
+        assert!(e.contains("below min_idle (3)"), "{e}");
+        // The default max_idle (8) is below a min_idle of 9 too.
+        pool_err("min_idle = 9", "max_idle");
+        let e = pool_err("max_containers = 0", "max_containers");
+        assert!(e.contains("at least 1"), "{e}");
+        let e = pool_err(
+            "min_idle = 4\nmax_idle = 8\nmax_containers = 3",
+            "max_containers",
+        );
+        assert!(e.contains("cannot hold min_idle (4)"), "{e}");
+    }
+
+    #[test]
+    fn pool_durations_must_be_positive_and_valid() {
+        for key in ["max_wait", "max_age", "idle_ttl"] {
+            let e = pool_err(&format!("{key} = 0"), key);
+            assert!(e.contains("must be above 0"), "{e}");
+            let e = pool_err(&format!("{key} = \"0ms\""), key);
+            assert!(e.contains("must be above 0"), "{e}");
+            let e = pool_err(&format!("{key} = \"soon\""), key);
+            assert!(e.contains("\"soon\" is not a duration"), "{e}");
+            let e = pool_err(&format!("{key} = -5"), key);
+            assert!(e.contains("negative"), "{e}");
+            let e = pool_err(&format!("{key} = true"), key);
+            assert!(e.contains("a duration"), "{e}");
+        }
+    }
+
+    const ONE_PROFILE: &str = "[profiles.echo]\nimage = \"x\"\n";
+
+    fn server_with(keys: &str, hostname: Option<&str>) -> Result<ServerConfig, String> {
+        Config::parse_with_hostname(&format!("[server]\n{keys}\n{ONE_PROFILE}"), hostname)
+            .map(|c| c.server)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The error for `keys` in `[server]`, checked to name the section and `key`.
+    fn server_err(keys: &str, key: &str) -> String {
+        let e = server_with(keys, Some("host")).unwrap_err();
+        assert!(
+            e.contains("[server]") && e.contains(&format!("key `{key}`")),
+            "{keys:?}: {e}"
+        );
+        e
+    }
+
+    #[test]
+    fn server_defaults() {
+        // No [server] at all: the defaults, with the hostname given as the instance.
+        let c = Config::parse_with_hostname(ONE_PROFILE, Some("  build-07.example\n")).unwrap();
+        assert_eq!(
+            c.server,
+            ServerConfig {
+                instance: "build-07.example".into(),
+                shutdown_grace: Duration::from_secs(30),
+                listen: "127.0.0.1:7070".into(),
+                data_dir: PathBuf::from(".warmpool"),
+            }
+        );
+        // An empty [server] is the same; no hostname (or a blank one) falls back.
+        assert_eq!(server_with("", Some("h")).unwrap().instance, "h");
+        assert_eq!(server_with("", None).unwrap().instance, FALLBACK_INSTANCE);
+        assert_eq!(server_with("", Some(" \n")).unwrap().instance, "warmpool");
+        // The pure `parse` never looks the hostname up.
+        assert_eq!(
+            Config::parse(ONE_PROFILE).unwrap().server,
+            ServerConfig::default()
+        );
+    }
+
+    #[test]
+    fn server_keys_parse() {
+        let s = server_with(
+            r#"
+            instance = "pool-A_1.b"
+            shutdown_grace = "2m"
+            listen = "[::1]:8080"
+            data_dir = "/var/lib/warmpool"
+            "#,
+            Some("ignored-when-set"),
+        )
+        .unwrap();
+        assert_eq!(s.instance, "pool-A_1.b");
+        assert_eq!(s.shutdown_grace, Duration::from_secs(120));
+        assert_eq!(s.listen, "[::1]:8080");
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/warmpool"));
+        let s = server_with("shutdown_grace = 0\nlisten = \"0.0.0.0:0\"", None).unwrap();
+        assert_eq!(s.shutdown_grace, Duration::ZERO);
+        assert_eq!(s.listen, "0.0.0.0:0");
+        // 63 characters is the longest instance name.
+        let longest = "a".repeat(63);
+        let s = server_with(&format!("instance = \"{longest}\""), None).unwrap();
+        assert_eq!(s.instance, longest);
+    }
+
+    #[test]
+    fn server_errors_name_the_key() {
+        let too_long = "a".repeat(64);
+        for bad in [
+            "",
+            "-lead",
+            ".dot",
+            "has space",
+            "slash/y",
+            "ü",
+            too_long.as_str(),
+        ] {
+            let e = server_err(&format!("instance = \"{bad}\""), "instance");
+            assert!(e.contains("not an instance name"), "{e}");
+        }
+        let e = server_err("instance = 7", "instance");
+        assert!(e.contains("string"), "{e}");
+        // An unusable hostname is reported too, with what to do about it.
+        let e = server_with("", Some("bad host")).unwrap_err();
+        assert!(
+            e.contains("[server] key `instance`")
+                && e.contains("bad host")
+                && e.contains("set `instance` in [server]"),
+            "{e}"
+        );
+        let e = server_err("shutdown_grace = \"later\"", "shutdown_grace");
+        assert!(e.contains("later"), "{e}");
+        let e = server_err("shutdown_grace = -1", "shutdown_grace");
+        assert!(e.contains("negative"), "{e}");
+        for bad in ["localhost:7070", "127.0.0.1", ":7070", "127.0.0.1:99999"] {
+            let e = server_err(&format!("listen = \"{bad}\""), "listen");
+            assert!(e.contains(bad) && e.contains("127.0.0.1:7070"), "{e}");
+        }
+        let e = server_err("listen = 7070", "listen");
+        assert!(e.contains("string"), "{e}");
+        server_err("data_dir = \"\"", "data_dir");
+        server_err("data_dir = 1", "data_dir");
+        let e = server_with("lisen = \"127.0.0.1:1\"", None).unwrap_err();
+        assert!(e.contains("[server]") && e.contains("lisen"), "{e}");
+        let e = err(&format!("server = 1\n{ONE_PROFILE}"));
+        assert!(e.contains("`server` must be a table"), "{e}");
+        let e = err(&format!("[sever]\n{ONE_PROFILE}"));
+        assert!(
+            e.contains("`sever`") && e.contains("`engine`, `server` or `profiles`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn instance_names() {
+        assert!(valid_instance_name("a"));
+        assert!(valid_instance_name("9-x_y.z"));
+        assert!(!valid_instance_name(""));
+        assert!(!valid_instance_name("_x"));
+        assert!(!valid_instance_name(&"a".repeat(64)));
+        assert_eq!(ServerConfig::instance_or_default(Some(" h ")), "h");
+        assert_eq!(ServerConfig::instance_or_default(None), "warmpool");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 pub const MANAGED: &str = "warmpool.managed";
 /// The profile a container belongs to.
 pub const PROFILE: &str = "warmpool.profile";
+/// The pool instance (a `warmpool serve` or a one-off `warmpool run`) that owns a
+/// container: it removes its own leftovers at start and never touches others'.
+pub const INSTANCE: &str = "warmpool.instance";
 /// The digest of the gate inside a container or volume.
 pub const GATE: &str = "warmpool.gate";
 /// What a container is for: `job` (parked or running a job) or `gate-fill`.

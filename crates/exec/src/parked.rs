@@ -28,9 +28,20 @@ pub trait OutputSink: Send {
 }
 
 /// Signals to pass on to a running job (as `docker run` proxies its own signals).
-#[derive(Default)]
+/// Cheap to clone: a job that is run again (its container died before it started)
+/// keeps the same source of signals.
+#[derive(Clone, Default)]
 pub struct RunControl {
-    pub signals: Option<mpsc::UnboundedReceiver<&'static str>>,
+    signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
+}
+
+impl RunControl {
+    /// Pass on the signal names (`"SIGTERM"`, ...) received here to the job.
+    pub fn with_signals(rx: mpsc::UnboundedReceiver<&'static str>) -> RunControl {
+        RunControl {
+            signals: Some(Arc::new(tokio::sync::Mutex::new(rx))),
+        }
+    }
 }
 
 /// How long the stream may still deliver frames after the engine says the
@@ -338,12 +349,17 @@ impl Enforcer {
         id: String,
         deadline: tokio::time::Instant,
         grace: Duration,
-        mut signals: Option<mpsc::UnboundedReceiver<&'static str>>,
+        signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
     ) -> Enforcer {
         let killed = Arc::new(tokio::sync::Notify::new());
         let timed_out = Arc::new(AtomicBool::new(false));
         let (k, t) = (killed.clone(), timed_out.clone());
         let task = tokio::spawn(async move {
+            // Held while this job runs; released when the task ends or is aborted.
+            let mut signals = match &signals {
+                Some(rx) => Some(rx.lock().await),
+                None => None,
+            };
             let mut kill_at = None;
             loop {
                 tokio::select! {
@@ -398,7 +414,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 async fn recv_signal(
-    rx: &mut Option<mpsc::UnboundedReceiver<&'static str>>,
+    rx: &mut Option<tokio::sync::MutexGuard<'_, mpsc::UnboundedReceiver<&'static str>>>,
 ) -> Option<&'static str> {
     match rx {
         Some(rx) => rx.recv().await,

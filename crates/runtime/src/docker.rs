@@ -11,8 +11,8 @@
 //! anything a job prints about its secrets).
 
 use crate::{
-    Attachment, ContainerInfo, ContainerSpec, EngineInfo, ImageConfig, Output, Runtime,
-    RuntimeError,
+    Attachment, ContainerInfo, ContainerSpec, EngineEvent, EngineInfo, EventStream, ImageConfig,
+    Output, Runtime, RuntimeError,
 };
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
@@ -21,8 +21,9 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder,
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -511,5 +512,62 @@ impl Runtime for DockerRuntime {
                 labels: c.labels.unwrap_or_default(),
             })
             .collect())
+    }
+
+    async fn events(&self, labels: &[(&str, &str)]) -> Result<EventStream, RuntimeError> {
+        // Two subscriptions: the engine ANDs filters of different keys, so one
+        // filter set cannot ask for "our containers, or any image".
+        let containers: HashMap<String, Vec<String>> = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ),
+        ]);
+        let images: HashMap<String, Vec<String>> =
+            HashMap::from([("type".to_string(), vec!["image".to_string()])]);
+        let endpoint = self.endpoint.clone();
+        let convert = move |item: Result<bollard::models::EventMessage, BollardError>| {
+            let endpoint = endpoint.clone();
+            async move {
+                match item {
+                    Ok(msg) => {
+                        let action = msg.action.unwrap_or_default();
+                        let actor = msg.actor.unwrap_or_default();
+                        let id = actor.id.unwrap_or_default();
+                        match msg.typ {
+                            Some(bollard::models::EventMessageTypeEnum::CONTAINER) => {
+                                Some(Ok(EngineEvent::Container { id, action }))
+                            }
+                            Some(bollard::models::EventMessageTypeEnum::IMAGE) => {
+                                let name = actor
+                                    .attributes
+                                    .and_then(|a| a.get("name").cloned())
+                                    .unwrap_or(id);
+                                Some(Ok(EngineEvent::Image { name, action }))
+                            }
+                            _ => None,
+                        }
+                    }
+                    Err(e) => Some(Err(RuntimeError::Unreachable {
+                        endpoint,
+                        message: format!("the event stream broke: {e}"),
+                    })),
+                }
+            }
+        };
+        let a = self
+            .docker
+            .events(Some(
+                EventsOptionsBuilder::default().filters(&containers).build(),
+            ))
+            .filter_map(convert.clone());
+        let b = self
+            .docker
+            .events(Some(
+                EventsOptionsBuilder::default().filters(&images).build(),
+            ))
+            .filter_map(convert);
+        Ok(futures_util::stream::select(a, b).boxed())
     }
 }

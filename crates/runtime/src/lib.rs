@@ -73,6 +73,18 @@ pub struct ContainerInfo {
     pub labels: HashMap<String, String>,
 }
 
+/// Something the engine reports happening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A container's `action`: `start`, `die`, `oom`, `kill`, `destroy`, ...
+    Container { id: String, action: String },
+    /// An image's `action`: `tag`, `untag`, `delete`, ... `name` is the reference
+    /// the event names (a tag for `tag`, the image id for `delete`).
+    Image { name: String, action: String },
+}
+
+pub type EventStream = BoxStream<'static, Result<EngineEvent, RuntimeError>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cannot reach the Docker engine ({endpoint}): {message}. Is dockerd running, and does DOCKER_HOST (or [engine] host) point at it?")]
@@ -111,4 +123,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Containers (any state) carrying all of these `key=value` labels.
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// Events of containers carrying all of these labels, and of every image, from
+    /// now on. The stream ends or errors when the connection does; callers resubscribe.
+    async fn events(&self, labels: &[(&str, &str)]) -> Result<EventStream, RuntimeError>;
 }

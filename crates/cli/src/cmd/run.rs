@@ -141,7 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
         }));
     }
-    let control = RunControl { signals: Some(rx) };
+    let control = RunControl::with_signals(rx);
     let mut sink = StdSink {
         out: tokio::io::stdout(),
         err: tokio::io::stderr(),

@@ -1,0 +1,834 @@
+//! One pool per profile: parked containers kept ready by a reconcile loop, handed
+//! out one per job, replaced in the background. The pool decides *when* to park
+//! and *whom* a parked container serves; how a job runs is `warmpool-exec`'s alone
+//! (a claim ends in the same `Parked::run` as a cold start).
+
+use crate::sizing::{DemandTracker, SizingConfig};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warmpool_core::{labels, Job, Profile};
+use warmpool_exec::{
+    ExecError, Executor, Outcome, OutputSink, Parked, ResolvedProfile, RunControl,
+};
+use warmpool_runtime::{EngineEvent, Runtime};
+
+/// Parks the pool runs side by side: the engine parks no faster beyond about four
+/// (measured: 3.3 / 4.5 / 5.7 / 5.6 parks/s at 1 / 2 / 4 / 8), and fewer leaves
+/// room for cold starts.
+pub const MAX_PARALLEL_PARKS: usize = 4;
+/// How often the pool reconciles without being woken, and re-reads its image.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+const IMAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("pool \"{profile}\" is full: {queued} jobs already wait for a container (max_queue = {max_queue}); try again later")]
+    Full {
+        profile: String,
+        queued: usize,
+        max_queue: usize,
+    },
+    #[error("no container of pool \"{profile}\" became free within max_wait ({wait:?}); the pool is at max_containers")]
+    WaitTimeout { profile: String, wait: Duration },
+    #[error("pool \"{profile}\" is shutting down and takes no more jobs")]
+    ShuttingDown { profile: String },
+    #[error("pool \"{profile}\": {source}")]
+    Exec {
+        profile: String,
+        #[source]
+        source: ExecError,
+    },
+}
+
+/// Counters of one pool, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Claims that had to queue (a subset of misses).
+    pub queued: AtomicU64,
+    pub wait_time_us: AtomicU64,
+    pub claim_time_us: AtomicU64,
+    pub claims: AtomicU64,
+    pub park_time_us: AtomicU64,
+    /// Containers parked (for the pool or for a cold start).
+    pub started: AtomicU64,
+    pub failed: AtomicU64,
+    /// Parked containers removed for being stale (old image) or too old (max_age).
+    pub replaced: AtomicU64,
+    /// Parked containers that died or vanished and were dropped from the pool.
+    pub reaped: AtomicU64,
+    /// Parked containers removed because demand fell (above the idle target).
+    pub shrunk: AtomicU64,
+    /// Jobs moved to another container because theirs died before the job started.
+    pub retried: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+/// A moment's view of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    pub profile: String,
+    pub image: String,
+    pub image_id: String,
+    pub idle: usize,
+    pub busy: usize,
+    /// Parks in flight: for the pool, and for claims that found none parked.
+    pub starting: usize,
+    pub queued: usize,
+    pub target_idle: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub replaced: u64,
+    pub reaped: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+struct Idle {
+    parked: Parked,
+    since: Instant,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Result<Parked, PoolError>>,
+}
+
+struct State {
+    idle: VecDeque<Idle>,
+    /// Parks in flight for the pool.
+    parking: usize,
+    /// Parks in flight for claims that found nothing parked.
+    cold: usize,
+    busy: usize,
+    waiters: VecDeque<Waiter>,
+    demand: DemandTracker,
+    closed: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl State {
+    fn total(&self) -> usize {
+        self.idle.len() + self.parking + self.cold + self.busy
+    }
+}
+
+struct Inner {
+    name: String,
+    instance: String,
+    executor: Executor,
+    max_containers: usize,
+    max_queue: usize,
+    max_wait: Duration,
+    max_age: Duration,
+    profile: Mutex<Arc<ResolvedProfile>>,
+    state: Mutex<State>,
+    wake: Notify,
+    counters: Counters,
+    epoch: Instant,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The pool of one profile. Cheap to clone; every clone is the same pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// A parked container handed to one job, and the job's slot in the pool.
+pub struct Claimed {
+    parked: Option<Parked>,
+    /// It was parked before the claim came (a warm start).
+    pub hit: bool,
+    /// From the claim to the container being in hand.
+    pub claim_time: Duration,
+    _slot: Slot,
+}
+
+impl Claimed {
+    pub fn id(&self) -> &str {
+        self.parked.as_ref().map(Parked::id).unwrap_or_default()
+    }
+
+    /// Run the job on this container: `Parked::run`, the only path a job takes.
+    pub async fn run<S: OutputSink>(
+        mut self,
+        job: Job,
+        sink: &mut S,
+        control: RunControl,
+    ) -> Result<Outcome, ExecError> {
+        match self.parked.take() {
+            Some(parked) => parked.run(job, sink, control).await,
+            None => Err(ExecError::StreamLost {
+                container: String::new(),
+                reason: "the claimed container was already used".into(),
+            }),
+        }
+    }
+}
+
+/// A busy slot: the pool counts it until the job is done with its container.
+struct Slot {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = lock(&self.inner.state);
+        st.busy = st.busy.saturating_sub(1);
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+}
+
+/// A cold start in flight, counted until it ends (or the claim is dropped).
+struct ColdSlot {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ColdSlot {
+    fn drop(&mut self) {
+        let mut st = lock(&self.inner.state);
+        st.cold = st.cold.saturating_sub(1);
+    }
+}
+
+/// What a pool run produced.
+#[derive(Debug)]
+pub struct PoolRun {
+    pub outcome: Outcome,
+    /// The first container was parked before the claim (a warm start).
+    pub hit: bool,
+    /// The job was moved to a second container because the first died before the
+    /// job started.
+    pub retried: bool,
+    pub claim_time: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain counters behind: keep going.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The pool's limits, from the profile's keys.
+fn sizing_config(p: &Profile) -> SizingConfig {
+    SizingConfig {
+        min_idle: p.min_idle,
+        max_idle: p.max_idle,
+        idle_ttl: p.idle_ttl,
+        ..SizingConfig::default()
+    }
+}
+
+impl Pool {
+    /// Start the pool of `profile` (resolved on the engine) for `instance`: its
+    /// reconcile loop and its engine-event follower start now, and it begins to fill.
+    pub fn start(executor: Executor, resolved: Arc<ResolvedProfile>, instance: &str) -> Pool {
+        let mut resolved = (*resolved).clone();
+        // Every container of this pool says whose it is.
+        resolved
+            .profile
+            .labels
+            .insert(labels::INSTANCE.to_string(), instance.to_string());
+        let p = resolved.profile.clone();
+        let inner = Arc::new(Inner {
+            name: p.name.clone(),
+            instance: instance.to_string(),
+            executor,
+            max_containers: p.max_containers,
+            max_queue: p.max_queue,
+            max_wait: p.max_wait,
+            max_age: p.max_age,
+            profile: Mutex::new(Arc::new(resolved)),
+            state: Mutex::new(State {
+                idle: VecDeque::new(),
+                parking: 0,
+                cold: 0,
+                busy: 0,
+                waiters: VecDeque::new(),
+                demand: DemandTracker::new(sizing_config(&p)),
+                closed: false,
+                failures: 0,
+                retry_at: None,
+                last_error: None,
+            }),
+            wake: Notify::new(),
+            counters: Counters::default(),
+            epoch: Instant::now(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let pool = Pool { inner };
+        let (a, b) = (pool.clone(), pool.clone());
+        pool.inner
+            .tasks
+            .spawn(async move { a.reconcile_loop().await });
+        pool.inner
+            .tasks
+            .spawn(async move { b.follow_events().await });
+        pool
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// The profile as currently resolved (its image id follows retags).
+    pub fn profile(&self) -> Arc<ResolvedProfile> {
+        lock(&self.inner.profile).clone()
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.epoch.elapsed()
+    }
+
+    fn err_profile(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let profile = self.profile();
+        let st = lock(&self.inner.state);
+        let c = &self.inner.counters;
+        PoolStats {
+            profile: self.inner.name.clone(),
+            image: profile.profile.image.clone(),
+            image_id: profile.image.id.clone(),
+            idle: st.idle.len(),
+            busy: st.busy,
+            starting: st.parking + st.cold,
+            queued: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
+            target_idle: st.demand.target_idle(self.now()),
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            replaced: c.replaced.load(Ordering::Relaxed),
+            reaped: c.reaped.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Ids of the parked containers, oldest first.
+    pub fn idle_ids(&self) -> Vec<String> {
+        lock(&self.inner.state)
+            .idle
+            .iter()
+            .map(|i| i.parked.id().to_string())
+            .collect()
+    }
+
+    /// Wait until at least `n` containers are parked (bounded by `within`).
+    pub async fn wait_idle(&self, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if lock(&self.inner.state).idle.len() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lock(&self.inner.state).idle.len() >= n
+    }
+
+    /// A container for one job: parked already (a hit), else parked now for this
+    /// claim if `max_containers` allows (a miss, a cold start), else the next one
+    /// that frees up, in arrival order (bounded by `max_queue` and `max_wait`).
+    pub async fn claim(&self) -> Result<Claimed, PoolError> {
+        let started = Instant::now();
+        enum Plan {
+            Hit(Box<Parked>),
+            Cold(ColdSlot),
+            Wait(oneshot::Receiver<Result<Parked, PoolError>>),
+        }
+        let plan = {
+            let mut st = lock(&self.inner.state);
+            if st.closed {
+                return Err(PoolError::ShuttingDown {
+                    profile: self.err_profile(),
+                });
+            }
+            let now = self.now();
+            st.demand.on_arrival(now);
+            let current = self.profile().image.id.clone();
+            let mut hit = None;
+            while let Some(idle) = st.idle.pop_front() {
+                if idle.parked.profile().image.id != current
+                    || idle.since.elapsed() > self.inner.max_age
+                {
+                    // Dropping a parked container removes it.
+                    add(&self.inner.counters.replaced, 1);
+                    continue;
+                }
+                hit = Some(idle.parked);
+                break;
+            }
+            match hit {
+                Some(parked) => {
+                    st.busy += 1;
+                    Plan::Hit(Box::new(parked))
+                }
+                None if st.total() < self.inner.max_containers => {
+                    st.cold += 1;
+                    Plan::Cold(ColdSlot {
+                        inner: self.inner.clone(),
+                    })
+                }
+                None => {
+                    st.waiters.retain(|w| !w.tx.is_closed());
+                    if st.waiters.len() >= self.inner.max_queue {
+                        return Err(PoolError::Full {
+                            profile: self.err_profile(),
+                            queued: st.waiters.len(),
+                            max_queue: self.inner.max_queue,
+                        });
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push_back(Waiter { tx });
+                    Plan::Wait(rx)
+                }
+            }
+        };
+        // Whatever happened, the pool may want to park more now.
+        self.inner.wake.notify_one();
+        let c = &self.inner.counters;
+        let (parked, hit) = match plan {
+            Plan::Hit(parked) => {
+                add(&c.hits, 1);
+                (*parked, true)
+            }
+            Plan::Cold(cold) => {
+                add(&c.misses, 1);
+                // Never wait on another container's replenishment: park our own.
+                let result = self.inner.executor.park(self.profile()).await;
+                let mut st = lock(&self.inner.state);
+                // (The cold slot is released below, after the lock: its drop locks too.)
+                match result {
+                    Ok(parked) => {
+                        st.busy += 1;
+                        let took = parked.park_timings().total;
+                        st.demand.on_park_time(took);
+                        drop(st);
+                        drop(cold);
+                        add(&c.started, 1);
+                        add(&c.park_time_us, micros(took));
+                        (parked, false)
+                    }
+                    Err(e) => {
+                        st.last_error = Some(e.to_string());
+                        drop(st);
+                        drop(cold);
+                        add(&c.failed, 1);
+                        return Err(PoolError::Exec {
+                            profile: self.err_profile(),
+                            source: e,
+                        });
+                    }
+                }
+            }
+            Plan::Wait(rx) => {
+                add(&c.misses, 1);
+                add(&c.queued, 1);
+                let waited = Instant::now();
+                let got = tokio::time::timeout(self.inner.max_wait, rx).await;
+                add(&c.wait_time_us, micros(waited.elapsed()));
+                match got {
+                    // The deliverer counted the slot as busy already.
+                    Ok(Ok(Ok(parked))) => (parked, false),
+                    Ok(Ok(Err(e))) => return Err(e),
+                    Ok(Err(_)) => {
+                        return Err(PoolError::ShuttingDown {
+                            profile: self.err_profile(),
+                        })
+                    }
+                    // Our waiter stays queued with a closed channel: whoever serves it
+                    // next sees that and passes the container on.
+                    Err(_) => {
+                        return Err(PoolError::WaitTimeout {
+                            profile: self.err_profile(),
+                            wait: self.inner.max_wait,
+                        })
+                    }
+                }
+            }
+        };
+        let claim_time = started.elapsed();
+        add(&c.claims, 1);
+        add(&c.claim_time_us, micros(claim_time));
+        Ok(Claimed {
+            parked: Some(parked),
+            hit,
+            claim_time,
+            _slot: Slot {
+                inner: self.inner.clone(),
+            },
+        })
+    }
+
+    /// Claim a container and run `job` on it. If the container turns out dead
+    /// before the job started (the gate never said STARTED), the job moves to
+    /// another container, once, transparently.
+    pub async fn run<S: OutputSink>(
+        &self,
+        job: Job,
+        sink: &mut S,
+        control: RunControl,
+    ) -> Result<PoolRun, PoolError> {
+        let claimed = self.claim().await?;
+        self.run_claimed(claimed, job, sink, control).await
+    }
+
+    /// [`Pool::run`] for a container already claimed.
+    pub async fn run_claimed<S: OutputSink>(
+        &self,
+        claimed: Claimed,
+        job: Job,
+        sink: &mut S,
+        control: RunControl,
+    ) -> Result<PoolRun, PoolError> {
+        let (hit, claim_time) = (claimed.hit, claimed.claim_time);
+        let exec = |source| PoolError::Exec {
+            profile: self.err_profile(),
+            source,
+        };
+        let first = claimed.run(job.clone(), sink, control.clone()).await;
+        let never_started = match &first {
+            Ok(o) => o.lost.is_some() && !o.started,
+            Err(ExecError::StreamLost { .. }) => true,
+            Err(_) => false,
+        };
+        if !never_started {
+            let outcome = first.map_err(exec)?;
+            return Ok(PoolRun {
+                outcome,
+                hit,
+                retried: false,
+                claim_time,
+            });
+        }
+        // A pool fault must not fail a job that can still run.
+        add(&self.inner.counters.retried, 1);
+        tracing::info!(profile = %self.inner.name, "a claimed container died before its job started; running the job on another");
+        let again = self.claim().await?;
+        let outcome = again.run(job, sink, control).await.map_err(exec)?;
+        Ok(PoolRun {
+            outcome,
+            hit,
+            retried: true,
+            claim_time,
+        })
+    }
+
+    /// A parked container is ready: the oldest live waiter gets it, else the pool.
+    fn deliver(&self, st: &mut State, mut parked: Parked) {
+        while let Some(w) = st.waiters.pop_front() {
+            if w.tx.is_closed() {
+                continue;
+            }
+            st.busy += 1;
+            match w.tx.send(Ok(parked)) {
+                Ok(()) => return,
+                Err(returned) => {
+                    st.busy -= 1;
+                    match returned {
+                        Ok(p) => parked = p,
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+        st.idle.push_back(Idle {
+            parked,
+            since: Instant::now(),
+        });
+    }
+
+    async fn reconcile_loop(&self) {
+        let mut last_image_check = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+            if last_image_check.elapsed() >= IMAGE_CHECK_EVERY {
+                last_image_check = Instant::now();
+                self.refresh_image().await;
+            }
+            self.reconcile();
+        }
+    }
+
+    /// Compare what is parked with what should be, and act: drop stale, aged and
+    /// surplus containers; start parks up to the target (and for queued claims).
+    fn reconcile(&self) {
+        let profile = self.profile();
+        let starts = {
+            let mut st = lock(&self.inner.state);
+            if st.closed {
+                return;
+            }
+            st.waiters.retain(|w| !w.tx.is_closed());
+            let max_age = self.inner.max_age;
+            let before = st.idle.len();
+            st.idle.retain(|i| {
+                i.parked.profile().image.id == profile.image.id && i.since.elapsed() <= max_age
+            });
+            add(
+                &self.inner.counters.replaced,
+                (before - st.idle.len()) as u64,
+            );
+
+            let target = st.demand.target_idle(self.now());
+            // Surplus above the target goes, the longest-parked first.
+            while st.waiters.is_empty()
+                && st.idle.len() + st.parking > target
+                && !st.idle.is_empty()
+            {
+                st.idle.pop_front();
+                add(&self.inner.counters.shrunk, 1);
+            }
+            let backing_off = st.retry_at.is_some_and(|t| Instant::now() < t);
+            let want = (target + st.waiters.len()).saturating_sub(st.idle.len() + st.parking);
+            let room = self.inner.max_containers.saturating_sub(st.total());
+            let parallel = MAX_PARALLEL_PARKS.saturating_sub(st.parking);
+            let n = if backing_off {
+                0
+            } else {
+                want.min(room).min(parallel)
+            };
+            st.parking += n;
+            n
+        };
+        for _ in 0..starts {
+            let pool = self.clone();
+            let profile = profile.clone();
+            self.inner
+                .tasks
+                .spawn(async move { pool.park_for_pool(profile).await });
+        }
+    }
+
+    async fn park_for_pool(&self, profile: Arc<ResolvedProfile>) {
+        let result = self.inner.executor.park(profile).await;
+        let c = &self.inner.counters;
+        let mut st = lock(&self.inner.state);
+        st.parking = st.parking.saturating_sub(1);
+        match result {
+            Ok(parked) => {
+                st.failures = 0;
+                st.retry_at = None;
+                let took = parked.park_timings().total;
+                st.demand.on_park_time(took);
+                add(&c.started, 1);
+                add(&c.park_time_us, micros(took));
+                if st.closed {
+                    drop(parked);
+                } else {
+                    self.deliver(&mut st, parked);
+                }
+            }
+            Err(e) => {
+                add(&c.failed, 1);
+                st.failures += 1;
+                // Back off: 0.5 s, 1 s, 2 s, ... at most 30 s between attempts.
+                let backoff = Duration::from_millis(500 * (1u64 << st.failures.min(6)))
+                    .min(Duration::from_secs(30));
+                st.retry_at = Some(Instant::now() + backoff);
+                let message = e.to_string();
+                tracing::warn!(profile = %self.inner.name, error = %message, "parking a container failed");
+                st.last_error = Some(message);
+                // A queued job waits on parks that fail: tell the oldest why, rather
+                // than letting it sit out max_wait.
+                st.waiters.retain(|w| !w.tx.is_closed());
+                if let Some(w) = st.waiters.pop_front() {
+                    let _ = w.tx.send(Err(PoolError::Exec {
+                        profile: self.err_profile(),
+                        source: e,
+                    }));
+                }
+            }
+        }
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// Re-read the profile's image; a retag to a new image makes the parked
+    /// containers of the old one stale (the reconciler replaces them; running jobs
+    /// are untouched).
+    async fn refresh_image(&self) {
+        let current = self.profile();
+        match self
+            .inner
+            .executor
+            .runtime()
+            .image(&current.profile.image)
+            .await
+        {
+            Ok(Some(image)) if image.id != current.image.id => {
+                tracing::info!(profile = %self.inner.name, old = %current.image.id, new = %image.id, "the profile's image changed; replacing parked containers");
+                let updated = ResolvedProfile {
+                    profile: current.profile.clone(),
+                    image,
+                };
+                *lock(&self.inner.profile) = Arc::new(updated);
+                self.inner.wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(profile = %self.inner.name, error = %e, "re-reading the image failed")
+            }
+        }
+    }
+
+    /// Follow the engine's events: a parked container that dies or vanishes leaves
+    /// the pool at once; an image event re-reads the profile's image.
+    async fn follow_events(&self) {
+        let runtime: Arc<dyn Runtime> = self.inner.executor.runtime().clone();
+        loop {
+            let filters = [
+                (labels::MANAGED, "true"),
+                (labels::INSTANCE, self.inner.instance.as_str()),
+                (labels::PROFILE, self.inner.name.as_str()),
+            ];
+            let subscribed = tokio::select! {
+                _ = self.inner.stop.cancelled() => return,
+                s = runtime.events(&filters) => s,
+            };
+            match subscribed {
+                Ok(mut events) => {
+                    // Anything missed while not subscribed is caught by a reconcile.
+                    self.inner.wake.notify_one();
+                    loop {
+                        let next = tokio::select! {
+                            _ = self.inner.stop.cancelled() => return,
+                            e = futures_util::StreamExt::next(&mut events) => e,
+                        };
+                        match next {
+                            Some(Ok(EngineEvent::Container { id, action })) => {
+                                if matches!(action.as_str(), "die" | "destroy" | "oom" | "stop") {
+                                    self.drop_idle(&id);
+                                }
+                            }
+                            Some(Ok(EngineEvent::Image { action, .. })) => {
+                                if matches!(
+                                    action.as_str(),
+                                    "tag" | "untag" | "delete" | "load" | "import" | "pull"
+                                ) {
+                                    self.refresh_image().await;
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "engine events broke; resubscribing");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot follow engine events; retrying"),
+            }
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// A parked container died: it leaves the pool (and a replacement is parked).
+    fn drop_idle(&self, id: &str) {
+        let mut st = lock(&self.inner.state);
+        let before = st.idle.len();
+        st.idle.retain(|i| i.parked.id() != id);
+        let gone = before - st.idle.len();
+        drop(st);
+        if gone > 0 {
+            add(&self.inner.counters.reaped, gone as u64);
+            tracing::info!(profile = %self.inner.name, container = %id, "a parked container died; replacing it");
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Stop taking jobs and parking: queued claims fail, parked containers are
+    /// removed. Running jobs go on.
+    pub fn close(&self) {
+        let waiters = {
+            let mut st = lock(&self.inner.state);
+            st.closed = true;
+            st.idle.clear();
+            std::mem::take(&mut st.waiters)
+        };
+        for w in waiters {
+            let _ = w.tx.send(Err(PoolError::ShuttingDown {
+                profile: self.err_profile(),
+            }));
+        }
+        self.inner.stop.cancel();
+    }
+
+    /// Close, let running jobs finish within `grace`, then kill what is left, and
+    /// remove every container of this pool: none is left behind.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.close();
+        let deadline = Instant::now() + grace;
+        while lock(&self.inner.state).busy > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // Whatever still runs is killed now: its run ends as lost.
+        let _ = self.remove_all().await;
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.executor.drain().await;
+        // Parks that finished during shutdown were dropped (removed); sweep once more.
+        let _ = self.remove_all().await;
+    }
+
+    async fn remove_all(&self) -> Result<usize, warmpool_runtime::RuntimeError> {
+        let runtime = self.inner.executor.runtime();
+        let list = runtime
+            .list(&[
+                (labels::MANAGED, "true"),
+                (labels::INSTANCE, self.inner.instance.as_str()),
+                (labels::PROFILE, self.inner.name.as_str()),
+            ])
+            .await?;
+        for c in &list {
+            let _ = runtime.remove(&c.id).await;
+        }
+        Ok(list.len())
+    }
+}
+
+/// Remove every container of `instance` (any state, any profile): what a previous
+/// run of the same instance left behind. Never touches another instance's.
+pub async fn sweep(
+    runtime: &Arc<dyn Runtime>,
+    instance: &str,
+) -> Result<usize, warmpool_runtime::RuntimeError> {
+    let list = runtime
+        .list(&[(labels::MANAGED, "true"), (labels::INSTANCE, instance)])
+        .await?;
+    for c in &list {
+        runtime.remove(&c.id).await?;
+    }
+    Ok(list.len())
+}
