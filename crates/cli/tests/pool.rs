@@ -1,0 +1,374 @@
+//! The pool against the real engine: filling, bursts, health, stale images,
+//! retries, ownership and shutdown.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use warmpool_core::{Job, Profile};
+use warmpool_exec::RunControl;
+use warmpool_pool::{sweep, Pool};
+use warmpool_runtime::Runtime;
+
+/// A pool of `p` for a test-unique instance.
+async fn start(e: &Engine, p: &Profile) -> Pool {
+    let resolved = resolve(e, p).await;
+    Pool::start(e.executor.clone(), resolved, &unique("inst"))
+}
+
+fn pool_profile(image: &str, min_idle: usize, max_containers: usize) -> Profile {
+    let mut p = profile(image);
+    p.min_idle = min_idle;
+    p.max_idle = min_idle.max(1);
+    p.max_containers = max_containers;
+    p
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test]
+async fn fills_to_min_idle_and_labels_its_containers() {
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 2, 4);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    assert!(
+        pool.wait_idle(2, Duration::from_secs(30)).await,
+        "{:?}",
+        pool.stats()
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.idle, 2);
+    assert_eq!(stats.busy, 0);
+    for id in pool.idle_ids() {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{index .Config.Labels \"warmpool.instance\"}} {{index .Config.Labels \"warmpool.profile\"}} {{.State.Running}}", &id])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.starts_with("inst-"), "{text}");
+        assert!(
+            text.trim_end().ends_with(&format!("{} true", p.name)),
+            "{text}"
+        );
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_three_times_max_containers_queues_and_completes() {
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 1, 2);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    assert!(pool.wait_idle(1, Duration::from_secs(30)).await);
+    let mut runs = Vec::new();
+    for i in 0..6 {
+        let pool = pool.clone();
+        runs.push(tokio::spawn(async move {
+            let job = Job {
+                env: vec![("N".into(), i.to_string())],
+                ..job(&["sh", "-c", "sleep 0.3; echo job $N"])
+            };
+            let mut sink = CollectSink::default();
+            let run = pool
+                .run(job, &mut sink, RunControl::default())
+                .await
+                .unwrap();
+            (i, String::from_utf8_lossy(&sink.stdout).to_string(), run)
+        }));
+    }
+    for r in runs {
+        let (i, out, run) = r.await.unwrap();
+        assert_eq!(out, format!("job {i}\n"));
+        assert_eq!(run.outcome.exit_code(), 0);
+    }
+    let c = pool.counters();
+    let hits = c.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let misses = c.misses.load(std::sync::atomic::Ordering::Relaxed);
+    let queued = c.queued.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(hits + misses, 6);
+    assert!(
+        queued >= 3,
+        "with 2 containers at most, most of 6 jobs queue: {queued}"
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once() {
+    let e = engine();
+    let mut p = pool_profile(BUSYBOX, 0, 1);
+    p.max_idle = 0;
+    p.max_queue = 1;
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    let busy = pool.claim().await.unwrap(); // takes the only slot
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.claim().await.map(|c| c.id().to_string()) })
+    };
+    wait_until("one claim queues", || pool.stats().queued == 1).await;
+    let refused = pool.claim().await.err().expect("refused");
+    assert!(refused.to_string().contains("full"), "{refused}");
+    drop(busy); // frees the slot: the queued claim gets a new container
+    let served = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_killed_parked_container_is_noticed_and_replaced() {
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 1, 4);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    assert!(pool.wait_idle(1, Duration::from_secs(30)).await);
+    let victim = pool.idle_ids()[0].clone();
+    let killed = Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    wait_until(
+        "the dead container leaves the pool and a new one is parked",
+        || {
+            let ids = pool.idle_ids();
+            ids.len() == 1 && ids[0] != victim
+        },
+    )
+    .await;
+    assert_eq!(pool.stats().reaped, 1);
+    // The pool hands out only live containers.
+    let mut sink = CollectSink::default();
+    let run = pool
+        .run(job(&["echo", "alive"]), &mut sink, RunControl::default())
+        .await
+        .unwrap();
+    assert_eq!(sink.stdout, b"alive\n");
+    assert!(!run.retried);
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_claimed_container_removed_before_hand_over_is_retried_transparently() {
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 1, 4);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    assert!(pool.wait_idle(1, Duration::from_secs(30)).await);
+    let claimed = pool.claim().await.unwrap();
+    assert!(claimed.hit);
+    let rm = Command::new("docker")
+        .args(["rm", "-f", claimed.id()])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    let mut sink = CollectSink::default();
+    let run = pool
+        .run_claimed(
+            claimed,
+            job(&["echo", "ran anyway"]),
+            &mut sink,
+            RunControl::default(),
+        )
+        .await
+        .unwrap();
+    assert!(run.retried);
+    assert_eq!(sink.stdout, b"ran anyway\n");
+    assert_eq!(run.outcome.exit_code(), 0);
+    assert_eq!(pool.stats().retried, 1);
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn retagging_the_image_rolls_the_parked_containers() {
+    let e = engine();
+    let tag = format!("warmpool-test/roll-{}:latest", unique("r").to_lowercase());
+    let tagged = Command::new("docker")
+        .args(["tag", BUSYBOX, &tag])
+        .output()
+        .unwrap();
+    assert!(tagged.status.success());
+    let p = pool_profile(&tag, 2, 6);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    assert!(pool.wait_idle(2, Duration::from_secs(30)).await);
+    let old_ids = pool.idle_ids();
+    let old_image = pool.profile().image.id.clone();
+    // A job running on the old image goes on untouched.
+    let running = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut sink = CollectSink::default();
+            let run = pool
+                .run(
+                    job(&["sh", "-c", "sleep 2; echo old job done"]),
+                    &mut sink,
+                    RunControl::default(),
+                )
+                .await
+                .unwrap();
+            (run, sink.stdout)
+        })
+    };
+    // Rebuild: same tag, new image.
+    let dir = std::env::temp_dir().join(unique("rollctx"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {BUSYBOX}\nLABEL rebuilt={}\n", unique("v")),
+    )
+    .unwrap();
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    wait_until("the parked containers run the new image", || {
+        let ids = pool.idle_ids();
+        pool.profile().image.id != old_image
+            && ids.len() == 2
+            && ids.iter().all(|i| !old_ids.contains(i))
+    })
+    .await;
+    for id in pool.idle_ids() {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.Image}}", &id])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            pool.profile().image.id
+        );
+    }
+    let (run, out) = running.await.unwrap();
+    assert_eq!(out, b"old job done\n");
+    assert_eq!(run.outcome.exit_code(), 0);
+    assert!(pool.stats().replaced >= 1, "{:?}", pool.stats());
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+    let _ = Command::new("docker").args(["rmi", &tag]).output();
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_jobs_finish_then_leaves_nothing() {
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 2, 4);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    assert!(pool.wait_idle(2, Duration::from_secs(30)).await);
+    let running = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut sink = CollectSink::default();
+            let run = pool
+                .run(
+                    job(&["sh", "-c", "sleep 1; echo finished"]),
+                    &mut sink,
+                    RunControl::default(),
+                )
+                .await;
+            (run.map(|r| r.outcome.exit_code()), sink.stdout)
+        })
+    };
+    wait_until("the job runs", || pool.stats().busy == 1).await;
+    pool.shutdown(Duration::from_secs(20)).await;
+    let (code, out) = running.await.unwrap();
+    assert_eq!(code.unwrap(), 0);
+    assert_eq!(out, b"finished\n");
+    assert!(pool.claim().await.is_err(), "a closed pool takes no jobs");
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn shutdown_kills_what_outlives_the_grace() {
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 1, 4);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    assert!(pool.wait_idle(1, Duration::from_secs(30)).await);
+    let running = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut sink = CollectSink::default();
+            pool.run(job(&["sleep", "60"]), &mut sink, RunControl::default())
+                .await
+                .map(|r| r.outcome)
+        })
+    };
+    wait_until("the job runs", || pool.stats().busy == 1).await;
+    pool.shutdown(Duration::from_millis(500)).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_ne!(outcome.exit_code(), 0, "killed: {outcome:?}");
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn sweep_removes_only_its_own_instances_leftovers() {
+    let e = engine();
+    let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
+    let mine = unique("mine");
+    let theirs = unique("theirs");
+    let mut ids = Vec::new();
+    for inst in [&mine, &theirs] {
+        let out = Command::new("docker")
+            .args([
+                "create",
+                "--label",
+                "warmpool.managed=true",
+                "--label",
+                &format!("warmpool.instance={inst}"),
+                "--label",
+                &format!("{TEST_LABEL}={}", p.labels[TEST_LABEL]),
+                BUSYBOX,
+                "sleep",
+                "60",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    let runtime: Arc<dyn Runtime> = e.runtime.clone();
+    assert_eq!(sweep(&runtime, &mine).await.unwrap(), 1);
+    let exists = |id: &str| {
+        Command::new("docker")
+            .args(["inspect", id])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!exists(&ids[0]), "our leftover is removed");
+    assert!(exists(&ids[1]), "another instance's container is untouched");
+    let _ = Command::new("docker").args(["rm", "-f", &ids[1]]).output();
+}
