@@ -372,3 +372,52 @@ async fn sweep_removes_only_its_own_instances_leftovers() {
     assert!(exists(&ids[1]), "another instance's container is untouched");
     let _ = Command::new("docker").args(["rm", "-f", &ids[1]]).output();
 }
+
+#[tokio::test]
+async fn a_pool_that_dies_abruptly_leaves_no_orphans_after_a_restart() {
+    let p = pool_profile(BUSYBOX, 2, 4);
+    let _cleanup = cleanup(&p);
+    let instance = unique("crash");
+    // The first life of the pool, on a runtime of its own that we then drop on the
+    // floor: no shutdown, no cleanup, as if the process had been killed.
+    let (p1, inst1) = (p.clone(), instance.clone());
+    let old_ids = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let ids = rt.block_on(async move {
+            let e = engine();
+            let pool = Pool::start(e.executor.clone(), resolve(&e, &p1).await, &inst1);
+            assert!(pool.wait_idle(2, Duration::from_secs(30)).await);
+            let busy = pool.claim().await.unwrap();
+            assert!(pool.wait_idle(2, Duration::from_secs(30)).await);
+            let mut ids = pool.idle_ids();
+            ids.push(busy.id().to_string());
+            std::mem::forget(busy);
+            ids
+        });
+        rt.shutdown_background();
+        ids
+    })
+    .join()
+    .unwrap();
+    assert_eq!(old_ids.len(), 3);
+    // The second life: sweep what the first left, then fill again.
+    let e = engine();
+    let runtime: Arc<dyn Runtime> = e.runtime.clone();
+    sweep(&runtime, &instance).await.unwrap();
+    let pool = Pool::start(e.executor.clone(), resolve(&e, &p).await, &instance);
+    assert!(pool.wait_idle(2, Duration::from_secs(30)).await);
+    let exists = |id: &str| {
+        Command::new("docker")
+            .args(["inspect", id])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    wait_until("no container of the first life is left", || {
+        old_ids.iter().all(|id| !exists(id))
+    })
+    .await;
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}

@@ -117,6 +117,8 @@ struct State {
     waiters: VecDeque<Waiter>,
     demand: DemandTracker,
     closed: bool,
+    /// Park for the idle target (off: park only for claims, e.g. a one-off run).
+    replenish: bool,
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<String>,
@@ -264,6 +266,7 @@ impl Pool {
                 waiters: VecDeque::new(),
                 demand: DemandTracker::new(sizing_config(&p)),
                 closed: false,
+                replenish: true,
                 failures: 0,
                 retry_at: None,
                 last_error: None,
@@ -598,7 +601,11 @@ impl Pool {
                 (before - st.idle.len()) as u64,
             );
 
-            let target = st.demand.target_idle(self.now());
+            let target = if st.replenish {
+                st.demand.target_idle(self.now())
+            } else {
+                0
+            };
             // Surplus above the target goes, the longest-parked first.
             while st.waiters.is_empty()
                 && st.idle.len() + st.parking > target
@@ -766,6 +773,12 @@ impl Pool {
             tracing::info!(profile = %self.inner.name, container = %id, "a parked container died; replacing it");
             self.inner.wake.notify_one();
         }
+    }
+
+    /// Stop parking for the idle target: claims still work (a claim that finds
+    /// nothing parked starts its own container). For a pool that serves one job.
+    pub fn stop_replenishing(&self) {
+        lock(&self.inner.state).replenish = false;
     }
 
     /// Stop taking jobs and parking: queued claims fail, parked containers are

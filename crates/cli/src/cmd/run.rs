@@ -2,12 +2,14 @@
 
 use anyhow::{bail, Context};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use warmpool_core::config::{parse_duration, valid_env_name};
 use warmpool_core::Job;
 use warmpool_exec::{Outcome, OutputSink, RunControl, StreamKind};
+use warmpool_pool::Pool;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -146,25 +148,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         out: tokio::io::stdout(),
         err: tokio::io::stderr(),
     };
+    // A one-off run has a pool of its own, under an instance name of its own (so
+    // it never touches another warmpool's containers): for --cold a pool that
+    // keeps nothing parked, for --warm one that parks a container first. Either
+    // way the job takes the one path, `Pool::run`.
+    let mut one_off = (*resolved).clone();
+    let keep = usize::from(args.warm);
+    one_off.profile.min_idle = keep;
+    one_off.profile.max_idle = keep;
+    one_off.profile.max_containers = one_off.profile.max_containers.max(1);
+    let instance = format!("run-{}", warmpool_core::labels::unique_suffix());
+    let pool = Pool::start(executor.clone(), Arc::new(one_off), &instance);
     let result = async {
         if args.warm {
-            let parked = executor.park(resolved).await?;
-            parked.run(job, &mut sink, control).await
-        } else {
-            executor.run_cold(resolved, job, &mut sink, control).await
+            wait_parked(&pool).await?;
         }
+        // Nothing more to park for a one-off job (but a retry may still claim).
+        pool.stop_replenishing();
+        anyhow::Ok(pool.run(job, &mut sink, control).await?)
     }
     .await;
+    pool.shutdown(std::time::Duration::ZERO).await;
     for f in forwarders {
         f.abort();
     }
     // Removing the used container is off the job's path, but must finish before we
     // exit, on every path (an error after the container was created included).
     executor.drain().await;
-    let outcome = result?;
+    let run = result?;
+    let outcome = run.outcome;
     // Quiet by default, as `docker run`: the exit code tells. --timing says more.
     if args.timing {
         print_timing(&outcome, args.warm);
+        if run.retried {
+            eprintln!("warmpool: the first container died before the job started; the job ran on a second");
+        }
         if let Some(lost) = &outcome.lost {
             eprintln!("warmpool: {lost}");
         }
@@ -173,6 +191,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(outcome.exit_code().clamp(0, 255) as u8)
+}
+
+/// Wait until the pool has parked its container, or say why it cannot.
+async fn wait_parked(pool: &Pool) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + warmpool_exec::PARK_TIMEOUT;
+    loop {
+        let stats = pool.stats();
+        if stats.idle > 0 {
+            return Ok(());
+        }
+        if let Some(e) = stats.last_error {
+            anyhow::bail!("parking a container failed: {e}");
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "no container was parked within {:?}",
+                warmpool_exec::PARK_TIMEOUT
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 fn ms(d: std::time::Duration) -> String {
