@@ -28,6 +28,8 @@ enum Command {
     Doctor(cmd::doctor::DoctorArgs),
     /// Measure warm and cold starts against `docker exec` and `docker run`.
     Bench(cmd::bench::BenchArgs),
+    /// Simulate pool-sizing policies on synthetic scenarios or an arrival trace.
+    Simulate(cmd::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             Command::Run(args) => cmd::run::run(args).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Simulate(args) => cmd::simulate::run(args).await,
         }
     });
     // A write to our stdout that a reader never takes must not keep us alive once

@@ -421,3 +421,77 @@ async fn a_pool_that_dies_abruptly_leaves_no_orphans_after_a_restart() {
     pool.shutdown(Duration::from_secs(5)).await;
     assert_clean(&e, &p).await;
 }
+
+#[tokio::test]
+async fn pools_sweep_their_instance_and_fill_every_profile() {
+    let e = engine();
+    let instance = unique("set");
+    let label = unique("setlabel");
+    let config = warmpool_core::Config::parse(&format!(
+        r#"
+        [server]
+        instance = "{instance}"
+        [profiles.a]
+        image = "{BUSYBOX}"
+        network = "none"
+        min_idle = 1
+        labels = {{ "{TEST_LABEL}" = "{label}" }}
+        [profiles.b]
+        image = "{NOSHELL}"
+        network = "none"
+        min_idle = 2
+        labels = {{ "{TEST_LABEL}" = "{label}" }}
+        "#
+    ))
+    .unwrap();
+    let _cleanup = CleanupGuard(label.clone());
+    // A leftover of an earlier life of this instance.
+    let out = Command::new("docker")
+        .args([
+            "create",
+            "--label",
+            "warmpool.managed=true",
+            "--label",
+            &format!("warmpool.instance={instance}"),
+            "--label",
+            &format!("{TEST_LABEL}={label}"),
+            BUSYBOX,
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let leftover = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let pools = warmpool_pool::Pools::start(&config, e.executor.clone())
+        .await
+        .unwrap();
+    assert_eq!(pools.swept, 1);
+    let gone = !Command::new("docker")
+        .args(["inspect", &leftover])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(gone, "the leftover is removed");
+    wait_until("every pool is at min_idle", || pools.ready()).await;
+    assert_eq!(pools.get("b").unwrap().stats().idle, 2);
+    let mut sink = CollectSink::default();
+    let run = pools
+        .get("b")
+        .unwrap()
+        .run(
+            job(&["args", "from", "b"]),
+            &mut sink,
+            RunControl::default(),
+        )
+        .await
+        .unwrap();
+    assert!(run.hit);
+    assert_eq!(sink.stdout, b"from\nb\n");
+    pools.shutdown(Duration::from_secs(5)).await;
+    let left = e
+        .runtime
+        .list(&[(TEST_LABEL, label.as_str())])
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

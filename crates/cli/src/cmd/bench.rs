@@ -14,9 +14,11 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warmpool_core::{labels, Job};
-use warmpool_exec::{OutputSink, RunControl, StreamKind};
+use warmpool_exec::{OutputSink, ResolvedProfile, RunControl, StreamKind};
+use warmpool_pool::Pool;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -30,21 +32,60 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also send this many jobs at once to a pool with the profile's own settings
+    /// (min_idle, max_containers, ...) and report its hit rate and latencies.
+    #[arg(long, default_value_t = 0)]
+    burst: usize,
     /// Arguments of the job (replacing the image's CMD); default: the image's CMD.
     #[arg(last = true)]
     args: Vec<String>,
 }
 
-/// Counts output and notes when the first byte came.
-struct NullSink {
-    bytes: u64,
+/// Drops output, noting when its first byte came.
+struct TimingSink {
+    t0: Instant,
+    first: Option<Duration>,
 }
 
-impl OutputSink for NullSink {
+impl TimingSink {
+    fn new(t0: Instant) -> TimingSink {
+        TimingSink { t0, first: None }
+    }
+}
+
+impl OutputSink for TimingSink {
     async fn write(&mut self, _: StreamKind, data: &[u8]) -> std::io::Result<()> {
-        self.bytes += data.len() as u64;
+        if self.first.is_none() && !data.is_empty() {
+            self.first = Some(self.t0.elapsed());
+        }
         Ok(())
     }
+}
+
+/// A pool of its own for one bench mode, keeping `keep` containers parked.
+fn one_off_pool(
+    executor: &warmpool_exec::Executor,
+    resolved: &Arc<ResolvedProfile>,
+    keep: usize,
+) -> Pool {
+    let mut r = (**resolved).clone();
+    r.profile.min_idle = keep;
+    r.profile.max_idle = keep;
+    r.profile.max_containers = r.profile.max_containers.max(keep + 1);
+    let instance = format!("bench-{}", warmpool_core::labels::unique_suffix());
+    Pool::start(executor.clone(), Arc::new(r), &instance)
+}
+
+async fn wait_parked(pool: &Pool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + warmpool_exec::PARK_TIMEOUT;
+    while pool.stats().idle == 0 {
+        if let Some(e) = pool.stats().last_error {
+            anyhow::bail!("parking failed: {e}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nothing parked in time");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -73,6 +114,84 @@ struct Report {
     park_p50_ms: f64,
     ratios: HashMap<&'static str, f64>,
     goals: Vec<(String, bool)>,
+    burst: Option<BurstStats>,
+}
+
+/// What a burst did to a pool with the profile's settings.
+#[derive(Serialize)]
+struct BurstStats {
+    jobs: usize,
+    min_idle: usize,
+    max_containers: usize,
+    hits: u64,
+    misses: u64,
+    queued: u64,
+    hit_rate: f64,
+    /// From submitting a job to knowing its exit.
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    hit_latency_p50_ms: f64,
+    miss_latency_p50_ms: f64,
+    wall_ms: f64,
+    jobs_per_s: f64,
+}
+
+async fn burst(
+    executor: &warmpool_exec::Executor,
+    resolved: &Arc<ResolvedProfile>,
+    job: &Job,
+    n: usize,
+) -> anyhow::Result<BurstStats> {
+    let instance = format!("bench-{}", warmpool_core::labels::unique_suffix());
+    let p = &resolved.profile;
+    let pool = Pool::start(executor.clone(), resolved.clone(), &instance);
+    let filled = pool.wait_idle(p.min_idle, Duration::from_secs(120)).await;
+    let result = async {
+        anyhow::ensure!(filled, "the pool did not fill to min_idle ({})", p.min_idle);
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (pool, job) = (pool.clone(), job.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let mut sink = TimingSink::new(t);
+                let r = pool.run(job, &mut sink, RunControl::default()).await;
+                (r.map(|r| r.hit), t.elapsed())
+            }));
+        }
+        let (mut all, mut hit_lat, mut miss_lat) = (Vec::new(), Vec::new(), Vec::new());
+        for t in tasks {
+            let (hit, took) = t.await?;
+            let hit = hit?;
+            all.push(ms(took));
+            if hit {
+                hit_lat.push(ms(took))
+            } else {
+                miss_lat.push(ms(took))
+            }
+        }
+        let wall = t0.elapsed();
+        let c = pool.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(BurstStats {
+            jobs: n,
+            min_idle: p.min_idle,
+            max_containers: p.max_containers,
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            queued: get(&c.queued),
+            hit_rate: get(&c.hits) as f64 / n as f64,
+            latency_p50_ms: percentile(&all, 50.0),
+            latency_p99_ms: percentile(&all, 99.0),
+            hit_latency_p50_ms: percentile(&hit_lat, 50.0),
+            miss_latency_p50_ms: percentile(&miss_lat, 50.0),
+            wall_ms: ms(wall),
+            jobs_per_s: n as f64 / wall.as_secs_f64(),
+        })
+    }
+    .await;
+    pool.shutdown(Duration::from_secs(30)).await;
+    result
 }
 
 fn ms(d: Duration) -> f64 {
@@ -146,49 +265,53 @@ async fn measure(
     };
 
     // Warm: park (not timed), then time from hand-over.
+    // Warm: a pool that keeps one container parked; each job claims it (a hit) and
+    // the pool parks the next one while we wait for it (not on the job's time).
     progress("warm");
+    let warm_pool = one_off_pool(executor, &resolved, 1);
     let mut warm = Vec::new();
     let mut parks = Vec::new();
     for _ in 0..args.jobs {
-        let parked = executor.park(resolved.clone()).await?;
-        parks.push(ms(parked.park_timings().total));
-        let mut sink = NullSink { bytes: 0 };
-        let o = parked
+        wait_parked(&warm_pool).await?;
+        let t0 = Instant::now();
+        let mut sink = TimingSink::new(t0);
+        let r = warm_pool
             .run(job.clone(), &mut sink, RunControl::default())
             .await?;
-        anyhow::ensure!(o.lost.is_none(), "warm run lost: {:?}", o.lost);
+        let exit = t0.elapsed();
+        anyhow::ensure!(r.hit, "a warm run found nothing parked");
+        anyhow::ensure!(
+            r.outcome.lost.is_none(),
+            "warm run lost: {:?}",
+            r.outcome.lost
+        );
+        parks.push(ms(r.outcome.park.total));
         warm.push(Sample {
-            first_output_ms: o.run.first_output.map(ms).unwrap_or(f64::NAN),
-            exit_ms: ms(o.run.exit),
+            first_output_ms: sink.first.map(ms).unwrap_or(f64::NAN),
+            exit_ms: ms(exit),
         });
     }
-    executor.drain().await;
+    warm_pool.shutdown(Duration::ZERO).await;
 
-    // Cold: the same path with the parking on the job's time.
+    // Cold: a pool that keeps nothing parked: every claim parks its own container,
+    // on the job's time. The same path otherwise.
     progress("cold");
+    let cold_pool = one_off_pool(executor, &resolved, 0);
     let mut cold = Vec::new();
     for _ in 0..args.jobs {
         let t0 = Instant::now();
-        let mut sink = NullSink { bytes: 0 };
-        let o = executor
-            .run_cold(
-                resolved.clone(),
-                job.clone(),
-                &mut sink,
-                RunControl::default(),
-            )
+        let mut sink = TimingSink::new(t0);
+        let r = cold_pool
+            .run(job.clone(), &mut sink, RunControl::default())
             .await?;
-        let total = t0.elapsed();
+        let exit = t0.elapsed();
+        anyhow::ensure!(!r.hit, "a cold run found a parked container");
         cold.push(Sample {
-            first_output_ms: o
-                .run
-                .first_output
-                .map(|f| ms(o.park.total + f))
-                .unwrap_or(f64::NAN),
-            exit_ms: ms(total),
+            first_output_ms: sink.first.map(ms).unwrap_or(f64::NAN),
+            exit_ms: ms(exit),
         });
     }
-    executor.drain().await;
+    cold_pool.shutdown(Duration::ZERO).await;
 
     // docker exec into one kept-alive container (the old approach). The container
     // is a parked gate that never gets a job: it just stays alive, as `tail -f` did.
@@ -370,7 +493,14 @@ async fn measure(
             w.exit_p50_ms <= modes[3].exit_p50_ms / 30.0,
         ),
     ];
+    let burst = if args.burst > 0 {
+        progress("burst");
+        Some(burst(executor, &resolved, &job, args.burst).await?)
+    } else {
+        None
+    };
     let report = Report {
+        burst,
         profile: profile.name.clone(),
         image: profile.image.clone(),
         jobs: args.jobs,
@@ -424,5 +554,16 @@ fn print_table(r: &Report) {
     }
     for (goal, met) in &r.goals {
         println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
+    }
+    if let Some(b) = &r.burst {
+        println!();
+        println!(
+            "burst: {} jobs at once on a pool with min_idle {} and max_containers {}: {} hits, {} misses ({} queued), hit rate {:.0}%",
+            b.jobs, b.min_idle, b.max_containers, b.hits, b.misses, b.queued, b.hit_rate * 100.0
+        );
+        println!(
+            "burst: submit to exit p50 {:.1} ms, p99 {:.1} ms (hits p50 {:.1} ms, misses p50 {:.1} ms); {:.1} jobs/s over {:.0} ms",
+            b.latency_p50_ms, b.latency_p99_ms, b.hit_latency_p50_ms, b.miss_latency_p50_ms, b.jobs_per_s, b.wall_ms
+        );
     }
 }
