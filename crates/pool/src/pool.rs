@@ -24,6 +24,8 @@ pub const MAX_PARALLEL_PARKS: usize = 4;
 /// How often the pool reconciles without being woken, and re-reads its image.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const IMAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long a woken reconcile waits before parking (see `reconcile_loop`).
+const REPLENISH_DELAY: Duration = Duration::from_millis(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -570,7 +572,12 @@ impl Pool {
         loop {
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return,
-                _ = self.inner.wake.notified() => {}
+                _ = self.inner.wake.notified() => {
+                    // Let the hand-over that woke us go first: a park started in the
+                    // same instant competes with it for the engine and the CPU. It
+                    // also batches the wakes of a burst into one reconcile.
+                    tokio::time::sleep(REPLENISH_DELAY).await;
+                }
                 _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             }
             if last_image_check.elapsed() >= IMAGE_CHECK_EVERY {
