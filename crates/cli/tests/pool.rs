@@ -495,3 +495,42 @@ async fn pools_sweep_their_instance_and_fill_every_profile() {
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn timed_out_and_cancelled_queued_claims_leak_no_slot() {
+    let e = engine();
+    let mut p = pool_profile(BUSYBOX, 0, 1);
+    p.max_idle = 0;
+    p.max_wait = Duration::from_millis(300);
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    for _ in 0..3 {
+        let busy = pool.claim().await.unwrap();
+        // One queued claim times out, another is abandoned by its caller.
+        let timed_out = pool.claim().await.err().expect("times out");
+        assert!(timed_out.to_string().contains("max_wait"), "{timed_out}");
+        let abandoned = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.claim().await.map(|c| c.id().to_string()) })
+        };
+        wait_until("the claim queues", || pool.stats().queued == 1).await;
+        abandoned.abort();
+        drop(busy);
+        // The slot came back: the next job runs (the pool is not stuck at 1 busy).
+        let mut sink = CollectSink::default();
+        let run = tokio::time::timeout(
+            Duration::from_secs(30),
+            pool.run(job(&["echo", "ok"]), &mut sink, RunControl::default()),
+        )
+        .await
+        .expect("no slot leaked")
+        .unwrap();
+        assert_eq!(run.outcome.exit_code(), 0);
+        wait_until("nothing busy", || {
+            pool.stats().busy == 0 && pool.stats().starting == 0
+        })
+        .await;
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}

@@ -56,6 +56,9 @@ pub struct Executor {
     pub(crate) runtime: Arc<dyn Runtime>,
     /// Container removals happen here, off the job's path; `drain` waits for them.
     pub(crate) cleanup: TaskTracker,
+    /// One drain at a time: a drain closes, waits and reopens the tracker, and two
+    /// interleaved could each wait for a close the other undid.
+    draining: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Executor {
@@ -63,6 +66,7 @@ impl Executor {
         Executor {
             runtime,
             cleanup: TaskTracker::new(),
+            draining: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -218,6 +222,7 @@ impl Executor {
 
     /// Wait until every background removal has finished.
     pub async fn drain(&self) {
+        let _one_at_a_time = self.draining.lock().await;
         self.cleanup.close();
         self.cleanup.wait().await;
         self.cleanup.reopen();

@@ -105,8 +105,15 @@ struct Idle {
     since: Instant,
 }
 
+/// A container handed to a queued claim, with its busy slot: if the claim is gone
+/// before it reads this, dropping it frees the slot and removes the container.
+struct Delivered {
+    parked: Parked,
+    slot: Slot,
+}
+
 struct Waiter {
-    tx: oneshot::Sender<Result<Parked, PoolError>>,
+    tx: oneshot::Sender<Result<Delivered, PoolError>>,
 }
 
 struct State {
@@ -149,10 +156,23 @@ struct Inner {
     tasks: TaskTracker,
 }
 
-/// The pool of one profile. Cheap to clone; every clone is the same pool.
+/// The pool of one profile. Cheap to clone; every clone is the same pool. When
+/// the last clone held by users goes, the pool closes (its own tasks hold
+/// clones without the owner guard, so they do not keep it alive).
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
+    _owner: Option<Arc<OwnerGuard>>,
+}
+
+struct OwnerGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for OwnerGuard {
+    fn drop(&mut self) {
+        Pool::internal(&self.inner).close();
+    }
 }
 
 /// A parked container handed to one job, and the job's slot in the pool.
@@ -190,13 +210,44 @@ impl Claimed {
 /// A busy slot: the pool counts it until the job is done with its container.
 struct Slot {
     inner: Arc<Inner>,
+    /// Disarmed when the count was already given back under the state lock
+    /// (dropping an armed slot takes that lock).
+    armed: bool,
+}
+
+impl Slot {
+    fn new(inner: &Arc<Inner>) -> Slot {
+        Slot {
+            inner: inner.clone(),
+            armed: true,
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let mut st = lock(&self.inner.state);
         st.busy = st.busy.saturating_sub(1);
+        // A freed slot belongs to the oldest queued claim: park for it now, before
+        // a newer claim can take the room as a cold start.
+        let serve_queue = !st.closed
+            && st.waiters.iter().any(|w| !w.tx.is_closed())
+            && st.total() < self.inner.max_containers
+            && tokio::runtime::Handle::try_current().is_ok();
+        if serve_queue {
+            st.parking += 1;
+        }
         drop(st);
+        if serve_queue {
+            let pool = Pool::internal(&self.inner);
+            let profile = pool.profile();
+            self.inner
+                .tasks
+                .spawn(async move { pool.park_for_pool(profile).await });
+        }
         self.inner.wake.notify_one();
     }
 }
@@ -210,6 +261,8 @@ impl Drop for ColdSlot {
     fn drop(&mut self) {
         let mut st = lock(&self.inner.state);
         st.cold = st.cold.saturating_sub(1);
+        drop(st);
+        self.inner.wake.notify_one();
     }
 }
 
@@ -279,8 +332,11 @@ impl Pool {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
-        let pool = Pool { inner };
-        let (a, b) = (pool.clone(), pool.clone());
+        let pool = Pool {
+            inner: inner.clone(),
+            _owner: Some(Arc::new(OwnerGuard { inner })),
+        };
+        let (a, b) = (Pool::internal(&pool.inner), Pool::internal(&pool.inner));
         pool.inner
             .tasks
             .spawn(async move { a.reconcile_loop().await });
@@ -288,6 +344,14 @@ impl Pool {
             .tasks
             .spawn(async move { b.follow_events().await });
         pool
+    }
+
+    /// A handle for the pool's own tasks: it does not keep the pool open.
+    fn internal(inner: &Arc<Inner>) -> Pool {
+        Pool {
+            inner: inner.clone(),
+            _owner: None,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -363,7 +427,7 @@ impl Pool {
         enum Plan {
             Hit(Box<Parked>),
             Cold(ColdSlot),
-            Wait(oneshot::Receiver<Result<Parked, PoolError>>),
+            Wait(oneshot::Receiver<Result<Delivered, PoolError>>),
         }
         let plan = {
             let mut st = lock(&self.inner.state);
@@ -392,7 +456,11 @@ impl Pool {
                     st.busy += 1;
                     Plan::Hit(Box::new(parked))
                 }
-                None if st.total() < self.inner.max_containers => {
+                // Queued claims come first: a new claim starts its own container only
+                // when nobody is waiting for one.
+                None if st.total() < self.inner.max_containers
+                    && !st.waiters.iter().any(|w| !w.tx.is_closed()) =>
+                {
                     st.cold += 1;
                     Plan::Cold(ColdSlot {
                         inner: self.inner.clone(),
@@ -416,10 +484,10 @@ impl Pool {
         // Whatever happened, the pool may want to park more now.
         self.inner.wake.notify_one();
         let c = &self.inner.counters;
-        let (parked, hit) = match plan {
+        let (parked, slot, hit) = match plan {
             Plan::Hit(parked) => {
                 add(&c.hits, 1);
-                (*parked, true)
+                (*parked, Slot::new(&self.inner), true)
             }
             Plan::Cold(cold) => {
                 add(&c.misses, 1);
@@ -428,6 +496,15 @@ impl Pool {
                 let mut st = lock(&self.inner.state);
                 // (The cold slot is released below, after the lock: its drop locks too.)
                 match result {
+                    Ok(parked) if st.closed => {
+                        // Closed while we parked: this container serves nobody.
+                        drop(st);
+                        drop(cold);
+                        drop(parked);
+                        return Err(PoolError::ShuttingDown {
+                            profile: self.err_profile(),
+                        });
+                    }
                     Ok(parked) => {
                         st.busy += 1;
                         let took = parked.park_timings().total;
@@ -436,7 +513,7 @@ impl Pool {
                         drop(cold);
                         add(&c.started, 1);
                         add(&c.park_time_us, micros(took));
-                        (parked, false)
+                        (parked, Slot::new(&self.inner), false)
                     }
                     Err(e) => {
                         st.last_error = Some(e.to_string());
@@ -450,27 +527,35 @@ impl Pool {
                     }
                 }
             }
-            Plan::Wait(rx) => {
+            Plan::Wait(mut rx) => {
                 add(&c.misses, 1);
                 add(&c.queued, 1);
                 let waited = Instant::now();
-                let got = tokio::time::timeout(self.inner.max_wait, rx).await;
+                let got = match tokio::time::timeout(self.inner.max_wait, &mut rx).await {
+                    Ok(got) => got,
+                    Err(_) => {
+                        // Closing first means nothing can arrive after the check; a
+                        // container that came at the deadline is used, not dropped.
+                        rx.close();
+                        match rx.try_recv() {
+                            Ok(got) => Ok(got),
+                            Err(_) => {
+                                add(&c.wait_time_us, micros(waited.elapsed()));
+                                return Err(PoolError::WaitTimeout {
+                                    profile: self.err_profile(),
+                                    wait: self.inner.max_wait,
+                                });
+                            }
+                        }
+                    }
+                };
                 add(&c.wait_time_us, micros(waited.elapsed()));
                 match got {
-                    // The deliverer counted the slot as busy already.
-                    Ok(Ok(Ok(parked))) => (parked, false),
-                    Ok(Ok(Err(e))) => return Err(e),
-                    Ok(Err(_)) => {
+                    Ok(Ok(Delivered { parked, slot })) => (parked, slot, false),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
                         return Err(PoolError::ShuttingDown {
                             profile: self.err_profile(),
-                        })
-                    }
-                    // Our waiter stays queued with a closed channel: whoever serves it
-                    // next sees that and passes the container on.
-                    Err(_) => {
-                        return Err(PoolError::WaitTimeout {
-                            profile: self.err_profile(),
-                            wait: self.inner.max_wait,
                         })
                     }
                 }
@@ -483,9 +568,7 @@ impl Pool {
             parked: Some(parked),
             hit,
             claim_time,
-            _slot: Slot {
-                inner: self.inner.clone(),
-            },
+            _slot: slot,
         })
     }
 
@@ -550,12 +633,21 @@ impl Pool {
                 continue;
             }
             st.busy += 1;
-            match w.tx.send(Ok(parked)) {
+            let slot = Slot::new(&self.inner);
+            match w.tx.send(Ok(Delivered { parked, slot })) {
                 Ok(()) => return,
                 Err(returned) => {
+                    // Nobody took it: give the count back here, under the lock we
+                    // hold (an armed slot would take it again).
                     st.busy -= 1;
                     match returned {
-                        Ok(p) => parked = p,
+                        Ok(Delivered {
+                            parked: p,
+                            mut slot,
+                        }) => {
+                            slot.armed = false;
+                            parked = p;
+                        }
                         Err(_) => return,
                     }
                 }
@@ -634,7 +726,7 @@ impl Pool {
             n
         };
         for _ in 0..starts {
-            let pool = self.clone();
+            let pool = Pool::internal(&self.inner);
             let profile = profile.clone();
             self.inner
                 .tasks
@@ -665,7 +757,7 @@ impl Pool {
                 add(&c.failed, 1);
                 st.failures += 1;
                 // Back off: 0.5 s, 1 s, 2 s, ... at most 30 s between attempts.
-                let backoff = Duration::from_millis(500 * (1u64 << st.failures.min(6)))
+                let backoff = Duration::from_millis(500 * (1u64 << (st.failures - 1).min(6)))
                     .min(Duration::from_secs(30));
                 st.retry_at = Some(Instant::now() + backoff);
                 let message = e.to_string();
@@ -730,7 +822,9 @@ impl Pool {
             };
             match subscribed {
                 Ok(mut events) => {
-                    // Anything missed while not subscribed is caught by a reconcile.
+                    // What died while we were not subscribed (or before the first
+                    // subscription) is found by asking the engine which are running.
+                    self.drop_idle_not_running(&runtime, &filters).await;
                     self.inner.wake.notify_one();
                     loop {
                         let next = tokio::select! {
@@ -765,6 +859,24 @@ impl Pool {
                 _ = self.inner.stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    async fn drop_idle_not_running(&self, runtime: &Arc<dyn Runtime>, filters: &[(&str, &str)]) {
+        match runtime.list(filters).await {
+            Ok(list) => {
+                let running: std::collections::HashSet<String> = list
+                    .into_iter()
+                    .filter(|c| c.state == "running")
+                    .map(|c| c.id)
+                    .collect();
+                for id in self.idle_ids() {
+                    if !running.contains(&id) {
+                        self.drop_idle(&id);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "listing the pool's containers failed"),
         }
     }
 
@@ -810,16 +922,28 @@ impl Pool {
     pub async fn shutdown(&self, grace: Duration) {
         self.close();
         let deadline = Instant::now() + grace;
-        while lock(&self.inner.state).busy > 0 && Instant::now() < deadline {
+        let in_use = |st: &State| st.busy + st.cold;
+        while in_use(&lock(&self.inner.state)) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         // Whatever still runs is killed now: its run ends as lost.
-        let _ = self.remove_all().await;
+        self.remove_all_logged().await;
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        // Cold starts in flight end soon (a closed pool drops what they park).
+        let settle = Instant::now() + warmpool_exec::PARK_TIMEOUT;
+        while lock(&self.inner.state).cold > 0 && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         self.inner.executor.drain().await;
         // Parks that finished during shutdown were dropped (removed); sweep once more.
-        let _ = self.remove_all().await;
+        self.remove_all_logged().await;
+    }
+
+    async fn remove_all_logged(&self) {
+        if let Err(e) = self.remove_all().await {
+            tracing::warn!(profile = %self.inner.name, error = %e, "removing the pool's containers failed");
+        }
     }
 
     async fn remove_all(&self) -> Result<usize, warmpool_runtime::RuntimeError> {
@@ -847,8 +971,15 @@ pub async fn sweep(
     let list = runtime
         .list(&[(labels::MANAGED, "true"), (labels::INSTANCE, instance)])
         .await?;
+    // Remove all we can, then report the first failure.
+    let mut first_error = None;
     for c in &list {
-        runtime.remove(&c.id).await?;
+        if let Err(e) = runtime.remove(&c.id).await {
+            first_error.get_or_insert(e);
+        }
     }
-    Ok(list.len())
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(list.len()),
+    }
 }
