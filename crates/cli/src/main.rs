@@ -22,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API over the pools, with a durable job store.
+    Serve(cmd::serve::ServeArgs),
     /// Run one job in a fresh container of a profile, like `docker run --rm --init`.
     Run(cmd::run::RunArgs),
     /// Check the engine, each profile's image, and that the gate starts in it.
@@ -36,10 +38,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Quiet by default: `warmpool run` stands in for `docker run` and prints only
     // the job's output. WARMPOOL_LOG=debug (an EnvFilter) shows what happens.
+    // The service logs what it does (info); one-off commands stay quiet.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "off",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARMPOOL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Colors for a person at a terminal; plain lines for log collectors.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -51,6 +61,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => cmd::serve::run(args).await,
             Command::Run(args) => cmd::run::run(args).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,

@@ -160,6 +160,9 @@ pub struct Profile {
     pub workdir: Option<String>,
     pub runtime: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Variables the server reads from its own environment (or `NAME_FILE`)
+    /// when a job starts and hands to the job; never stored, redacted from output.
+    pub secret_env: Vec<String>,
     /// Parked containers kept ready even when no jobs arrive (0: none while idle).
     pub min_idle: usize,
     /// The adaptive idle target never goes above this.
@@ -200,6 +203,7 @@ impl Profile {
             workdir: None,
             runtime: None,
             labels: BTreeMap::new(),
+            secret_env: Vec::new(),
             min_idle: DEFAULT_MIN_IDLE,
             max_idle: DEFAULT_MAX_IDLE,
             max_containers: DEFAULT_MAX_CONTAINERS,
@@ -412,6 +416,8 @@ struct RawProfile {
     runtime: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    secret_env: Vec<String>,
     // Pool keys stay raw TOML here so that a wrong type is reported with the key.
     min_idle: Option<toml::Value>,
     max_idle: Option<toml::Value>,
@@ -537,6 +543,13 @@ impl RawProfile {
         let max_wait = positive_duration("max_wait", self.max_wait, DEFAULT_MAX_WAIT)?;
         let max_age = positive_duration("max_age", self.max_age, DEFAULT_MAX_AGE)?;
         let idle_ttl = positive_duration("idle_ttl", self.idle_ttl, DEFAULT_IDLE_TTL)?;
+        for k in &self.secret_env {
+            if !valid_env_name(k) {
+                return Err(format!(
+                    "key `secret_env`: \"{k}\" is not a valid variable name (letters, digits, _; not starting with a digit)"
+                ));
+            }
+        }
         for k in self.labels.keys() {
             if k.starts_with(LABEL_PREFIX) {
                 return Err(format!(
@@ -564,6 +577,7 @@ impl RawProfile {
             workdir: self.workdir,
             runtime: self.runtime,
             labels: self.labels,
+            secret_env: self.secret_env,
             min_idle,
             max_idle,
             max_containers,

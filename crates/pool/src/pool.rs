@@ -358,6 +358,11 @@ impl Pool {
         &self.inner.name
     }
 
+    /// Whether the engine answers at all.
+    pub async fn engine_reachable(&self) -> bool {
+        self.inner.executor.runtime().info().await.is_ok()
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
     }

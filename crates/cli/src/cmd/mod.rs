@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod doctor;
 pub mod run;
+pub mod serve;
 pub mod simulate;
 
 use anyhow::Context;

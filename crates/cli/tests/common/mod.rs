@@ -61,6 +61,16 @@ pub struct CleanupGuard(pub String);
 
 impl Drop for CleanupGuard {
     fn drop(&mut self) {
+        // Twice, a moment apart: a container whose creation was in flight when the
+        // test ended (a killed server mid-park) appears only after the first pass.
+        self.remove_all();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        self.remove_all();
+    }
+}
+
+impl CleanupGuard {
+    fn remove_all(&self) {
         let filter = format!("label={TEST_LABEL}={}", self.0);
         if let Ok(out) = Command::new("docker")
             .args(["ps", "-aq", "--filter", &filter])

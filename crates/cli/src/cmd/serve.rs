@@ -1,0 +1,70 @@
+//! `warmpool serve`: the pools, the HTTP API and the job store in one process,
+//! until SIGTERM or SIGINT; then running jobs get `[server] shutdown_grace` to
+//! finish and every container of this instance is removed.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+use warmpool_pool::Pools;
+use warmpool_server::store::Store;
+use warmpool_server::Service;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let config = Arc::new(super::load_config(&args.config)?);
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .with_context(|| format!("[server] listen = \"{}\"", config.server.listen))?;
+    let token = std::env::var("WARMPOOL_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if token.is_none() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {addr} without WARMPOOL_API_TOKEN: anyone who can reach it could run jobs. \
+             Set WARMPOOL_API_TOKEN (clients send it as a Bearer token), or listen on 127.0.0.1"
+        );
+    }
+    let (_runtime, executor) = super::connect(&config)?;
+    let store = Store::open(&config.server.data_dir).with_context(|| {
+        format!(
+            "opening the job store in {}",
+            config.server.data_dir.display()
+        )
+    })?;
+    let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
+    tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
+    let svc = Service::new(config.clone(), store, pools.clone());
+    let (queued, interrupted) = svc.recover().await?;
+    if queued + interrupted > 0 {
+        tracing::info!(queued, interrupted, "recovered jobs from the store");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, auth = token.is_some(), "serving");
+
+    let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: no new jobs; running jobs get the shutdown grace");
+    };
+    let served = warmpool_server::serve(listener, svc.clone(), token, stop).await;
+    svc.shutdown(config.server.shutdown_grace).await;
+    executor.drain().await;
+    tracing::info!("stopped; every container of this instance is removed");
+    served.context("serving HTTP")?;
+    Ok(0)
+}

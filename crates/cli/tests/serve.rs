@@ -1,0 +1,482 @@
+//! `warmpool serve` from the outside: the real binary on a free loopback port,
+//! the real engine, and curl as the client.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
+
+struct Server {
+    child: Option<Child>,
+    base: String,
+    cfg: PathBuf,
+    dir: PathBuf,
+    label: String,
+    instance: String,
+    token: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Server {
+    fn start(extra: &str, env: &[(&str, &str)]) -> Server {
+        ensure_images();
+        let label = unique("srv");
+        let instance = unique("srvinst");
+        let dir = std::env::temp_dir().join(&label);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let cfg = dir.join("warmpool.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+instance = "{instance}"
+shutdown_grace = "5s"
+
+[profiles.bb]
+image = "{BUSYBOX}"
+network = "none"
+labels = {{ "{TEST_LABEL}" = "{label}" }}
+{extra}
+"#,
+                data = dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "WARMPOOL_API_TOKEN")
+            .map(|(_, v)| v.to_string());
+        let mut s = Server {
+            child: None,
+            base: format!("http://127.0.0.1:{port}"),
+            cfg,
+            dir,
+            label,
+            instance,
+            token,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config", self.cfg.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.get("/healthz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server did not come up:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn curl(&self, args: &[&str], path: &str) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-S",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "60",
+        ]);
+        if let Some(t) = &self.token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        cmd.args(args).arg(format!("{}{path}", self.base));
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.curl(&[], path)
+    }
+
+    fn post(&self, path: &str, json: &str) -> (u16, String) {
+        self.curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                json,
+            ],
+            path,
+        )
+    }
+
+    fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe { kill(child.id() as i32, sig) };
+        child.wait().unwrap()
+    }
+
+    fn containers(&self) -> String {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=warmpool.instance={}", self.instance),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        drop(CleanupGuard(self.label.clone()));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn submit_wait_and_read_a_job() {
+    let s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs?wait=true",
+        r#"{"profile":"bb","args":["sh","-c","echo hi $X; echo err >&2; exit 3"],"env":{"X":"1"}}"#,
+    );
+    assert_eq!(code, 200, "{body}\n{}", s.log());
+    let j = json(&body);
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["exit_code"], 3);
+    assert_eq!(j["stdout"], "hi 1\n");
+    assert_eq!(j["stderr"], "err\n");
+    let id = j["id"].as_str().unwrap().to_string();
+    let (code, body) = s.get(&format!("/v1/jobs/{id}"));
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["stdout"], "hi 1\n");
+    let (code, raw) = s.get(&format!("/v1/jobs/{id}/output?stream=stderr"));
+    assert_eq!((code, raw.as_str()), (200, "err\n"));
+    let (code, body) = s.post("/v1/jobs?wait=true", r#"{"profile":"bb","args":["true"]}"#);
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["state"], "succeeded");
+    let (code, body) = s.get("/v1/jobs?state=succeeded&profile=bb&limit=10");
+    assert_eq!(code, 200);
+    assert_eq!(json(&body).as_array().unwrap().len(), 1);
+    let (code, body) = s.get("/v1/pools");
+    assert_eq!(code, 200);
+    let pools = json(&body);
+    assert_eq!(pools[0]["profile"], "bb");
+    assert!(pools[0]["hits"].as_u64().unwrap() + pools[0]["misses"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn follow_output_live_and_cancel() {
+    let s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs",
+        r#"{"profile":"bb","args":["sh","-c","echo one; sleep 1; echo two"]}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    let j = json(&body);
+    assert_eq!(j["state"], "queued");
+    let id = j["id"].as_str().unwrap().to_string();
+    let (code, followed) = s.curl(&["-N"], &format!("/v1/jobs/{id}/output?follow=true"));
+    assert_eq!(code, 200);
+    assert_eq!(followed, "one\ntwo\n");
+    let (code, body) = s.post("/v1/jobs", r#"{"profile":"bb","args":["sleep","30"]}"#);
+    assert_eq!(code, 201);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, body) = s.post(&format!("/v1/jobs/{id}/cancel"), "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["state"], "cancelled");
+    let (code, _) = s.post(&format!("/v1/jobs/{id}/cancel"), "");
+    assert_eq!(code, 409, "an ended job cannot be cancelled");
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx() {
+    let s = Server::start("", &[]);
+    for (body, want) in [
+        ("{not json", "invalid job"),
+        (r#"{"profile":"bb","surprise":true}"#, "surprise"),
+        (r#"{"profile":"nope"}"#, "no profile"),
+        (r#"{"profile":"bb","env":{"BAD-NAME":"x"}}"#, "BAD-NAME"),
+        (r#"{"profile":"bb","timeout":"forever"}"#, "timeout"),
+    ] {
+        let (code, resp) = s.post("/v1/jobs", body);
+        assert_eq!(code, 400, "{body} -> {resp}");
+        assert!(
+            json(&resp)["error"].as_str().unwrap().contains(want),
+            "{resp}"
+        );
+    }
+    let (code, resp) = s.get("/v1/jobs/j-no-such-job");
+    assert_eq!(code, 404);
+    assert!(json(&resp)["error"].as_str().is_some());
+    let big = format!(
+        r#"{{"profile":"bb","stdin":"{}"}}"#,
+        "x".repeat(11 * 1024 * 1024)
+    );
+    let path = std::env::temp_dir().join(unique("big.json"));
+    std::fs::write(&path, big).unwrap();
+    let (code, _) = s.curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", path.display()),
+        ],
+        "/v1/jobs",
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, 413);
+    let (code, body) = s.get("/v1/jobs?state=succeeded");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "[]"),
+        "nothing was half-created"
+    );
+}
+
+#[test]
+fn queue_overflow_is_429_with_retry_after() {
+    let s = Server::start("max_containers = 1\nmax_queue = 0\n", &[]);
+    let (code, _) = s.post("/v1/jobs", r#"{"profile":"bb","args":["sleep","5"]}"#);
+    assert_eq!(code, 201);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            r#"{"profile":"bb"}"#,
+        ])
+        .arg(format!("{}/v1/jobs", s.base))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 429"), "{text}");
+    assert!(text.contains("retry-after:"), "{text}");
+}
+
+#[test]
+fn auth_when_a_token_is_set() {
+    let token = unique("tok");
+    let mut s = Server::start("", &[("WARMPOOL_API_TOKEN", &token)]);
+    assert_eq!(s.get("/v1/pools").0, 200, "with the token");
+    s.token = Some("wrong".into());
+    assert_eq!(s.get("/v1/pools").0, 401);
+    s.token = None;
+    assert_eq!(s.get("/v1/pools").0, 401);
+    assert_eq!(s.get("/healthz").0, 200, "health is open");
+}
+
+#[test]
+fn refuses_a_public_listen_without_a_token() {
+    let dir = std::env::temp_dir().join(unique("pub"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("w.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"0.0.0.0:{}\"\n[profiles.bb]\nimage = \"{BUSYBOX}\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env_remove("WARMPOOL_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARMPOOL_API_TOKEN"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn secrets_are_redacted_and_never_stored() {
+    let secret = unique("s3cret");
+    let s = Server::start("secret_env = [\"API_TOKEN\"]\n", &[("API_TOKEN", &secret)]);
+    let (code, body) = s.post(
+        "/v1/jobs?wait=true",
+        r#"{"profile":"bb","args":["sh","-c","echo token=$API_TOKEN; echo len=${#API_TOKEN}"],"env":{"PLAIN":"visible"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let j = json(&body);
+    assert_eq!(
+        j["stdout"],
+        format!("token=[redacted]\nlen={}\n", secret.len())
+    );
+    // Nothing under data_dir holds the secret (the database, its WAL, anything).
+    for entry in std::fs::read_dir(s.dir.join("data")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "secret stored"
+        );
+    }
+    let (code, resp) = s.post("/v1/jobs", r#"{"profile":"bb","env":{"API_TOKEN":"mine"}}"#);
+    assert_eq!(code, 400, "{resp}");
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let s = Server::start("", &[]);
+    s.post("/v1/jobs?wait=true", r#"{"profile":"bb","args":["true"]}"#);
+    let (code, text) = s.get("/metrics");
+    assert_eq!(code, 200);
+    let sample = regex_lite(&text);
+    assert!(sample > 10, "{text}");
+    assert!(
+        text.contains("warmpool_pool_idle{profile=\"bb\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warmpool_jobs_total{state=\"succeeded\"} 1"),
+        "{text}"
+    );
+}
+
+/// Every line is a comment or `name{labels} value`; the number of samples.
+fn regex_lite(text: &str) -> usize {
+    let mut samples = 0;
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (name_labels, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+        let name = name_labels.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name in {line:?}"
+        );
+        if let Some(labels) = name_labels.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "bad labels in {line:?}"
+                );
+            }
+        }
+        samples += 1;
+    }
+    samples
+}
+
+#[test]
+fn a_restart_loses_no_accepted_job() {
+    let mut s = Server::start("max_containers = 1\n", &[]);
+    let (code, body) = s.post("/v1/jobs", r#"{"profile":"bb","args":["sleep","30"]}"#);
+    assert_eq!(code, 201);
+    let running = json(&body)["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json(&s.get(&format!("/v1/jobs/{running}")).1)["state"] != "running" {
+        assert!(Instant::now() < deadline, "never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = s.post(
+        "/v1/jobs",
+        r#"{"profile":"bb","args":["echo","after the restart"]}"#,
+    );
+    assert_eq!(code, 201);
+    let queued = json(&body)["id"].as_str().unwrap().to_string();
+    s.signal(9);
+    s.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = json(&s.get(&format!("/v1/jobs/{queued}")).1);
+        if j["state"] == "succeeded" {
+            assert_eq!(j["stdout"], "after the restart\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queued job did not run: {j}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let j = json(&s.get(&format!("/v1/jobs/{running}")).1);
+    assert_eq!(j["state"], "interrupted", "{j}");
+    assert!(j["error"].as_str().unwrap_or("").contains("restart"), "{j}");
+}
+
+#[test]
+fn sigterm_finishes_running_jobs_and_leaves_no_container() {
+    let mut s = Server::start("min_idle = 2\n", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs",
+        r#"{"profile":"bb","args":["sh","-c","sleep 1; echo done"]}"#,
+    );
+    assert_eq!(code, 201);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = s.signal(15);
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+    assert_eq!(s.containers(), "", "containers left after SIGTERM");
+    // The job finished within the grace, and says so after a restart.
+    s.spawn();
+    let j = json(&s.get(&format!("/v1/jobs/{id}")).1);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["stdout"], "done\n");
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}

@@ -1,0 +1,209 @@
+//! The API's plain values: requests parsed and validated into typed commands
+//! before anything touches the store or the engine, and the JSON views of jobs
+//! and pools. No I/O here.
+
+use crate::store::{JobRecord, JobState, NewJob, StreamName};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use warmpool_core::config::{parse_duration, valid_env_name};
+use warmpool_core::Config;
+
+/// `POST /v1/jobs` as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub profile: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub stdin: Option<String>,
+    pub timeout: Option<String>,
+}
+
+/// Why a request is refused (a 4xx).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+/// Turn a submit request into a job the store can take, or say what is wrong.
+pub fn parse_submit(req: SubmitRequest, config: &Config) -> Result<NewJob, BadRequest> {
+    let profile = config.profiles.get(&req.profile).ok_or_else(|| {
+        BadRequest(format!(
+            "no profile \"{}\" (this server has: {})",
+            req.profile,
+            config
+                .profiles
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let secret: BTreeSet<&String> = profile.secret_env.iter().collect();
+    let mut env = Vec::new();
+    for (k, v) in req.env {
+        if !valid_env_name(&k) {
+            return Err(BadRequest(format!(
+                "env: \"{k}\" is not a valid variable name (letters, digits, _; not starting with a digit)"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(BadRequest(format!(
+                "env: the value of {k} contains a NUL byte"
+            )));
+        }
+        if secret.contains(&k) {
+            return Err(BadRequest(format!(
+                "env: {k} is one of the profile's secret_env; the server supplies it"
+            )));
+        }
+        env.push((k, v));
+    }
+    if let Some(i) = req.args.iter().position(|a| a.contains('\0')) {
+        return Err(BadRequest(format!("args[{i}] contains a NUL byte")));
+    }
+    let timeout_ms = match &req.timeout {
+        Some(t) => {
+            let d = parse_duration(t).map_err(|e| BadRequest(format!("timeout: {e}")))?;
+            if d.is_zero() {
+                return Err(BadRequest("timeout: must be above 0".into()));
+            }
+            Some(d.as_millis().min(u128::from(u64::MAX)) as u64)
+        }
+        None => None,
+    };
+    Ok(NewJob {
+        profile: req.profile,
+        args: req.args,
+        env,
+        stdin: req.stdin.map(String::into_bytes),
+        timeout_ms,
+    })
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct JobView {
+    pub id: String,
+    pub profile: String,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub warm: Option<bool>,
+    pub stdout: String,
+    pub stderr: String,
+    pub truncated: bool,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(r: JobRecord) -> JobView {
+        JobView {
+            id: r.id,
+            profile: r.profile,
+            state: r.state.as_str().to_string(),
+            exit_code: r.exit_code,
+            signal: r.signal,
+            warm: r.warm,
+            // Text for people; the raw bytes are at /output.
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            truncated: r.truncated,
+            error: r.error,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// `?stream=stdout|stderr` (default stdout).
+pub fn parse_stream(s: Option<&str>) -> Result<StreamName, BadRequest> {
+    match s.unwrap_or("stdout") {
+        "stdout" => Ok(StreamName::Stdout),
+        "stderr" => Ok(StreamName::Stderr),
+        other => Err(BadRequest(format!(
+            "stream: \"{other}\" is not a stream (stdout or stderr)"
+        ))),
+    }
+}
+
+/// `?state=` of the job list.
+pub fn parse_state(s: Option<&str>) -> Result<Option<JobState>, BadRequest> {
+    match s {
+        None | Some("") => Ok(None),
+        Some(s) => JobState::parse(s)
+            .map(Some)
+            .ok_or_else(|| BadRequest(format!("state: \"{s}\" is not a job state"))),
+    }
+}
+
+/// One pool, as `GET /v1/pools` shows it.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct PoolView {
+    pub profile: String,
+    pub image: String,
+    pub idle: usize,
+    pub busy: usize,
+    pub starting: usize,
+    pub queued: usize,
+    pub target_idle: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[profiles.echo]\nimage = \"x\"\nsecret_env = [\"TOKEN\"]\n[profiles.other]\nimage = \"y\"\n",
+        )
+        .unwrap()
+    }
+
+    fn req(json: &str) -> Result<NewJob, BadRequest> {
+        let r: SubmitRequest = serde_json::from_str(json).map_err(|e| BadRequest(e.to_string()))?;
+        parse_submit(r, &config())
+    }
+
+    #[test]
+    fn a_good_request_becomes_a_job() {
+        let j =
+            req(r#"{"profile":"echo","env":{"K":"V"},"args":["a"],"stdin":"in","timeout":"30s"}"#)
+                .unwrap();
+        assert_eq!(j.profile, "echo");
+        assert_eq!(j.env, vec![("K".to_string(), "V".to_string())]);
+        assert_eq!(j.args, vec!["a"]);
+        assert_eq!(j.stdin.as_deref(), Some(&b"in"[..]));
+        assert_eq!(j.timeout_ms, Some(30_000));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let e = req(r#"{"profile":"nope"}"#).unwrap_err().0;
+        assert!(
+            e.contains("no profile \"nope\"") && e.contains("echo, other"),
+            "{e}"
+        );
+        let e = req(r#"{"profile":"echo","env":{"A-B":"v"}}"#)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("A-B"), "{e}");
+        let e = req(r#"{"profile":"echo","env":{"TOKEN":"v"}}"#)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("secret_env"), "{e}");
+        let e = req(r#"{"profile":"echo","timeout":"soon"}"#).unwrap_err().0;
+        assert!(e.contains("timeout"), "{e}");
+        let e = req(r#"{"profile":"echo","surprise":1}"#).unwrap_err().0;
+        assert!(e.contains("surprise"), "{e}");
+        assert!(parse_stream(Some("stdin")).is_err());
+        assert!(parse_state(Some("sleeping")).is_err());
+        assert_eq!(parse_state(Some("queued")).unwrap(), Some(JobState::Queued));
+    }
+}

@@ -1,0 +1,341 @@
+//! The HTTP layer: routes, auth, and the translation of requests into calls on
+//! the [`Service`] (parsed and validated in `api` first). It owns no job logic.
+
+use crate::api::{self, BadRequest, JobView, PoolView, SubmitRequest};
+use crate::service::{Service, ServiceError};
+use crate::store::StreamName;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// An error as the API answers it: `{"error": "..."}` with a fitting status.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(b: BadRequest) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, b.0)
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::QueueFull { .. } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: e.to_string(),
+                retry_after: Some(1),
+            },
+            ServiceError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+            }
+        }
+    }
+}
+
+/// Largest request body accepted by default.
+pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// The router: `/v1` behind the bearer token (when one is set), health and
+/// metrics open.
+pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/output", get(output))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/pools", get(pools))
+        .layer(middleware::from_fn_with_state(Arc::new(token), auth));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .with_state(svc)
+}
+
+/// Bearer-token check, in constant time.
+async fn auth(
+    State(token): State<Arc<Option<String>>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = token.as_ref() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <WARMPOOL_API_TOKEN>",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Equal without an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+#[derive(Deserialize)]
+struct SubmitQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+async fn submit(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<SubmitQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: SubmitRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
+    let job = api::parse_submit(req, &svc.config)?;
+    let id = svc.submit(job).await?;
+    if q.wait {
+        svc.wait(&id).await;
+        let view = load(&svc, &id, true).await?;
+        return Ok((StatusCode::OK, Json(view)).into_response());
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": id, "state": "queued" })),
+    )
+        .into_response())
+}
+
+async fn load(svc: &Arc<Service>, id: &str, with_output: bool) -> Result<JobView, ApiError> {
+    let store = svc.store.clone();
+    let id2 = id.to_string();
+    let found = tokio::task::spawn_blocking(move || store.get(&id2, with_output))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::from(ServiceError::Store(e)))?;
+    found
+        .map(JobView::from)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job \"{id}\"")))
+}
+
+async fn job(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(load(&svc, &id, true).await?))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    profile: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let state = api::parse_state(q.state.as_deref())?;
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let store = svc.store.clone();
+    let jobs = tokio::task::spawn_blocking(move || store.list(state, q.profile.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::from(ServiceError::Store(e)))?;
+    Ok(Json(jobs.into_iter().map(JobView::from).collect()))
+}
+
+#[derive(Deserialize)]
+struct OutputQuery {
+    stream: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn output(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<OutputQuery>,
+) -> Result<Response, ApiError> {
+    let stream = api::parse_stream(q.stream.as_deref())?;
+    // Subscribe before reading what is stored, so nothing falls between the two.
+    let live = if q.follow { svc.follow(&id) } else { None };
+    let store = svc.store.clone();
+    let id2 = id.clone();
+    let stored = tokio::task::spawn_blocking(move || store.output(&id2, stream))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::from(ServiceError::Store(e)))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job \"{id}\"")))?;
+    let content_type = [(header::CONTENT_TYPE, "application/octet-stream")];
+    let Some((mut rx, mut done)) = live else {
+        return Ok((content_type, stored).into_response());
+    };
+    // Live: what is stored, then each new chunk of this stream, until the job ends.
+    // A client that goes away only drops this stream; the job is not disturbed.
+    let have = stored.len() as u64;
+    let body = async_stream(stored, have, stream, move |tx| async move {
+        loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Ok(c) if c.stream == stream => {
+                        if tx.send(c).await.is_err() { return; }
+                    }
+                    Ok(_) => {}
+                    // A slow follower missed chunks: end its stream rather than lie.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(_) => return,
+                },
+                changed = done.changed() => {
+                    if changed.is_err() || *done.borrow() { return; }
+                }
+            }
+        }
+    });
+    Ok((content_type, body).into_response())
+}
+
+/// A streaming body: the stored bytes, then the chunks `produce` sends that start
+/// at or after `have` (earlier ones were in the stored part).
+fn async_stream<F, Fut>(stored: Vec<u8>, have: u64, _stream: StreamName, produce: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<crate::service::Chunk>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(produce(tx));
+    let first =
+        futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(stored)) });
+    let rest = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            let c = rx.recv().await?;
+            let end = c.offset + c.data.len() as u64;
+            if end <= have {
+                continue;
+            }
+            let skip = have.saturating_sub(c.offset) as usize;
+            return Some((Ok(c.data.slice(skip..)), rx));
+        }
+    });
+    Body::from_stream(futures_util::StreamExt::chain(first, rest))
+}
+
+async fn cancel(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    // Unknown ids are a 404, ended jobs a 409.
+    load(&svc, &id, false).await?;
+    if svc.cancel(&id).await? {
+        svc.wait(&id).await;
+        let view = load(&svc, &id, false).await?;
+        Ok((StatusCode::OK, Json(view)).into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job \"{id}\" has already ended"),
+        ))
+    }
+}
+
+async fn pools(State(svc): State<Arc<Service>>) -> Json<Vec<PoolView>> {
+    Json(
+        svc.pools
+            .iter()
+            .map(|(_, p)| {
+                let s = p.stats();
+                PoolView {
+                    profile: s.profile,
+                    image: s.image,
+                    idle: s.idle,
+                    busy: s.busy,
+                    starting: s.starting,
+                    queued: s.queued,
+                    target_idle: s.target_idle,
+                    hits: s.hits,
+                    misses: s.misses,
+                }
+            })
+            .collect(),
+    )
+}
+
+async fn readyz(State(svc): State<Arc<Service>>) -> Response {
+    let engine = svc.pools.iter().next().map(|(_, p)| p.clone());
+    let engine_ok = match engine {
+        Some(p) => p.engine_reachable().await,
+        None => true,
+    };
+    if engine_ok && svc.pools.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else if !engine_ok {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine is not reachable\n",
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pools are filling to min_idle\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(svc): State<Arc<Service>>) -> Response {
+    let text = crate::metrics::render(&svc);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

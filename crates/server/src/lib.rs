@@ -1,0 +1,36 @@
+//! The service: an HTTP API over the pools, and a durable job store.
+//!
+//! - [`store`]: jobs in SQLite under `[server] data_dir`; a job is stored before
+//!   it is acknowledged, and survives restarts.
+//! - [`api`]: requests parsed into typed commands; the JSON views.
+//! - [`service`]: a job's life: accept, run through the pools, store, follow,
+//!   cancel, recover.
+//! - [`http`]: the routes (axum), auth, errors as `{"error": ...}`.
+//! - [`metrics`]: Prometheus text.
+//!
+//! [`serve`] takes a bound listener and a shutdown future, so tests start the
+//! real server on `127.0.0.1:0`.
+
+pub mod api;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use service::Service;
+
+/// Serve the API on `listener` until `shutdown` resolves; then stop taking
+/// requests (in-flight ones finish). The caller shuts the service down after.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    svc: Arc<Service>,
+    token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, http::router(svc, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
