@@ -36,6 +36,10 @@ pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
 pub const FALLBACK_INSTANCE: &str = "warmpool";
 /// Default time running jobs get to finish when the server shuts down.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default time ended jobs (and their output) are kept.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default largest request body of the API.
+pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 /// Default address of the HTTP service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default directory of the service's state.
@@ -81,6 +85,10 @@ pub struct ServerConfig {
     pub instance: String,
     /// Time running jobs get to finish when the server shuts down.
     pub shutdown_grace: Duration,
+    /// Ended jobs older than this are pruned from the store, output included.
+    pub retention: Duration,
+    /// Largest request body the API accepts (a larger one is a 413).
+    pub max_body: u64,
     /// Address of the HTTP service; checked to parse as a [`SocketAddr`].
     pub listen: String,
     /// Directory of the service's state.
@@ -92,6 +100,8 @@ impl Default for ServerConfig {
         ServerConfig {
             instance: FALLBACK_INSTANCE.to_string(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            retention: DEFAULT_RETENTION,
+            max_body: DEFAULT_MAX_BODY,
             listen: DEFAULT_LISTEN.to_string(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
         }
@@ -595,6 +605,8 @@ impl RawProfile {
 struct RawServer {
     instance: Option<toml::Value>,
     shutdown_grace: Option<toml::Value>,
+    retention: Option<toml::Value>,
+    max_body: Option<toml::Value>,
     listen: Option<toml::Value>,
     data_dir: Option<toml::Value>,
 }
@@ -621,6 +633,18 @@ impl RawServer {
         };
         let shutdown_grace = typed::<ConfigDuration>("shutdown_grace", self.shutdown_grace)?
             .map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0);
+        let retention = typed::<ConfigDuration>("retention", self.retention)?
+            .map_or(DEFAULT_RETENTION, |d| d.0);
+        if retention.is_zero() {
+            return Err("key `retention`: must be above 0 (\"168h\" keeps a week)".into());
+        }
+        let max_body =
+            typed::<ConfigSize>("max_body", self.max_body)?.map_or(DEFAULT_MAX_BODY, |s| s.0);
+        if max_body < 1024 {
+            return Err(format!(
+                "key `max_body`: {max_body} bytes is too small (at least 1k)"
+            ));
+        }
         let listen =
             typed::<String>("listen", self.listen)?.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         if listen.parse::<SocketAddr>().is_err() {
@@ -636,6 +660,8 @@ impl RawServer {
         Ok(ServerConfig {
             instance,
             shutdown_grace,
+            retention,
+            max_body,
             listen,
             data_dir,
         })
@@ -958,6 +984,8 @@ mod tests {
             ServerConfig {
                 instance: "build-07.example".into(),
                 shutdown_grace: Duration::from_secs(30),
+                retention: DEFAULT_RETENTION,
+                max_body: DEFAULT_MAX_BODY,
                 listen: "127.0.0.1:7070".into(),
                 data_dir: PathBuf::from(".warmpool"),
             }

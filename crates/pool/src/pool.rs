@@ -473,7 +473,9 @@ impl Pool {
                 }
                 None => {
                     st.waiters.retain(|w| !w.tx.is_closed());
-                    if st.waiters.len() >= self.inner.max_queue {
+                    // A park already in flight for the pool will serve a waiter soon:
+                    // waiting for it is not queueing past max_queue.
+                    if st.waiters.len() >= self.inner.max_queue + st.parking {
                         return Err(PoolError::Full {
                             profile: self.err_profile(),
                             queued: st.waiters.len(),

@@ -84,6 +84,10 @@ pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/pools", get(pools))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .layer(middleware::from_fn_with_state(Arc::new(token), auth));
     Router::new()
         .merge(v1)
@@ -91,7 +95,9 @@ pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(svc.config.server.max_body).unwrap_or(DEFAULT_BODY_LIMIT),
+        ))
         .with_state(svc)
 }
 
@@ -208,7 +214,15 @@ async fn output(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
     Query(q): Query<OutputQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        return sse_output(svc, id).await;
+    }
     let stream = api::parse_stream(q.stream.as_deref())?;
     // Subscribe before reading what is stored, so nothing falls between the two.
     let live = if q.follow { svc.follow(&id) } else { None };
@@ -270,6 +284,86 @@ where
         }
     });
     Body::from_stream(futures_util::StreamExt::chain(first, rest))
+}
+
+/// One Server-Sent Event: each line of `data` a `data:` field (the client joins
+/// them with newlines, so the text arrives exactly; invalid UTF-8 is replaced).
+fn sse_event(event: &str, data: &[u8]) -> Bytes {
+    let text = String::from_utf8_lossy(data);
+    let mut out = format!("event: {event}\n");
+    for line in text.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// `output` for `Accept: text/event-stream`: both streams as `stdout` / `stderr`
+/// events (stored first, then live), and an `end` event with the job's state.
+async fn sse_output(svc: Arc<Service>, id: String) -> Result<Response, ApiError> {
+    let live = svc.follow(&id);
+    let mut stored = Vec::new();
+    for name in [StreamName::Stdout, StreamName::Stderr] {
+        let store = svc.store.clone();
+        let id2 = id.clone();
+        let bytes = tokio::task::spawn_blocking(move || store.output(&id2, name))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::from(ServiceError::Store(e)))?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job \"{id}\"")))?;
+        stored.push(bytes);
+    }
+    let have = [stored[0].len() as u64, stored[1].len() as u64];
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        for (i, name) in ["stdout", "stderr"].iter().enumerate() {
+            if !stored[i].is_empty() && tx.send(sse_event(name, &stored[i])).await.is_err() {
+                return;
+            }
+        }
+        if let Some((mut chunks, mut done)) = live {
+            loop {
+                tokio::select! {
+                    chunk = chunks.recv() => match chunk {
+                        Ok(c) => {
+                            let i = usize::from(c.stream == StreamName::Stderr);
+                            let end = c.offset + c.data.len() as u64;
+                            if end <= have[i] { continue; }
+                            let skip = have[i].saturating_sub(c.offset) as usize;
+                            let name = if i == 0 { "stdout" } else { "stderr" };
+                            if tx.send(sse_event(name, &c.data[skip..])).await.is_err() { return; }
+                        }
+                        Err(_) => break,
+                    },
+                    changed = done.changed() => {
+                        if changed.is_err() || *done.borrow() { break; }
+                    }
+                }
+            }
+        }
+        let end = match load(&svc, &id, false).await {
+            Ok(v) => {
+                serde_json::json!({"id": v.id, "state": v.state, "exit_code": v.exit_code, "signal": v.signal})
+            }
+            Err(_) => serde_json::json!({"id": id}),
+        };
+        let _ = tx.send(sse_event("end", end.to_string().as_bytes())).await;
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<Bytes, std::io::Error>(b), rx))
+    }));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn cancel(

@@ -7,6 +7,7 @@
 //!   cancel, recover.
 //! - [`http`]: the routes (axum), auth, errors as `{"error": ...}`.
 //! - [`metrics`]: Prometheus text.
+//! - [`openapi`]: the API described, served at `/v1/openapi.json`.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start the
 //! real server on `127.0.0.1:0`.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod service;
 pub mod store;
 

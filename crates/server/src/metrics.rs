@@ -3,7 +3,64 @@
 
 use crate::service::Service;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the histogram buckets: from a warm hand-over (ms)
+/// to a long job (minutes).
+const BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// A Prometheus histogram of durations, lock-free.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {count}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+}
+
+/// The service's histograms.
+#[derive(Default)]
+pub struct Histograms {
+    pub claim: Histogram,
+    pub first_output: Histogram,
+    pub duration: Histogram,
+}
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -93,6 +150,22 @@ pub fn render(svc: &Service) -> String {
             c.claims.load(Ordering::Relaxed)
         );
     }
+    let h = &svc.histograms;
+    h.claim.render(
+        &mut out,
+        "warmpool_claim_seconds",
+        "Time from a job's claim to a container in hand.",
+    );
+    h.first_output.render(
+        &mut out,
+        "warmpool_first_output_seconds",
+        "Time from a job's hand-over to its first output.",
+    );
+    h.duration.render(
+        &mut out,
+        "warmpool_job_duration_seconds",
+        "Time from a job's hand-over to its exit.",
+    );
     let _ = writeln!(
         out,
         "# HELP warmpool_jobs_total Jobs that ended, by state.\n# TYPE warmpool_jobs_total counter"

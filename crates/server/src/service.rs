@@ -58,6 +58,7 @@ pub struct Service {
     /// Jobs accepted and not yet running, per profile (admission control).
     pending: Mutex<HashMap<String, usize>>,
     pub outcomes: Outcomes,
+    pub histograms: crate::metrics::Histograms,
     tasks: TaskTracker,
     stopping: CancellationToken,
 }
@@ -85,6 +86,7 @@ impl Service {
             live: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             outcomes: Outcomes::default(),
+            histograms: Default::default(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
         })
@@ -108,21 +110,49 @@ impl Service {
         Ok((recovered.queued.len(), recovered.interrupted.len()))
     }
 
+    /// Prune ended jobs older than `[server] retention`, now and every hour, until
+    /// the service stops.
+    pub fn start_retention(self: &Arc<Self>) {
+        let svc = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let store = svc.store.clone();
+                let keep = svc.config.server.retention;
+                match blocking(move || store.prune(keep)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "pruned jobs past their retention"),
+                    Err(e) => tracing::warn!(error = %e, "pruning old jobs failed"),
+                }
+                tokio::select! {
+                    _ = svc.stopping.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+
     /// Accept a job: stored durably before this returns; it runs in the background.
     pub async fn submit(self: &Arc<Self>, job: NewJob) -> Result<String, ServiceError> {
         if self.stopping.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
         }
-        let max_queue = self
-            .config
-            .profiles
-            .get(&job.profile)
-            .map(|p| p.max_queue + p.max_containers)
-            .unwrap_or(0);
+        // Admission: jobs not yet holding a container may fill what the pool can
+        // start now plus its queue (`max_queue`); beyond that the answer is 429.
+        let room = match (
+            self.config.profiles.get(&job.profile),
+            self.pools.get(&job.profile),
+        ) {
+            (Some(p), Some(pool)) => {
+                // Every container not running a job is, or will be, one a job can have.
+                let free = p.max_containers.saturating_sub(pool.stats().busy);
+                free + p.max_queue
+            }
+            _ => 0,
+        };
         {
             let mut pending = lock(&self.pending);
             let n = pending.entry(job.profile.clone()).or_default();
-            if *n >= max_queue {
+            if *n >= room {
                 return Err(ServiceError::QueueFull {
                     profile: job.profile.clone(),
                     queued: *n,
@@ -240,13 +270,9 @@ impl Service {
         self.unpend(&profile_name);
         let claimed = match claimed {
             Ok(c) => c,
-            Err(e) => {
-                let state = match e {
-                    PoolError::ShuttingDown { .. } => JobState::Interrupted,
-                    _ => JobState::Failed,
-                };
-                return finish(state, Some(e.to_string())).await;
-            }
+            // Not started: it stays queued in the store and runs after the restart.
+            Err(PoolError::ShuttingDown { .. }) => return None,
+            Err(e) => return finish(JobState::Failed, Some(e.to_string())).await,
         };
         let store = self.store.clone();
         let id2 = id.clone();
@@ -291,6 +317,11 @@ impl Service {
             .await;
         let (state, f) = match ran {
             Ok(run) => {
+                self.histograms.claim.observe(run.claim_time);
+                if let Some(f) = run.outcome.run.first_output {
+                    self.histograms.first_output.observe(f);
+                }
+                self.histograms.duration.observe(run.outcome.run.exit);
                 let o = run.outcome;
                 let state = if cancelled.load(Ordering::SeqCst) {
                     JobState::Cancelled

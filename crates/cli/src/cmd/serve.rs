@@ -44,6 +44,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
     let svc = Service::new(config.clone(), store, pools.clone());
     let (queued, interrupted) = svc.recover().await?;
+    svc.start_retention();
     if queued + interrupted > 0 {
         tracing::info!(queued, interrupted, "recovered jobs from the store");
     }
