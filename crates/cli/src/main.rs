@@ -32,6 +32,14 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Simulate pool-sizing policies on synthetic scenarios or an arrival trace.
     Simulate(cmd::simulate::SimulateArgs),
+    /// Submit a job to `warmpool serve`; its output becomes ours, its exit code ours.
+    Submit(cmd::submit::SubmitArgs),
+    /// List the jobs of `warmpool serve`, newest first.
+    Jobs(cmd::jobs::JobsArgs),
+    /// Print a job's output (--follow: as it is written, until the job ends).
+    Logs(cmd::logs::LogsArgs),
+    /// Show the pools of `warmpool serve` (--watch: redraw until Ctrl-C).
+    Status(cmd::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +74,10 @@ fn main() -> ExitCode {
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Simulate(args) => cmd::simulate::run(args).await,
+            Command::Submit(args) => cmd::submit::run(args).await,
+            Command::Jobs(args) => cmd::jobs::run(args).await,
+            Command::Logs(args) => cmd::logs::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
         }
     });
     // A write to our stdout that a reader never takes must not keep us alive once

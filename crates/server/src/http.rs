@@ -243,6 +243,8 @@ async fn output(
     let body = async_stream(stored, have, stream, move |tx| async move {
         loop {
             tokio::select! {
+                // Chunks first: the job's end must not overtake its last output.
+                biased;
                 chunk = rx.recv() => match chunk {
                     Ok(c) if c.stream == stream => {
                         if tx.send(c).await.is_err() { return; }
@@ -253,7 +255,14 @@ async fn output(
                     Err(_) => return,
                 },
                 changed = done.changed() => {
-                    if changed.is_err() || *done.borrow() { return; }
+                    if changed.is_err() || *done.borrow() {
+                        // Everything the job wrote was sent before it ended: take
+                        // what is still buffered, then end.
+                        while let Ok(c) = rx.try_recv() {
+                            if c.stream == stream && tx.send(c).await.is_err() { return; }
+                        }
+                        return;
+                    }
                 }
             }
         }
@@ -326,6 +335,7 @@ async fn sse_output(svc: Arc<Service>, id: String) -> Result<Response, ApiError>
         if let Some((mut chunks, mut done)) = live {
             loop {
                 tokio::select! {
+                    biased;
                     chunk = chunks.recv() => match chunk {
                         Ok(c) => {
                             let i = usize::from(c.stream == StreamName::Stderr);
@@ -338,7 +348,17 @@ async fn sse_output(svc: Arc<Service>, id: String) -> Result<Response, ApiError>
                         Err(_) => break,
                     },
                     changed = done.changed() => {
-                        if changed.is_err() || *done.borrow() { break; }
+                        if changed.is_err() || *done.borrow() {
+                            while let Ok(c) = chunks.try_recv() {
+                                let i = usize::from(c.stream == StreamName::Stderr);
+                                let end = c.offset + c.data.len() as u64;
+                                if end <= have[i] { continue; }
+                                let skip = have[i].saturating_sub(c.offset) as usize;
+                                let name = if i == 0 { "stdout" } else { "stderr" };
+                                if tx.send(sse_event(name, &c.data[skip..])).await.is_err() { return; }
+                            }
+                            break;
+                        }
                     }
                 }
             }

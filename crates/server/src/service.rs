@@ -59,6 +59,8 @@ pub struct Service {
     pending: Mutex<HashMap<String, usize>>,
     pub outcomes: Outcomes,
     pub histograms: crate::metrics::Histograms,
+    /// A job's env was wiped since the last checkpoint.
+    wiped: std::sync::atomic::AtomicBool,
     tasks: TaskTracker,
     stopping: CancellationToken,
 }
@@ -87,6 +89,7 @@ impl Service {
             pending: Mutex::new(HashMap::new()),
             outcomes: Outcomes::default(),
             histograms: Default::default(),
+            wiped: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
         })
@@ -126,6 +129,30 @@ impl Service {
                 tokio::select! {
                     _ = svc.stopping.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+
+    /// Within a second of a job's env being wiped from the store, checkpoint the
+    /// WAL so no old copy of it stays on disk either; off every job's path (a
+    /// checkpoint per job start would put a disk flush on it).
+    pub fn start_checkpoints(self: &Arc<Self>) {
+        let svc = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = svc.stopping.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if svc.wiped.swap(false, Ordering::SeqCst) {
+                    let store = svc.store.clone();
+                    if let Err(e) = blocking(move || store.checkpoint()).await {
+                        tracing::warn!(error = %e, "checkpointing the job store failed");
+                    }
+                }
+                if svc.stopping.is_cancelled() {
+                    return;
                 }
             }
         });
@@ -279,14 +306,9 @@ impl Service {
         let hit = claimed.hit;
         match blocking(move || store.mark_running(&id2, hit)).await {
             Ok(true) => {
-                // The job's env and stdin were wiped from the store; checkpoint so no
-                // old copy of them stays in the WAL file either (off the job's path).
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = store.checkpoint() {
-                        tracing::warn!(error = %e, "checkpointing the job store failed");
-                    }
-                });
+                // The job's env and stdin were wiped from the store; the checkpoint
+                // task soon clears the old copies from the WAL file too.
+                self.wiped.store(true, Ordering::SeqCst);
             }
             // Cancelled while it waited for a container.
             Ok(false) => return None,

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// (min_idle, max_containers, ...) and report its hit rate and latencies.
     #[arg(long, default_value_t = 0)]
     burst: usize,
+    /// Instead: time `POST /v1/jobs?wait=true` end to end on an in-process
+    /// service, a pool keeping one container parked vs one keeping none.
+    #[arg(long)]
+    http: bool,
     /// Arguments of the job (replacing the image's CMD); default: the image's CMD.
     #[arg(last = true)]
     args: Vec<String>,
@@ -199,7 +203,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Nearest-rank percentile of an unsorted slice.
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -228,10 +232,53 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let config = super::load_config(&args.config)?;
     let profile = config.profile(&args.profile)?.clone();
     let (runtime, executor) = super::connect(&config)?;
-    let result = measure(&args, &profile, &runtime, &executor).await;
+    let result = if args.http {
+        http(&args, &profile, &executor).await
+    } else {
+        measure(&args, &profile, &runtime, &executor).await
+    };
     // Every container the bench made is removed before we exit, on every path.
     executor.drain().await;
     result
+}
+
+async fn http(
+    args: &BenchArgs,
+    profile: &warmpool_core::Profile,
+    executor: &warmpool_exec::Executor,
+) -> anyhow::Result<u8> {
+    if !args.json {
+        eprintln!(
+            "bench: POST /v1/jobs?wait=true, warm and cold, x {} ...",
+            args.jobs
+        );
+    }
+    let f = super::bench_http::measure(profile, executor, &args.args, args.jobs).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+        return Ok(0);
+    }
+    println!(
+        "warmpool bench --http: profile {} (image {}), {} jobs each, POST /v1/jobs?wait=true on one keep-alive connection",
+        profile.name, profile.image, f.jobs
+    );
+    println!();
+    println!("| pool | p50 | p99 |");
+    println!("|---|---|---|");
+    println!(
+        "| warm (min_idle = 1) | {:.2} ms | {:.2} ms |",
+        f.warm_p50_ms, f.warm_p99_ms
+    );
+    println!(
+        "| cold (min_idle = 0) | {:.2} ms | {:.2} ms |",
+        f.cold_p50_ms, f.cold_p99_ms
+    );
+    println!();
+    println!("ratio cold p50 / warm p50: {:.1}x", f.cold_over_warm);
+    for (goal, met) in &f.goals {
+        println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
+    }
+    Ok(0)
 }
 
 async fn measure(

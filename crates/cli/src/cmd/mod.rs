@@ -2,10 +2,16 @@
 //! connecting to the engine it names.
 
 pub mod bench;
+pub mod bench_http;
+pub mod client;
 pub mod doctor;
+pub mod jobs;
+pub mod logs;
 pub mod run;
 pub mod serve;
 pub mod simulate;
+pub mod status;
+pub mod submit;
 
 use anyhow::Context;
 use std::path::Path;

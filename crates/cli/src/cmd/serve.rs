@@ -45,6 +45,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let svc = Service::new(config.clone(), store, pools.clone());
     let (queued, interrupted) = svc.recover().await?;
     svc.start_retention();
+    svc.start_checkpoints();
     if queued + interrupted > 0 {
         tracing::info!(queued, interrupted, "recovered jobs from the store");
     }

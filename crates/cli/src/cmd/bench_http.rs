@@ -1,0 +1,168 @@
+//! `warmpool bench --http`: the end-to-end figure. A service runs in this
+//! process on 127.0.0.1 with two copies of the profile, one keeping a container
+//! parked (`min_idle = 1`) and one keeping none (`min_idle = 0`), and times
+//! `POST /v1/jobs?wait=true` for a trivial job on each, over one keep-alive
+//! connection, in one run.
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use warmpool_core::{Config, Profile};
+use warmpool_exec::Executor;
+use warmpool_pool::Pools;
+use warmpool_server::store::Store;
+use warmpool_server::Service;
+
+#[derive(Serialize)]
+pub struct HttpFigures {
+    pub jobs: usize,
+    pub warm_p50_ms: f64,
+    pub warm_p99_ms: f64,
+    pub cold_p50_ms: f64,
+    pub cold_p99_ms: f64,
+    pub cold_over_warm: f64,
+    pub goals: Vec<(String, bool)>,
+}
+
+/// A minimal HTTP/1.1 client over one kept-alive connection: enough to time
+/// requests without a client library's own overhead in the figure.
+struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    async fn post(&mut self, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.reader.get_mut().write_all(req.as_bytes()).await?;
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).await?;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {status_line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().context("content-length")?;
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn variant(p: &Profile, name: &str, keep: usize) -> Profile {
+    let mut v = p.clone();
+    v.name = name.to_string();
+    v.min_idle = keep;
+    v.max_idle = keep;
+    v.max_containers = v.max_containers.max(keep + 1);
+    v
+}
+
+pub async fn measure(
+    profile: &Profile,
+    executor: &Executor,
+    args: &[String],
+    jobs: usize,
+) -> anyhow::Result<HttpFigures> {
+    let dir = std::env::temp_dir().join(format!(
+        "warmpool-bench-http-{}",
+        warmpool_core::labels::unique_suffix()
+    ));
+    let mut config = Config::default();
+    config.server.instance = format!("bench-http-{}", warmpool_core::labels::unique_suffix());
+    config.server.data_dir = dir.clone();
+    for (name, keep) in [("warm", 1), ("cold", 0)] {
+        config
+            .profiles
+            .insert(name.to_string(), variant(profile, name, keep));
+    }
+    let config = Arc::new(config);
+    let store = Store::open(&dir).context("opening a job store for the bench")?;
+    let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
+    let svc = Service::new(config.clone(), store, pools.clone());
+    svc.start_checkpoints();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(warmpool_server::serve(
+        listener,
+        svc.clone(),
+        None,
+        async move { stopped.cancelled().await },
+    ));
+    let result = async {
+        let mut conn = Conn {
+            reader: BufReader::new(TcpStream::connect(addr).await?),
+        };
+        let body_for = |p: &str| serde_json::json!({"profile": p, "args": args}).to_string();
+        let (mut warm, mut cold) = (Vec::new(), Vec::new());
+        for _ in 0..jobs {
+            for (name, samples) in [("warm", &mut warm), ("cold", &mut cold)] {
+                if name == "warm" {
+                    // The warm pool re-parks between jobs, off the measured time.
+                    let pool = pools.get("warm").context("warm pool")?;
+                    if !pool.wait_idle(1, Duration::from_secs(60)).await {
+                        bail!(
+                            "the warm pool did not park a container: {:?}",
+                            pool.stats().last_error
+                        );
+                    }
+                }
+                let t0 = Instant::now();
+                let (status, body) = conn.post("/v1/jobs?wait=true", &body_for(name)).await?;
+                let took = t0.elapsed();
+                if status != 200 || !body.contains("\"state\":\"succeeded\"") {
+                    bail!("{name} job: HTTP {status}: {body}");
+                }
+                samples.push(took.as_secs_f64() * 1000.0);
+            }
+        }
+        let p = |v: &[f64], q: f64| super::bench::percentile(v, q);
+        let (w50, w99, c50, c99) = (
+            p(&warm, 50.0),
+            p(&warm, 99.0),
+            p(&cold, 50.0),
+            p(&cold, 99.0),
+        );
+        Ok(HttpFigures {
+            jobs,
+            warm_p50_ms: w50,
+            warm_p99_ms: w99,
+            cold_p50_ms: c50,
+            cold_p99_ms: c99,
+            cold_over_warm: c50 / w50,
+            goals: vec![
+                (format!("warm p50 {w50:.2} ms <= 10 ms"), w50 <= 10.0),
+                (
+                    format!("cold p50 / warm p50 = {:.1} >= 20", c50 / w50),
+                    c50 / w50 >= 20.0,
+                ),
+            ],
+        })
+    }
+    .await;
+    stop.cancel();
+    let _ = server.await;
+    svc.shutdown(Duration::from_secs(10)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
