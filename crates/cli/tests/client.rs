@@ -4,88 +4,20 @@
 
 mod common;
 
+use common::server::*;
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
-
-/// A `warmpool serve` of its own, with one profile `bb` (busybox); removed, with
-/// every container it made, when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    dir: PathBuf,
-    label: String,
-    token: Option<String>,
+/// What the client tests do with a server: run `warmpool` against it.
+trait ClientExt {
+    fn command(&self, args: &[&str]) -> Command;
+    fn run(&self, args: &[&str]) -> Output;
+    fn last_job(&self) -> serde_json::Value;
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl Server {
-    fn start(token: Option<&str>) -> Server {
-        ensure_images();
-        let label = unique("cli");
-        let instance = unique("cliinst");
-        let dir = std::env::temp_dir().join(&label);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let cfg = dir.join("warmpool.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-instance = "{instance}"
-shutdown_grace = "5s"
-
-[profiles.bb]
-image = "{BUSYBOX}"
-network = "none"
-labels = {{ "{TEST_LABEL}" = "{label}" }}
-"#,
-                data = dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--config", cfg.to_str().unwrap()])
-            .env_remove("WARMPOOL_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(t) = token {
-            cmd.env("WARMPOOL_API_TOKEN", t);
-        }
-        let s = Server {
-            child: cmd.spawn().unwrap(),
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-            label,
-            token: token.map(str::to_string),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the server did not come up:\n{}", s.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
+impl ClientExt for Server {
     /// `warmpool ARGS` against this server (its token in the environment).
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
@@ -112,15 +44,6 @@ labels = {{ "{TEST_LABEL}" = "{label}" }}
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        drop(CleanupGuard(self.label.clone()));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -136,7 +59,7 @@ fn show(out: &Output) -> String {
 
 #[test]
 fn submit_streams_the_jobs_output_and_exits_with_its_code() {
-    let s = Server::start(None);
+    let s = Server::start("", &[]);
     let out = s.run(&[
         "submit",
         "--profile",
@@ -197,7 +120,7 @@ fn submit_streams_the_jobs_output_and_exits_with_its_code() {
 
 #[test]
 fn submit_shows_output_as_it_is_written_and_all_of_it() {
-    let s = Server::start(None);
+    let s = Server::start("", &[]);
     let mut child = s
         .command(&[
             "submit",
@@ -246,7 +169,7 @@ fn submit_shows_output_as_it_is_written_and_all_of_it() {
 #[test]
 fn submit_sends_the_token() {
     let token = unique("tok");
-    let s = Server::start(Some(&token));
+    let s = Server::start("", &[("WARMPOOL_API_TOKEN", &token)]);
     let out = s.run(&["submit", "-p", "bb", "--", "echo", "authorized"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(text(&out.stdout), "authorized\n");
@@ -266,7 +189,7 @@ fn submit_sends_the_token() {
 
 #[test]
 fn ctrl_c_cancels_the_job() {
-    let s = Server::start(None);
+    let s = Server::start("", &[]);
     let mut child = s
         .command(&[
             "submit",
@@ -297,7 +220,7 @@ fn ctrl_c_cancels_the_job() {
 
 #[test]
 fn jobs_lists_and_logs_prints() {
-    let s = Server::start(None);
+    let s = Server::start("", &[]);
     let out = s.run(&[
         "submit",
         "-p",
@@ -374,7 +297,7 @@ fn jobs_lists_and_logs_prints() {
 
 #[test]
 fn status_shows_the_pools() {
-    let s = Server::start(None);
+    let s = Server::start("", &[]);
     let out = s.run(&["submit", "-p", "bb", "--", "true"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let out = s.run(&["status"]);

@@ -309,6 +309,18 @@ fn sse_event(event: &str, data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The event for a live chunk, minus what the stored part already had.
+fn sse_chunk(c: &crate::service::Chunk, have: &[u64; 2]) -> Option<Bytes> {
+    let i = usize::from(c.stream == StreamName::Stderr);
+    let end = c.offset + c.data.len() as u64;
+    if end <= have[i] {
+        return None;
+    }
+    let skip = have[i].saturating_sub(c.offset) as usize;
+    let name = if i == 0 { "stdout" } else { "stderr" };
+    Some(sse_event(name, &c.data[skip..]))
+}
+
 /// `output` for `Accept: text/event-stream`: both streams as `stdout` / `stderr`
 /// events (stored first, then live), and an `end` event with the job's state.
 async fn sse_output(svc: Arc<Service>, id: String) -> Result<Response, ApiError> {
@@ -336,26 +348,18 @@ async fn sse_output(svc: Arc<Service>, id: String) -> Result<Response, ApiError>
             loop {
                 tokio::select! {
                     biased;
-                    chunk = chunks.recv() => match chunk {
-                        Ok(c) => {
-                            let i = usize::from(c.stream == StreamName::Stderr);
-                            let end = c.offset + c.data.len() as u64;
-                            if end <= have[i] { continue; }
-                            let skip = have[i].saturating_sub(c.offset) as usize;
-                            let name = if i == 0 { "stdout" } else { "stderr" };
-                            if tx.send(sse_event(name, &c.data[skip..])).await.is_err() { return; }
+                    chunk = chunks.recv() => match chunk {Ok(c) => {
+                            if let Some(event) = sse_chunk(&c, &have) {
+                                if tx.send(event).await.is_err() { return; }
+                            }
                         }
                         Err(_) => break,
                     },
                     changed = done.changed() => {
-                        if changed.is_err() || *done.borrow() {
-                            while let Ok(c) = chunks.try_recv() {
-                                let i = usize::from(c.stream == StreamName::Stderr);
-                                let end = c.offset + c.data.len() as u64;
-                                if end <= have[i] { continue; }
-                                let skip = have[i].saturating_sub(c.offset) as usize;
-                                let name = if i == 0 { "stdout" } else { "stderr" };
-                                if tx.send(sse_event(name, &c.data[skip..])).await.is_err() { return; }
+                        if changed.is_err() || *done.borrow() {while let Ok(c) = chunks.try_recv() {
+                                if let Some(event) = sse_chunk(&c, &have) {
+                                    if tx.send(event).await.is_err() { return; }
+                                }
                             }
                             break;
                         }

@@ -2,6 +2,8 @@
 //! one job warm, cold, and through plain `docker run --rm --init`.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,0 +1,264 @@
+//! A `warmpool serve` of a test's own: the real binary on a free loopback port,
+//! with one profile `bb` (busybox) plus what the test adds; killed, with every
+//! container it made, when dropped.
+
+use super::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub base: String,
+    pub cfg: PathBuf,
+    pub dir: PathBuf,
+    pub label: String,
+    pub instance: String,
+    pub token: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Server {
+    pub fn start(extra: &str, env: &[(&str, &str)]) -> Server {
+        ensure_images();
+        let label = unique("srv");
+        let instance = unique("srvinst");
+        let dir = std::env::temp_dir().join(&label);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let cfg = dir.join("warmpool.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+instance = "{instance}"
+shutdown_grace = "5s"
+
+[profiles.bb]
+image = "{BUSYBOX}"
+network = "none"
+labels = {{ "{TEST_LABEL}" = "{label}" }}
+{extra}
+"#,
+                data = dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "WARMPOOL_API_TOKEN")
+            .map(|(_, v)| v.to_string());
+        let mut s = Server {
+            child: None,
+            base: format!("http://127.0.0.1:{port}"),
+            cfg,
+            dir,
+            label,
+            instance,
+            token,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config", self.cfg.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.get("/healthz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server did not come up:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn curl(&self, args: &[&str], path: &str) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-S",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "60",
+        ]);
+        if let Some(t) = &self.token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        cmd.args(args).arg(format!("{}{path}", self.base));
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.curl(&[], path)
+    }
+
+    pub fn post(&self, path: &str, json: &str) -> (u16, String) {
+        self.curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                json,
+            ],
+            path,
+        )
+    }
+
+    pub fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe { kill(child.id() as i32, sig) };
+        child.wait().unwrap()
+    }
+
+    pub fn containers(&self) -> String {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=warmpool.instance={}", self.instance),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        drop(CleanupGuard(self.label.clone()));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+extern "C" {
+    pub fn kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn server_sent_events_carry_both_streams_and_the_end() {
+    let s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs",
+        r#"{"profile":"bb","args":["sh","-c","echo out1; echo err1 >&2; sleep 0.5; echo out2; exit 2"]}"#,
+    );
+    assert_eq!(code, 201);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (code, events) = s.curl(
+        &["-N", "-H", "Accept: text/event-stream"],
+        &format!("/v1/jobs/{id}/output?follow=true"),
+    );
+    assert_eq!(code, 200);
+    // Reassemble each stream from its events (data lines joined by newlines).
+    let mut out = String::new();
+    let mut err = String::new();
+    let mut end = None;
+    for block in events.split("\n\n").filter(|b| !b.is_empty()) {
+        let mut lines = block.lines();
+        let event = lines
+            .next()
+            .unwrap()
+            .strip_prefix("event: ")
+            .unwrap()
+            .to_string();
+        let data: Vec<&str> = lines
+            .map(|l| l.strip_prefix("data: ").unwrap_or(l))
+            .collect();
+        let data = data.join("\n");
+        match event.as_str() {
+            "stdout" => out.push_str(&data),
+            "stderr" => err.push_str(&data),
+            "end" => end = Some(json(&data)),
+            other => panic!("unknown event {other}"),
+        }
+    }
+    assert_eq!(out, "out1\nout2\n");
+    assert_eq!(err, "err1\n");
+    let end = end.expect("an end event");
+    assert_eq!(end["state"], "failed");
+    assert_eq!(end["exit_code"], 2);
+}
+
+#[test]
+fn the_openapi_document_is_valid() {
+    let s = Server::start("", &[]);
+    let (code, doc) = s.get("/v1/openapi.json");
+    assert_eq!(code, 200);
+    let v = json(&doc);
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/output",
+        "/v1/jobs/{id}/cancel",
+        "/v1/pools",
+    ] {
+        assert!(v["paths"][path].is_object(), "{path} is described");
+    }
+    // Validated by the reference validator (`.ci/run` installs it from PyPI).
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys; from openapi_spec_validator import validate; validate(json.load(sys.stdin)); print('valid')",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), doc.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenAPI document does not validate (pip install openapi-spec-validator if it is missing):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
+}
