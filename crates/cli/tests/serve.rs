@@ -313,3 +313,31 @@ fn sigterm_finishes_running_jobs_and_leaves_no_container() {
     assert_eq!(j["state"], "succeeded", "{j}");
     assert_eq!(j["stdout"], "done\n");
 }
+
+#[test]
+fn a_follower_that_disconnects_does_not_disturb_the_job() {
+    let s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs",
+        r#"{"profile":"bb","args":["sh","-c","echo start; sleep 1.5; echo end"]}"#,
+    );
+    assert_eq!(code, 201);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    // curl gives up after half a second, mid-stream.
+    let _ = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "0.5"])
+        .arg(format!("{}/v1/jobs/{id}/output?follow=true", s.base))
+        .output()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = json(&s.get(&format!("/v1/jobs/{id}")).1);
+        if j["state"] != "running" && j["state"] != "queued" {
+            assert_eq!(j["state"], "succeeded", "{j}");
+            assert_eq!(j["stdout"], "start\nend\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

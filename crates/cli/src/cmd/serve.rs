@@ -53,6 +53,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, auth = token.is_some(), "serving");
+    // A person at a terminal sees the pools fill; logs say the same for machines.
+    let progress = {
+        let pools = pools.clone();
+        tokio::spawn(async move { show_filling(&pools).await })
+    };
 
     let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
     let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
@@ -64,9 +69,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         tracing::info!("stopping: no new jobs; running jobs get the shutdown grace");
     };
     let served = warmpool_server::serve(listener, svc.clone(), token, stop).await;
+    progress.abort();
     svc.shutdown(config.server.shutdown_grace).await;
     executor.drain().await;
     tracing::info!("stopped; every container of this instance is removed");
     served.context("serving HTTP")?;
     Ok(0)
+}
+
+/// Until every pool is at `min_idle`: a line a second on a terminal ("shell 1/2,
+/// noshell 1/1"), then one log line when ready.
+async fn show_filling(pools: &Pools) {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    loop {
+        let status: Vec<String> = pools
+            .iter()
+            .map(|(name, p)| format!("{name} {}/{}", p.stats().idle, p.profile().profile.min_idle))
+            .collect();
+        if pools.ready() {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                pools = %status.join(", "),
+                "every pool is at min_idle"
+            );
+            return;
+        }
+        if tty {
+            eprintln!("warmpool: filling pools: {}", status.join(", "));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
