@@ -51,8 +51,28 @@ enum Command {
     Status(cmd::status::StatusArgs),
 }
 
+extern "C" {
+    fn signal(signum: i32, handler: usize) -> usize;
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print a report end quietly when their reader goes (`| head`),
+    // as Unix tools do. Those that carry a job's output handle a closed pipe
+    // themselves, so the job is not cut short by it.
+    if matches!(
+        cli.command,
+        Command::Doctor(_)
+            | Command::Simulate(_)
+            | Command::Bench(_)
+            | Command::Jobs(_)
+            | Command::Status(_)
+    ) {
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: resetting a signal's disposition at start, before any thread exists.
+        unsafe { signal(SIGPIPE, SIG_DFL) };
+    }
     // Quiet by default: `warmpool run` stands in for `docker run` and prints only
     // the job's output. WARMPOOL_LOG=debug (an EnvFilter) shows what happens.
     // The service logs what it does (info); one-off commands stay quiet.
