@@ -341,3 +341,41 @@ fn a_follower_that_disconnects_does_not_disturb_the_job() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn sigterm_with_a_follower_attached_stops_within_the_grace() {
+    let mut s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs",
+        r#"{"profile":"bb","args":["sh","-c","echo up; sleep 60"]}"#,
+    );
+    assert_eq!(code, 201);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json(&s.get(&format!("/v1/jobs/{id}")).1)["state"] != "running" {
+        assert!(Instant::now() < deadline, "never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A follower and a waiter hold connections open.
+    let mut follower = Command::new("curl")
+        .args(["-s", "-N"])
+        .arg(format!("{}/v1/jobs/{id}/output?follow=true", s.base))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = s.signal(15);
+    // shutdown_grace is 5 s in these tests; the job outlives it and is killed.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the stop hung on open connections"
+    );
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+    assert_eq!(s.containers(), "");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    s.spawn();
+    let j = json(&s.get(&format!("/v1/jobs/{id}")).1);
+    assert_eq!(j["state"], "interrupted", "{j}");
+}

@@ -33,6 +33,7 @@ pub trait OutputSink: Send {
 #[derive(Clone, Default)]
 pub struct RunControl {
     signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
+    cancelled: Option<Arc<AtomicBool>>,
 }
 
 impl RunControl {
@@ -40,7 +41,21 @@ impl RunControl {
     pub fn with_signals(rx: mpsc::UnboundedReceiver<&'static str>) -> RunControl {
         RunControl {
             signals: Some(Arc::new(tokio::sync::Mutex::new(rx))),
+            cancelled: None,
         }
+    }
+
+    /// The caller's "this job is cancelled" flag: a cancelled job is never run
+    /// again on another container.
+    pub fn with_cancel_flag(mut self, flag: Arc<AtomicBool>) -> RunControl {
+        self.cancelled = Some(flag);
+        self
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
     }
 }
 

@@ -611,6 +611,8 @@ impl Pool {
             Err(ExecError::StreamLost { .. }) => true,
             Err(_) => false,
         };
+        // A cancelled job stays cancelled: its container's death is the cancel.
+        let never_started = never_started && !control.is_cancelled();
         if !never_started {
             let outcome = first.map_err(exec)?;
             return Ok(PoolRun {

@@ -65,8 +65,8 @@ pub fn parse_submit(req: SubmitRequest, config: &Config) -> Result<NewJob, BadRe
     let timeout_ms = match &req.timeout {
         Some(t) => {
             let d = parse_duration(t).map_err(|e| BadRequest(format!("timeout: {e}")))?;
-            if d.is_zero() {
-                return Err(BadRequest("timeout: must be above 0".into()));
+            if d < std::time::Duration::from_millis(1) {
+                return Err(BadRequest("timeout: must be at least 1ms".into()));
             }
             Some(d.as_millis().min(u128::from(u64::MAX)) as u64)
         }

@@ -5,6 +5,7 @@ use crate::api::{self, BadRequest, JobView, PoolView, SubmitRequest};
 use crate::service::{Service, ServiceError};
 use crate::store::StreamName;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -142,14 +143,38 @@ struct SubmitQuery {
     wait: bool,
 }
 
+/// A query string that does not parse is a 400 in the API's own shape.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid query: {}", e.body_text()),
+        )
+    })
+}
+
 async fn submit(
     State(svc): State<Arc<Service>>,
-    Query(q): Query<SubmitQuery>,
+    q: Result<Query<SubmitQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
     let req: SubmitRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
     let job = api::parse_submit(req, &svc.config)?;
+    // Refuse now what could never run (no command, too large), before it is stored.
+    if let Some(pool) = svc.pools.get(&job.profile) {
+        let resolved = pool.profile();
+        let probe = warmpool_core::Job {
+            args: job.args.clone(),
+            env: job.env.clone(),
+            unset: Vec::new(),
+            stdin: job.stdin.clone(),
+            timeout: None,
+        };
+        warmpool_core::job::compose(&resolved.image, &resolved.profile, &probe)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
+    }
     let id = svc.submit(job).await?;
     if q.wait {
         svc.wait(&id).await;
@@ -191,8 +216,9 @@ struct ListQuery {
 
 async fn list(
     State(svc): State<Arc<Service>>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
+    let q = query(q)?;
     let state = api::parse_state(q.state.as_deref())?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let store = svc.store.clone();
@@ -213,9 +239,10 @@ struct OutputQuery {
 async fn output(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
-    Query(q): Query<OutputQuery>,
+    q: Result<Query<OutputQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -240,6 +267,7 @@ async fn output(
     // Live: what is stored, then each new chunk of this stream, until the job ends.
     // A client that goes away only drops this stream; the job is not disturbed.
     let have = stored.len() as u64;
+    let stopping = svc.stopping();
     let body = async_stream(stored, have, stream, move |tx| async move {
         loop {
             tokio::select! {
@@ -254,6 +282,7 @@ async fn output(
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                     Err(_) => return,
                 },
+                                _ = stopping.cancelled() => return,
                 changed = done.changed() => {
                     if changed.is_err() || *done.borrow() {
                         // Everything the job wrote was sent before it ended: take
@@ -300,7 +329,9 @@ where
 fn sse_event(event: &str, data: &[u8]) -> Bytes {
     let text = String::from_utf8_lossy(data);
     let mut out = format!("event: {event}\n");
-    for line in text.split('\n') {
+    // Every line ending SSE knows (CRLF, CR, LF) starts a new data line, so job
+    // output cannot forge fields and `\r` progress lines are kept.
+    for line in text.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
         out.push_str("data: ");
         out.push_str(line);
         out.push('\n');
@@ -344,10 +375,12 @@ async fn sse_output(svc: Arc<Service>, id: String) -> Result<Response, ApiError>
                 return;
             }
         }
+        let stopping = svc.stopping();
         if let Some((mut chunks, mut done)) = live {
             loop {
                 tokio::select! {
                     biased;
+                    _ = stopping.cancelled() => break,
                     chunk = chunks.recv() => match chunk {Ok(c) => {
                             if let Some(event) = sse_chunk(&c, &have) {
                                 if tx.send(event).await.is_err() { return; }

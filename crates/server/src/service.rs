@@ -103,11 +103,27 @@ impl Service {
         for id in &recovered.queued {
             let store = self.store.clone();
             let id2 = id.clone();
-            if let Some(q) = blocking(move || store.queued(&id2)).await? {
-                *lock(&self.pending)
-                    .entry(q.job.profile.clone())
-                    .or_default() += 1;
-                self.spawn_run(q);
+            match blocking(move || store.queued(&id2)).await {
+                Ok(Some(q)) => {
+                    *lock(&self.pending)
+                        .entry(q.job.profile.clone())
+                        .or_default() += 1;
+                    self.spawn_run(q);
+                }
+                Ok(None) => {}
+                // One unreadable job must not keep the service from starting.
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "a queued job cannot be read; failing it");
+                    let store = self.store.clone();
+                    let id2 = id.clone();
+                    let f = Finish {
+                        state: JobState::Failed,
+                        exit_code: None,
+                        signal: None,
+                        error: Some(format!("the stored job could not be read: {e}")),
+                    };
+                    let _ = blocking(move || store.finish(&id2, &f)).await;
+                }
             }
         }
         Ok((recovered.queued.len(), recovered.interrupted.len()))
@@ -187,22 +203,29 @@ impl Service {
             }
             *n += 1;
         }
-        let store = self.store.clone();
-        let stored = job_clone(&job);
-        let inserted = blocking(move || store.insert(&stored)).await;
-        let id = match inserted {
-            Ok(id) => id,
-            Err(e) => {
-                self.unpend(&job.profile);
-                return Err(e);
+        // Detached: a client that goes away mid-request must not leave a stored
+        // job that never runs (or an admission count that is never given back).
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let store = svc.store.clone();
+            let stored = job_clone(&job);
+            match blocking(move || store.insert(&stored)).await {
+                Ok(id) => {
+                    svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
+                    svc.spawn_run(QueuedJob {
+                        id: id.clone(),
+                        job,
+                    });
+                    Ok(id)
+                }
+                Err(e) => {
+                    svc.unpend(&job.profile);
+                    Err(e)
+                }
             }
-        };
-        self.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
-        self.spawn_run(QueuedJob {
-            id: id.clone(),
-            job,
-        });
-        Ok(id)
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
     fn unpend(&self, profile: &str) {
@@ -229,8 +252,13 @@ impl Service {
         self.tasks.spawn(async move {
             let id = q.id.clone();
             let profile = q.job.profile.clone();
-            let state = svc.run(q, output, cancel_rx, cancelled).await;
+            let state = svc.run(q, output, cancel_rx, cancelled.clone()).await;
             lock(&svc.live).remove(&id);
+            let state = state.or_else(|| {
+                cancelled
+                    .load(Ordering::SeqCst)
+                    .then_some(JobState::Cancelled)
+            });
             if let Some(state) = state {
                 *lock(&svc.outcomes.by_state)
                     .entry(state.as_str())
@@ -328,15 +356,20 @@ impl Service {
             id: id.clone(),
             live: output,
             offsets: [0, 0],
-            redact: secrets
-                .iter()
-                .map(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty())
-                .collect(),
+            // Longest first: a secret that contains another is replaced whole.
+            redact: {
+                let mut r: Vec<String> = secrets
+                    .iter()
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                r.sort_by_key(|v| std::cmp::Reverse(v.len()));
+                r
+            },
         };
-        let ran = pool
-            .run_claimed(claimed, job, &mut sink, RunControl::with_signals(cancel_rx))
-            .await;
+        let control = RunControl::with_signals(cancel_rx).with_cancel_flag(cancelled.clone());
+        let ran = pool.run_claimed(claimed, job, &mut sink, control).await;
+        let was_cancelled = cancelled.load(Ordering::SeqCst);
         let (state, f) = match ran {
             Ok(run) => {
                 self.histograms.claim.observe(run.claim_time);
@@ -345,8 +378,11 @@ impl Service {
                 }
                 self.histograms.duration.observe(run.outcome.run.exit);
                 let o = run.outcome;
-                let state = if cancelled.load(Ordering::SeqCst) {
+                let state = if was_cancelled {
                     JobState::Cancelled
+                } else if self.stopping.is_cancelled() && o.lost.is_some() {
+                    // Killed at the end of the shutdown grace.
+                    JobState::Interrupted
                 } else if o.timed_out {
                     JobState::TimedOut
                 } else if o.exit_code() == 0 && o.lost.is_none() {
@@ -358,7 +394,11 @@ impl Service {
                     warmpool_core::ExitStatus::Code(c) => (Some(c), None),
                     warmpool_core::ExitStatus::Signal(s) => (None, Some(s)),
                 };
-                let error = o.lost.clone().or(o.start_error.clone());
+                let error = o
+                    .lost
+                    .clone()
+                    .or(o.start_error.clone())
+                    .map(|e| redact_text(&e, &sink.redact));
                 if o.stdout_truncated || o.stderr_truncated {
                     let store = self.store.clone();
                     let id2 = id.clone();
@@ -375,7 +415,9 @@ impl Service {
                 )
             }
             Err(e) => {
-                let state = if self.stopping.is_cancelled() {
+                let state = if was_cancelled {
+                    JobState::Cancelled
+                } else if self.stopping.is_cancelled() {
                     JobState::Interrupted
                 } else {
                     JobState::Failed
@@ -386,7 +428,7 @@ impl Service {
                         state,
                         exit_code: None,
                         signal: None,
-                        error: Some(e.to_string()),
+                        error: Some(redact_text(&e.to_string(), &sink.redact)),
                     },
                 )
             }
@@ -404,6 +446,8 @@ impl Service {
         let store = self.store.clone();
         let id2 = id.to_string();
         if blocking(move || store.cancel_queued(&id2)).await? {
+            // Its env left the store with it: checkpoint that out of the WAL soon.
+            self.wiped.store(true, Ordering::SeqCst);
             if let Some(live) = lock(&self.live).get(id) {
                 live.cancelled.store(true, Ordering::SeqCst);
             }
@@ -428,8 +472,14 @@ impl Service {
         let done = lock(&self.live).get(id).map(|l| l.done.clone());
         if let Some(mut done) = done {
             while !*done.borrow() {
-                if done.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    changed = done.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    // A shutdown ends every wait: the job's end comes after the grace.
+                    _ = self.stopping.cancelled() => break,
                 }
             }
         }
@@ -440,6 +490,11 @@ impl Service {
         lock(&self.live)
             .get(id)
             .map(|l| (l.output.subscribe(), l.done.clone()))
+    }
+
+    /// Cancelled when the service begins to stop (long requests end on it).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
     }
 
     /// Stop taking jobs, let running ones finish within the grace, kill the rest,
@@ -492,6 +547,10 @@ struct StoreSink {
     live: broadcast::Sender<Chunk>,
     offsets: [u64; 2],
     redact: Vec<String>,
+}
+
+fn redact_text(text: &str, secrets: &[String]) -> String {
+    String::from_utf8_lossy(&redact(text.as_bytes(), secrets)).into_owned()
 }
 
 /// Replace every occurrence of each secret with `[redacted]`. (A secret split

@@ -33,6 +33,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
              Set WARMPOOL_API_TOKEN (clients send it as a Bearer token), or listen on 127.0.0.1"
         );
     }
+    // Signals first (a SIGTERM during start-up is a clean stop too), then the
+    // port (a taken port fails before anything is started or recovered).
+    let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop.cancel();
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let (_runtime, executor) = super::connect(&config)?;
     let store = Store::open(&config.server.data_dir).with_context(|| {
         format!(
@@ -43,37 +61,46 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
     let svc = Service::new(config.clone(), store, pools.clone());
-    let (queued, interrupted) = svc.recover().await?;
+    let recovered = svc.recover().await;
+    let (queued, interrupted) = match recovered {
+        Ok(r) => r,
+        Err(e) => {
+            // Leave nothing behind on the way out.
+            svc.shutdown(config.server.shutdown_grace).await;
+            return Err(e).context("recovering stored jobs");
+        }
+    };
     svc.start_retention();
     svc.start_checkpoints();
     if queued + interrupted > 0 {
         tracing::info!(queued, interrupted, "recovered jobs from the store");
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, auth = token.is_some(), "serving");
     // A person at a terminal sees the pools fill; logs say the same for machines.
     let progress = {
         let pools = pools.clone();
         tokio::spawn(async move { show_filling(&pools).await })
     };
-
-    let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping: no new jobs; running jobs get the shutdown grace");
-    };
-    let served = warmpool_server::serve(listener, svc.clone(), token, stop).await;
+    let http_stop = stop.clone();
+    let server = tokio::spawn(warmpool_server::serve(
+        listener,
+        svc.clone(),
+        token,
+        async move { http_stop.cancelled().await },
+    ));
+    stop.cancelled().await;
+    tracing::info!("stopping: no new jobs; running jobs get the shutdown grace");
     progress.abort();
+    // The service stops while HTTP drains: long requests (wait, follow) end with it.
     svc.shutdown(config.server.shutdown_grace).await;
     executor.drain().await;
+    let served = tokio::time::timeout(std::time::Duration::from_secs(10), server).await;
     tracing::info!("stopped; every container of this instance is removed");
-    served.context("serving HTTP")?;
+    match served {
+        Ok(Ok(r)) => r.context("serving HTTP")?,
+        Ok(Err(e)) => anyhow::bail!("the HTTP server task failed: {e}"),
+        Err(_) => tracing::warn!("some HTTP connections were still open after the shutdown"),
+    }
     Ok(0)
 }
 
