@@ -258,11 +258,7 @@ fn a_restart_loses_no_accepted_job() {
     let (code, body) = s.post("/v1/jobs", r#"{"profile":"bb","args":["sleep","30"]}"#);
     assert_eq!(code, 201);
     let running = json(&body)["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while json(&s.get(&format!("/v1/jobs/{running}")).1)["state"] != "running" {
-        assert!(Instant::now() < deadline, "never ran");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.wait_state(&running, "running");
     let (code, body) = s.post(
         "/v1/jobs",
         r#"{"profile":"bb","args":["echo","after the restart"]}"#,
@@ -299,11 +295,7 @@ fn sigterm_finishes_running_jobs_and_leaves_no_container() {
     );
     assert_eq!(code, 201);
     let id = json(&body)["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while json(&s.get(&format!("/v1/jobs/{id}")).1)["state"] != "running" {
-        assert!(Instant::now() < deadline, "never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_state(&id, "running");
     let status = s.signal(15);
     assert_eq!(status.code(), Some(0), "{}", s.log());
     assert_eq!(s.containers(), "", "containers left after SIGTERM");
@@ -351,11 +343,7 @@ fn sigterm_with_a_follower_attached_stops_within_the_grace() {
     );
     assert_eq!(code, 201);
     let id = json(&body)["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while json(&s.get(&format!("/v1/jobs/{id}")).1)["state"] != "running" {
-        assert!(Instant::now() < deadline, "never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_state(&id, "running");
     // A follower and a waiter hold connections open.
     let mut follower = Command::new("curl")
         .args(["-s", "-N"])

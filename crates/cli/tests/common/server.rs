@@ -150,6 +150,19 @@ labels = {{ "{TEST_LABEL}" = "{label}" }}
         child.wait().unwrap()
     }
 
+    /// Wait (bounded) until the job is in `state`.
+    pub fn wait_state(&self, id: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = json(&self.get(&format!("/v1/jobs/{id}")).1);
+            if j["state"] == state {
+                return;
+            }
+            assert!(Instant::now() < deadline, "job never {state}: {j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn containers(&self) -> String {
         let out = Command::new("docker")
             .args([
