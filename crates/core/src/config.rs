@@ -66,6 +66,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub server: ServerConfig,
     pub profiles: BTreeMap<String, Profile>,
+    /// The GitHub @mention bot, when configured.
+    pub github: Option<GithubConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -137,6 +139,72 @@ pub fn host_name() -> Option<String> {
         .flatten()
         .map(|h| h.trim().to_string())
         .find(|h| !h.is_empty())
+}
+
+/// `[github]`: the @mention bot on `POST /webhooks/github`. Its secrets (the
+/// webhook secret, the API token) come from the environment, never from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GithubConfig {
+    /// Mentions are `@<bot_username>`; its own comments are ignored.
+    pub bot_username: String,
+    /// Who may trigger jobs (GitHub logins, compared case-insensitively).
+    pub authorized_users: Vec<String>,
+    /// The profile the jobs run in.
+    pub profile: String,
+    /// The REST API's base URL (GitHub Enterprise, or a test server).
+    pub api_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithub {
+    bot_username: String,
+    #[serde(default)]
+    authorized_users: Vec<String>,
+    profile: String,
+    api_url: Option<String>,
+}
+
+/// A GitHub login: letters, digits and single hyphens, at most 39 characters.
+fn valid_login(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 39
+        && !s.starts_with('-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl RawGithub {
+    fn validate(self) -> Result<GithubConfig, String> {
+        if !valid_login(&self.bot_username) {
+            return Err(format!(
+                "key `bot_username`: \"{}\" is not a GitHub login (letters, digits, '-')",
+                self.bot_username
+            ));
+        }
+        for u in &self.authorized_users {
+            if !valid_login(u) {
+                return Err(format!(
+                    "key `authorized_users`: \"{u}\" is not a GitHub login"
+                ));
+            }
+        }
+        let api_url = self
+            .api_url
+            .unwrap_or_else(|| "https://api.github.com".to_string())
+            .trim_end_matches('/')
+            .to_string();
+        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+            return Err(format!(
+                "key `api_url`: \"{api_url}\" must start with https:// (or http:// for a local stand-in)"
+            ));
+        }
+        Ok(GithubConfig {
+            bot_username: self.bot_username,
+            authorized_users: self.authorized_users,
+            profile: self.profile,
+            api_url,
+        })
+    }
 }
 
 /// A tmpfs mount: target path and mount options (`size=64m,mode=1777`).
@@ -700,6 +768,15 @@ impl Config {
                         ConfigError::Top(format!("[engine]: {}", e.message()))
                     })?;
                 }
+                "github" => {
+                    let raw: RawGithub = value.try_into().map_err(|e: toml::de::Error| {
+                        ConfigError::Top(format!("[github]: {}", e.message()))
+                    })?;
+                    config.github = Some(
+                        raw.validate()
+                            .map_err(|m| ConfigError::Top(format!("[github] {m}")))?,
+                    );
+                }
                 "server" => {
                     if !value.is_table() {
                         return Err(ConfigError::Top(
@@ -733,7 +810,7 @@ impl Config {
                     }
                 }
                 other => {
-                    let expected = "`engine`, `server` or `profiles`";
+                    let expected = "`engine`, `server`, `profiles` or `github`";
                     return Err(ConfigError::Top(format!(
                         "unknown top-level key `{other}` (expected {expected})"
                     )));
@@ -749,6 +826,20 @@ impl Config {
             return Err(ConfigError::Top(
                 "no profiles: add at least one [profiles.NAME] with an `image`".into(),
             ));
+        }
+        if let Some(g) = &config.github {
+            if !config.profiles.contains_key(&g.profile) {
+                return Err(ConfigError::Top(format!(
+                    "[github] key `profile`: no profile \"{}\" (the config has: {})",
+                    g.profile,
+                    config
+                        .profiles
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         }
         Ok(config)
     }
@@ -805,6 +896,43 @@ mod tests {
         assert_eq!(p.network.as_deref(), Some("none"));
         assert_eq!(p.output_limit, DEFAULT_OUTPUT_LIMIT);
         assert_eq!((p.min_idle, p.max_containers), (2, 16));
+    }
+
+    #[test]
+    fn the_github_section() {
+        let base = "[profiles.claude]\nimage = \"x\"\n";
+        let c = Config::parse(&format!(
+            "{base}[github]\nbot_username = \"ClaudeBot\"\nauthorized_users = [\"alice\", \"bob\"]\nprofile = \"claude\"\n"
+        ))
+        .unwrap();
+        let g = c.github.unwrap();
+        assert_eq!(g.bot_username, "ClaudeBot");
+        assert_eq!(g.authorized_users, vec!["alice", "bob"]);
+        assert_eq!(g.api_url, "https://api.github.com");
+        let e = Config::parse(&format!(
+            "{base}[github]\nbot_username = \"B\"\nprofile = \"nope\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no profile \"nope\""), "{e}");
+        let e = Config::parse(&format!(
+            "{base}[github]\nbot_username = \"bad name\"\nprofile = \"claude\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bot_username"), "{e}");
+        let e = Config::parse(&format!(
+            "{base}[github]\nbot_username = \"B\"\nprofile = \"claude\"\napi_url = \"ftp://x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("api_url"), "{e}");
+        let e = Config::parse(&format!(
+            "{base}[github]\nbot_username = \"B\"\nprofile = \"claude\"\nsecret = \"no\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("secret"), "{e}");
     }
 
     #[test]
@@ -1069,7 +1197,7 @@ mod tests {
         assert!(e.contains("`server` must be a table"), "{e}");
         let e = err(&format!("[sever]\n{ONE_PROFILE}"));
         assert!(
-            e.contains("`sever`") && e.contains("`engine`, `server` or `profiles`"),
+            e.contains("`sever`") && e.contains("`engine`, `server`, `profiles` or `github`"),
             "{e}"
         );
     }

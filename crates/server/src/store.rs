@@ -29,7 +29,7 @@ pub const INTERRUPTED_ERROR: &str =
 pub const CANCELLED_ERROR: &str = "cancelled before it started";
 
 /// Schema version in `PRAGMA user_version`; bump it with a migration step.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a warmpool store ("wpjs"), so that another
 /// program's SQLite file in the data directory is refused, not migrated.
@@ -76,6 +76,20 @@ CREATE TABLE output (
     data   BLOB    NOT NULL
 );
 CREATE INDEX output_by_job ON output (job_id, stream, chunk);
+";
+
+/// Version 2: webhook deliveries (see [`DELIVERIES`]).
+const DELIVERIES: &str = "
+-- Webhook deliveries that started a job: a redelivery of the same id starts
+-- nothing, across restarts. `meta` is the front end's own JSON (where to
+-- answer); `answered` once the answer went out.
+CREATE TABLE deliveries (
+    id          TEXT    PRIMARY KEY,
+    job_id      TEXT    NOT NULL REFERENCES jobs (id),
+    meta        TEXT    NOT NULL,
+    received_at INTEGER NOT NULL,
+    answered    INTEGER NOT NULL DEFAULT 0
+);
 ";
 
 /// Columns read by [`record_from_row`], in its order.
@@ -490,6 +504,101 @@ impl Store {
         })
     }
 
+    /// Store a job started by a webhook delivery, in one transaction with the
+    /// delivery's id: `None` (and nothing stored) if that delivery was seen before.
+    pub fn insert_for_delivery(
+        &self,
+        delivery: &str,
+        meta: &str,
+        job: &NewJob,
+    ) -> Result<Option<String>, StoreError> {
+        let args = serde_json::to_string(&job.args).map_err(|source| StoreError::Encode {
+            what: "args",
+            source,
+        })?;
+        let env = serde_json::to_string(&job.env).map_err(|source| StoreError::Encode {
+            what: "env",
+            source,
+        })?;
+        let timeout_ms = job.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        self.write(Durability::Fsync, "store a delivery's job", |tx| {
+            let seen: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM deliveries WHERE id = ?1",
+                    params![delivery],
+                    |row| row.get(0),
+                )
+                .ctx("look a delivery up")?;
+            if seen > 0 {
+                return Ok(None);
+            }
+            let created_at = now_ms();
+            let mut attempt = 0;
+            let id = loop {
+                let id = new_id(created_at);
+                let inserted = tx.execute(
+                    "INSERT INTO jobs (id, profile, state, args, timeout_ms, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        id,
+                        job.profile,
+                        JobState::Queued.as_str(),
+                        args,
+                        timeout_ms,
+                        created_at
+                    ],
+                );
+                match inserted {
+                    Ok(_) => break id,
+                    Err(e) if is_constraint(&e) && attempt < 8 => attempt += 1,
+                    Err(e) => return Err(e).ctx("store a delivery's job"),
+                }
+            };
+            tx.execute(
+                "INSERT INTO job_input (job_id, env, stdin) VALUES (?1, ?2, ?3)",
+                params![id, env, job.stdin],
+            )
+            .ctx("store a new job's input")?;
+            tx.execute(
+                "INSERT INTO deliveries (id, job_id, meta, received_at) VALUES (?1, ?2, ?3, ?4)",
+                params![delivery, id, meta, created_at],
+            )
+            .ctx("store a delivery")?;
+            Ok(Some(id))
+        })
+    }
+
+    /// Deliveries whose job has not been answered yet: (delivery, job id, meta).
+    pub fn unanswered_deliveries(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .db
+            .prepare_cached(
+                "SELECT id, job_id, meta FROM deliveries WHERE answered = 0 ORDER BY received_at",
+            )
+            .ctx("read deliveries")?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .ctx("read deliveries")?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.ctx("read deliveries")?);
+        }
+        Ok(out)
+    }
+
+    /// The delivery's job has been answered (commented on).
+    pub fn mark_answered(&self, delivery: &str) -> Result<(), StoreError> {
+        self.write(Durability::Fsync, "mark a delivery answered", |tx| {
+            tx.execute(
+                "UPDATE deliveries SET answered = 1 WHERE id = ?1",
+                params![delivery],
+            )
+            .ctx("mark a delivery answered")?;
+            Ok(())
+        })
+    }
+
     /// The job and its input if it is queued; `None` if it is not (or unknown).
     pub fn queued(&self, id: &str) -> Result<Option<QueuedJob>, StoreError> {
         let conn = self.lock();
@@ -759,6 +868,11 @@ impl Store {
             )
             .ctx("prune old jobs' input")?;
             tx.execute(
+                &format!("DELETE FROM deliveries WHERE job_id IN ({old})"),
+                params![cutoff],
+            )
+            .ctx("prune old deliveries")?;
+            tx.execute(
                 "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at <= ?1",
                 params![cutoff],
             )
@@ -875,6 +989,7 @@ fn migrate(
             });
         }
         tx.execute_batch(SCHEMA).map_err(&open_error)?;
+        tx.execute_batch(DELIVERIES).map_err(&open_error)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(&open_error)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -890,7 +1005,12 @@ fn migrate(
             known: SCHEMA_VERSION,
         });
     }
-    // Migrations from older versions go here, one step per version.
+    // Migrations from older versions, one step per version.
+    if version == 1 {
+        tx.execute_batch(DELIVERIES).map_err(&open_error)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(&open_error)?;
+    }
     tx.commit().map_err(&open_error)
 }
 
@@ -1659,6 +1779,43 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_starts_one_job_across_reopens() {
+        let dir = TempDir::new();
+        let job = NewJob {
+            profile: "claude".into(),
+            ..NewJob::default()
+        };
+        let id = {
+            let store = Store::open(&dir.0).expect("open");
+            let id = store
+                .insert_for_delivery("d-1", "{}", &job)
+                .expect("insert")
+                .expect("new delivery");
+            assert_eq!(
+                store.insert_for_delivery("d-1", "{}", &job).expect("again"),
+                None
+            );
+            id
+        };
+        let store = Store::open(&dir.0).expect("reopen");
+        assert_eq!(
+            store
+                .insert_for_delivery("d-1", "{}", &job)
+                .expect("after a restart"),
+            None
+        );
+        let pending = store.unanswered_deliveries().expect("list");
+        assert_eq!(pending, vec![("d-1".to_string(), id, "{}".to_string())]);
+        store.mark_answered("d-1").expect("answer");
+        assert!(store.unanswered_deliveries().expect("list").is_empty());
+        assert_eq!(
+            store.list(None, None, 10).expect("list").len(),
+            1,
+            "one job"
+        );
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = TempDir::new();
         drop(Store::open(&dir.0).expect("open"));
@@ -1669,7 +1826,7 @@ mod tests {
         }
         let opened = Store::open(&dir.0);
         assert!(
-            matches!(opened, Err(StoreError::NewerSchema { found: 2, .. })),
+            matches!(opened, Err(StoreError::NewerSchema { found, .. }) if found == SCHEMA_VERSION + 1),
             "{opened:?}"
         );
     }
