@@ -43,6 +43,17 @@ pub enum ServiceError {
     Task(String),
 }
 
+/// What a front end (the GitHub bot) adds around its jobs: env it can only
+/// compute when the job starts, and an answer once the job has ended. Called for
+/// every job; a front end acts only on its own.
+#[async_trait::async_trait]
+pub trait JobHooks: Send + Sync + 'static {
+    /// Just before the job runs; `Err` fails the job with that reason.
+    async fn before_start(&self, job_id: &str, env: &mut Vec<(String, String)>) -> Result<(), String>;
+    /// After the job's end is stored.
+    async fn after_end(&self, job_id: &str);
+}
+
 /// Job counts by outcome, for /metrics.
 #[derive(Default)]
 pub struct Outcomes {
@@ -58,7 +69,8 @@ pub struct Service {
     /// Jobs accepted and not yet running, per profile (admission control).
     pending: Mutex<HashMap<String, usize>>,
     pub outcomes: Outcomes,
-    pub histograms: crate::metrics::Histograms,
+        pub histograms: crate::metrics::Histograms,
+    hooks: Mutex<Option<Arc<dyn JobHooks>>>,
     /// A job's env was wiped since the last checkpoint.
     wiped: std::sync::atomic::AtomicBool,
     tasks: TaskTracker,
@@ -88,11 +100,21 @@ impl Service {
             live: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             outcomes: Outcomes::default(),
-            histograms: Default::default(),
+                        histograms: Default::default(),
+            hooks: Mutex::new(None),
             wiped: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
         })
+    }
+
+        /// Install the front end's hooks (before `recover`, so recovered jobs get them).
+    pub fn set_hooks(&self, hooks: Arc<dyn JobHooks>) {
+        *lock(&self.hooks) = Some(hooks);
+    }
+
+    fn hooks(&self) -> Option<Arc<dyn JobHooks>> {
+        lock(&self.hooks).clone()
     }
 
     /// After a restart: running jobs become interrupted (their containers were
@@ -264,7 +286,10 @@ impl Service {
                     .entry(state.as_str())
                     .or_default() += 1;
             }
-            let _ = done_tx.send(true);
+                        let _ = done_tx.send(true);
+            if let Some(h) = svc.hooks() {
+                h.after_end(&id).await;
+            }
             let _ = profile;
         });
     }
@@ -315,6 +340,13 @@ impl Service {
                 }
             }
         }
+                let mut env = q.job.env.clone();
+        if let Some(h) = self.hooks() {
+            if let Err(msg) = h.before_start(&id, &mut env).await {
+                self.unpend(&profile_name);
+                return finish(JobState::Failed, Some(msg)).await;
+            }
+        }
         let claimed = tokio::select! {
             c = pool.claim() => c,
             _ = wait_cancelled(&cancelled) => {
@@ -342,8 +374,7 @@ impl Service {
             Ok(false) => return None,
             Err(e) => return finish(JobState::Failed, Some(e.to_string())).await,
         }
-        let mut env = q.job.env.clone();
-        env.extend(secrets.iter().cloned());
+                env.extend(secrets.iter().cloned());
         let job = Job {
             args: q.job.args.clone(),
             env,
