@@ -70,3 +70,18 @@ build noshell 'FROM scratch
 COPY jobtool /jobtool
 ENTRYPOINT ["/jobtool"]
 CMD ["args", "from", "cmd"]'
+
+# warmpool-test/agent: the stand-in for images/claude-code (which needs a
+# registry to build). Same job contract, busybox only: it checks the bot's
+# variables and secrets, writes a deterministic answer and the token's length
+# on stdout; "fail" / "sleep" in COMMAND fail it / make it sleep 30 s. See
+# agent-standin/entrypoint.sh.
+cp "$here/agent-standin/entrypoint.sh" "$ctx/agent-entrypoint.sh"
+chmod 0755 "$ctx/agent-entrypoint.sh"
+build agent 'FROM warmpool-test/busybox:latest
+COPY agent-entrypoint.sh /usr/local/bin/warmpool-agent
+RUN ["/bin/mkdir", "-p", "/workspace"]
+RUN ["/bin/chown", "1000:1000", "/workspace"]
+USER 1000:1000
+WORKDIR /workspace
+ENTRYPOINT ["/usr/local/bin/warmpool-agent"]'

@@ -5,7 +5,7 @@ mod common;
 
 use common::server::*;
 use common::*;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -366,4 +366,84 @@ fn sigterm_with_a_follower_attached_stops_within_the_grace() {
     s.spawn();
     let j = json(&s.get(&format!("/v1/jobs/{id}")).1);
     assert_eq!(j["state"], "interrupted", "{j}");
+}
+
+#[test]
+fn server_sent_events_carry_both_streams_and_the_end() {
+    let s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs",
+        r#"{"profile":"bb","args":["sh","-c","echo out1; echo err1 >&2; sleep 0.5; echo out2; exit 2"]}"#,
+    );
+    assert_eq!(code, 201);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (code, events) = s.curl(
+        &["-N", "-H", "Accept: text/event-stream"],
+        &format!("/v1/jobs/{id}/output?follow=true"),
+    );
+    assert_eq!(code, 200);
+    // Reassemble each stream from its events (data lines joined by newlines).
+    let mut out = String::new();
+    let mut err = String::new();
+    let mut end = None;
+    for block in events.split("\n\n").filter(|b| !b.is_empty()) {
+        let mut lines = block.lines();
+        let event = lines
+            .next()
+            .unwrap()
+            .strip_prefix("event: ")
+            .unwrap()
+            .to_string();
+        let data: Vec<&str> = lines
+            .map(|l| l.strip_prefix("data: ").unwrap_or(l))
+            .collect();
+        let data = data.join("\n");
+        match event.as_str() {
+            "stdout" => out.push_str(&data),
+            "stderr" => err.push_str(&data),
+            "end" => end = Some(json(&data)),
+            other => panic!("unknown event {other}"),
+        }
+    }
+    assert_eq!(out, "out1\nout2\n");
+    assert_eq!(err, "err1\n");
+    let end = end.expect("an end event");
+    assert_eq!(end["state"], "failed");
+    assert_eq!(end["exit_code"], 2);
+}
+
+#[test]
+fn the_openapi_document_is_valid() {
+    let s = Server::start("", &[]);
+    let (code, doc) = s.get("/v1/openapi.json");
+    assert_eq!(code, 200);
+    let v = json(&doc);
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/output",
+        "/v1/jobs/{id}/cancel",
+        "/v1/pools",
+    ] {
+        assert!(v["paths"][path].is_object(), "{path} is described");
+    }
+    // Validated by the reference validator (`.ci/run` installs it from PyPI).
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys; from openapi_spec_validator import validate; validate(json.load(sys.stdin)); print('valid')",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), doc.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenAPI document does not validate (pip install openapi-spec-validator if it is missing):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
 }

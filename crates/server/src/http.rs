@@ -78,7 +78,11 @@ pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
 
 /// The router: `/v1` behind the bearer token (when one is set), health and
 /// metrics open.
-pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
+pub fn router(
+    svc: Arc<Service>,
+    token: Option<String>,
+    bot: Option<Arc<crate::github::GithubBot>>,
+) -> Router {
     let v1 = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job))
@@ -90,7 +94,7 @@ pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
             get(|| async { Json(crate::openapi::document()) }),
         )
         .layer(middleware::from_fn_with_state(Arc::new(token), auth));
-    Router::new()
+    let api = Router::new()
         .merge(v1)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -99,7 +103,19 @@ pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
         .layer(DefaultBodyLimit::max(
             usize::try_from(svc.config.server.max_body).unwrap_or(DEFAULT_BODY_LIMIT),
         ))
-        .with_state(svc)
+        .with_state(svc.clone());
+    match bot {
+        // Authenticated by its signature, not the bearer token; GitHub's own size limit.
+        Some(bot) => Router::new()
+            .route(
+                "/webhooks/github",
+                post(crate::github::webhook)
+                    .layer(DefaultBodyLimit::max(crate::github::MAX_WEBHOOK_BODY)),
+            )
+            .with_state((svc, bot))
+            .merge(api),
+        None => api,
+    }
 }
 
 /// Bearer-token check, in constant time.

@@ -7,12 +7,14 @@
 //!   cancel, recover.
 //! - [`http`]: the routes (axum), auth, errors as `{"error": ...}`.
 //! - [`metrics`]: Prometheus text.
+//! - [`github`]: the @mention bot's webhook, on top of the same service.
 //! - [`openapi`]: the API described, served at `/v1/openapi.json`.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start the
 //! real server on `127.0.0.1:0`.
 
 pub mod api;
+pub mod github;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
@@ -30,9 +32,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     svc: Arc<Service>,
     token: Option<String>,
+    bot: Option<Arc<github::GithubBot>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::router(svc, token))
+    axum::serve(listener, http::router(svc, token, bot))
         .with_graceful_shutdown(shutdown)
         .await
 }

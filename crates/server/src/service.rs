@@ -49,7 +49,11 @@ pub enum ServiceError {
 #[async_trait::async_trait]
 pub trait JobHooks: Send + Sync + 'static {
     /// Just before the job runs; `Err` fails the job with that reason.
-    async fn before_start(&self, job_id: &str, env: &mut Vec<(String, String)>) -> Result<(), String>;
+    async fn before_start(
+        &self,
+        job_id: &str,
+        env: &mut Vec<(String, String)>,
+    ) -> Result<(), String>;
     /// After the job's end is stored.
     async fn after_end(&self, job_id: &str);
 }
@@ -69,7 +73,7 @@ pub struct Service {
     /// Jobs accepted and not yet running, per profile (admission control).
     pending: Mutex<HashMap<String, usize>>,
     pub outcomes: Outcomes,
-        pub histograms: crate::metrics::Histograms,
+    pub histograms: crate::metrics::Histograms,
     hooks: Mutex<Option<Arc<dyn JobHooks>>>,
     /// A job's env was wiped since the last checkpoint.
     wiped: std::sync::atomic::AtomicBool,
@@ -100,7 +104,7 @@ impl Service {
             live: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             outcomes: Outcomes::default(),
-                        histograms: Default::default(),
+            histograms: Default::default(),
             hooks: Mutex::new(None),
             wiped: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
@@ -108,7 +112,7 @@ impl Service {
         })
     }
 
-        /// Install the front end's hooks (before `recover`, so recovered jobs get them).
+    /// Install the front end's hooks (before `recover`, so recovered jobs get them).
     pub fn set_hooks(&self, hooks: Arc<dyn JobHooks>) {
         *lock(&self.hooks) = Some(hooks);
     }
@@ -250,6 +254,50 @@ impl Service {
         .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
+    /// Accept a job started by a webhook delivery: stored with the delivery's id
+    /// in one transaction; `Ok(None)` (and nothing started) for a redelivery.
+    /// `on_stored` runs with the new id before the job can start.
+    pub async fn submit_for_delivery(
+        self: &Arc<Self>,
+        delivery: &str,
+        meta: &str,
+        job: NewJob,
+        on_stored: impl FnOnce(&str),
+    ) -> Result<Option<String>, ServiceError> {
+        if self.stopping.is_cancelled() {
+            return Err(ServiceError::ShuttingDown);
+        }
+        *lock(&self.pending).entry(job.profile.clone()).or_default() += 1;
+        let store = self.store.clone();
+        let stored = job_clone(&job);
+        let (d, m) = (delivery.to_string(), meta.to_string());
+        // Detached, as `submit`: a delivery stored is a delivery run.
+        let inserted = tokio::spawn(async move {
+            blocking(move || store.insert_for_delivery(&d, &m, &stored)).await
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?;
+        match inserted {
+            Ok(Some(id)) => {
+                on_stored(&id);
+                self.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
+                self.spawn_run(QueuedJob {
+                    id: id.clone(),
+                    job,
+                });
+                Ok(Some(id))
+            }
+            Ok(None) => {
+                self.unpend(&job.profile);
+                Ok(None)
+            }
+            Err(e) => {
+                self.unpend(&job.profile);
+                Err(e)
+            }
+        }
+    }
+
     fn unpend(&self, profile: &str) {
         if let Some(n) = lock(&self.pending).get_mut(profile) {
             *n = n.saturating_sub(1);
@@ -286,7 +334,7 @@ impl Service {
                     .entry(state.as_str())
                     .or_default() += 1;
             }
-                        let _ = done_tx.send(true);
+            let _ = done_tx.send(true);
             if let Some(h) = svc.hooks() {
                 h.after_end(&id).await;
             }
@@ -340,7 +388,7 @@ impl Service {
                 }
             }
         }
-                let mut env = q.job.env.clone();
+        let mut env = q.job.env.clone();
         if let Some(h) = self.hooks() {
             if let Err(msg) = h.before_start(&id, &mut env).await {
                 self.unpend(&profile_name);
@@ -374,7 +422,7 @@ impl Service {
             Ok(false) => return None,
             Err(e) => return finish(JobState::Failed, Some(e.to_string())).await,
         }
-                env.extend(secrets.iter().cloned());
+        env.extend(secrets.iter().cloned());
         let job = Job {
             args: q.job.args.clone(),
             env,
@@ -556,7 +604,7 @@ fn job_clone(j: &NewJob) -> NewJob {
 }
 
 /// A secret from the server's environment: `NAME`, or the file `NAME_FILE` names.
-fn read_secret(name: &str) -> Result<String, String> {
+pub(crate) fn read_secret(name: &str) -> Result<String, String> {
     if let Ok(v) = std::env::var(name) {
         return Ok(v);
     }

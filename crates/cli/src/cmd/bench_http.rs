@@ -107,6 +107,7 @@ pub async fn measure(
         listener,
         svc.clone(),
         None,
+        None,
         async move { stopped.cancelled().await },
     ));
     let result = async {

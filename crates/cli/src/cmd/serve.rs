@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use warmpool_pool::Pools;
+use warmpool_server::github::GithubBot;
 use warmpool_server::store::Store;
 use warmpool_server::Service;
 
@@ -61,6 +62,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
     let svc = Service::new(config.clone(), store, pools.clone());
+    // The GitHub bot, when configured: its hooks go in before jobs are recovered.
+    let bot = match &config.github {
+        Some(g) => match GithubBot::from_env(g.clone(), &svc) {
+            Ok(bot) => {
+                svc.set_hooks(bot.clone());
+                Some(bot)
+            }
+            Err(e) => {
+                svc.shutdown(config.server.shutdown_grace).await;
+                anyhow::bail!("[github]: {e}");
+            }
+        },
+        None => None,
+    };
     let recovered = svc.recover().await;
     let (queued, interrupted) = match recovered {
         Ok(r) => r,
@@ -72,6 +87,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     };
     svc.start_retention();
     svc.start_checkpoints();
+    if let Some(bot) = &bot {
+        bot.recover().await;
+        tracing::info!("the GitHub bot answers on POST /webhooks/github");
+    }
     if queued + interrupted > 0 {
         tracing::info!(queued, interrupted, "recovered jobs from the store");
     }
@@ -86,6 +105,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         listener,
         svc.clone(),
         token,
+        bot,
         async move { http_stop.cancelled().await },
     ));
     stop.cancelled().await;

@@ -1,0 +1,402 @@
+//! The GitHub bot end to end: GitHub's documented example payloads, signed with a
+//! test secret, to the real server and engine; a local HTTP server stands in for
+//! the GitHub API (it records every request and checks the token); the stand-in
+//! agent image runs the job.
+
+mod common;
+
+use common::server::*;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "test-webhook-secret";
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    auth: String,
+    body: String,
+}
+
+/// The GitHub API stand-in: records requests; comment posts get `comment_statuses`
+/// in turn (then 201).
+struct FakeGitHub {
+    url: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl FakeGitHub {
+    fn start(comment_statuses: Vec<u16>) -> FakeGitHub {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let statuses = Arc::new(Mutex::new(comment_statuses));
+        let recorded = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (recorded, statuses) = (recorded.clone(), statuses.clone());
+                std::thread::spawn(move || serve_conn(conn, recorded, statuses));
+            }
+        });
+        FakeGitHub { url, requests }
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, what: &str, n: usize, pred: impl Fn(&Recorded) -> bool) -> Vec<Recorded> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found: Vec<_> = self.requests().into_iter().filter(|r| pred(r)).collect();
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what}: {:?}",
+                self.requests()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn serve_conn(
+    conn: std::net::TcpStream,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    statuses: Arc<Mutex<Vec<u16>>>,
+) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let (mut length, mut auth) = (0usize, String::new());
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.trim().parse().unwrap_or(0),
+                    "authorization" => auth = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+        recorded.lock().unwrap().push(Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            auth,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        let (status, reply) = if path.contains("/comments")
+            && method == "POST"
+            && !path.contains("/reactions")
+        {
+            let s = {
+                let mut q = statuses.lock().unwrap();
+                if q.is_empty() {
+                    201
+                } else {
+                    q.remove(0)
+                }
+            };
+            (s, r#"{"id": 1}"#.to_string())
+        } else if path.contains("/reactions") {
+            (201, r#"{"id": 2, "content": "eyes"}"#.to_string())
+        } else if method == "GET" && path.contains("/pulls/") {
+            (200, r#"{"head": {"ref": "feature-x", "sha": "abc123", "repo": {"full_name": "Codertocat/Hello-World"}}}"#.to_string())
+        } else {
+            (404, r#"{"message": "Not Found"}"#.to_string())
+        };
+        let reason = match status {
+            200 => "OK",
+            201 => "Created",
+            502 => "Bad Gateway",
+            _ => "Other",
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// An example payload of `event` with `action` from GitHub's documented examples.
+fn example(event: &str, action: &str) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/github-webhooks/api.github.com.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the webhook fixtures are missing at {}: {e}",
+            path.display()
+        )
+    });
+    let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == event)
+        .flat_map(|e| e["examples"].as_array().unwrap().clone())
+        .find(|ex| ex["action"] == action)
+        .unwrap_or_else(|| panic!("no {event}.{action} example"))
+}
+
+struct Bot {
+    server: Server,
+    github: FakeGitHub,
+    token: String,
+}
+
+fn start_bot(authorized: &str, comment_statuses: Vec<u16>) -> Bot {
+    let github = FakeGitHub::start(comment_statuses);
+    let token = unique("ghtoken");
+    let server = Server::start(
+        &format!(
+            r#"
+[profiles.agent]
+image = "warmpool-test/agent:latest"
+network = "none"
+secret_env = ["GITHUB_TOKEN", "ANTHROPIC_API_KEY"]
+
+[github]
+bot_username = "ClaudeBot"
+authorized_users = ["{authorized}"]
+profile = "agent"
+api_url = "{}"
+"#,
+            github.url
+        ),
+        &[
+            ("GITHUB_WEBHOOK_SECRET", SECRET),
+            ("GITHUB_TOKEN", &token),
+            ("ANTHROPIC_API_KEY", "anthropic-test-key"),
+        ],
+    );
+    Bot {
+        server,
+        github,
+        token,
+    }
+}
+
+impl Bot {
+    /// Deliver `payload` as `event` with `delivery`; `signature` overrides the real one.
+    fn deliver(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let path = self.server.dir.join(unique("payload"));
+        std::fs::write(&path, body).unwrap();
+        let sig = match signature {
+            Some(s) => s.to_string(),
+            None => warmpool_github::sign(SECRET.as_bytes(), body),
+        };
+        let mut args = vec![
+            "-X".to_string(),
+            "POST".into(),
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "-H".into(),
+            format!("X-GitHub-Event: {event}"),
+            "-H".into(),
+            format!("X-GitHub-Delivery: {delivery}"),
+            "--data-binary".into(),
+            format!("@{}", path.display()),
+        ];
+        if !sig.is_empty() {
+            args.push("-H".into());
+            args.push(format!("X-Hub-Signature-256: {sig}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.server.curl(&args, "/webhooks/github");
+        let _ = std::fs::remove_file(&path);
+        out
+    }
+
+    fn jobs(&self) -> Vec<serde_json::Value> {
+        json(&self.server.get("/v1/jobs?profile=agent").1)
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn mention(event: &str, action: &str, body: &str) -> Vec<u8> {
+    let mut p = example(event, action);
+    if p.get("comment").is_some() {
+        p["comment"]["body"] = body.into();
+    } else {
+        p["issue"]["body"] = body.into();
+    }
+    serde_json::to_vec(&p).unwrap()
+}
+
+#[test]
+fn a_mention_reacts_runs_the_agent_and_answers() {
+    let bot = start_bot("Codertocat", vec![502, 502]);
+    let body = mention(
+        "issue_comment",
+        "created",
+        "@ClaudeBot please fix the broken test",
+    );
+    let (code, resp) = bot.deliver("issue_comment", "d-1", &body, None);
+    assert_eq!(code, 202, "{resp}\n{}", bot.server.log());
+    let job = json(&resp)["job"].as_str().unwrap().to_string();
+    // The eyes reaction on the comment.
+    let reactions = bot
+        .github
+        .wait_for("eyes reaction", 1, |r| r.path.contains("/reactions"));
+    assert!(
+        reactions[0]
+            .path
+            .starts_with("/repos/Codertocat/Hello-World/issues/comments/"),
+        "{:?}",
+        reactions[0]
+    );
+    assert!(reactions[0].body.contains("eyes"));
+    // GitHub answers 502 twice, then 201: three posts, the answer in each.
+    let posts = bot.github.wait_for("answer comment", 3, |r| {
+        r.method == "POST" && r.path.ends_with("/comments") && !r.path.contains("/issues/comments")
+    });
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    let answer = &posts[2].body;
+    assert!(answer.contains("Answer for Codertocat/Hello-World#1 (pr=false, branch=, op=default): please fix the broken test"), "{answer}");
+    assert!(
+        answer.contains(&format!("token-length: {}", bot.token.len())),
+        "{answer}"
+    );
+    for r in bot.github.requests() {
+        assert_eq!(
+            r.auth,
+            format!("Bearer {}", bot.token),
+            "the token on every call: {r:?}"
+        );
+        assert!(!r.body.contains(&bot.token), "the token in a request body");
+    }
+    // One job, with the right env (the agent wrote it back), succeeded.
+    let jobs = bot.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], job.as_str());
+    let j = json(&bot.server.get(&format!("/v1/jobs/{job}")).1);
+    assert_eq!(j["state"], "succeeded", "{j}");
+}
+
+#[test]
+fn redeliveries_start_nothing_even_after_a_restart() {
+    let mut bot = start_bot("Codertocat", vec![]);
+    let body = mention("issue_comment", "created", "@ClaudeBot summarize");
+    assert_eq!(bot.deliver("issue_comment", "d-dup", &body, None).0, 202);
+    let (code, resp) = bot.deliver("issue_comment", "d-dup", &body, None);
+    assert_eq!(code, 200);
+    assert!(resp.contains("duplicate"), "{resp}");
+    bot.server.signal(15);
+    bot.server.spawn();
+    let (code, resp) = bot.deliver("issue_comment", "d-dup", &body, None);
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("duplicate"), "{resp}");
+    assert_eq!(bot.jobs().len(), 1, "one job for one delivery");
+}
+
+#[test]
+fn signatures_authors_and_bad_bodies() {
+    let bot = start_bot("someone-else", vec![]);
+    let body = mention("issue_comment", "created", "@ClaudeBot do it");
+    // Missing and wrong signatures: 401, nothing else.
+    let (code, _) = bot.deliver("issue_comment", "d-s1", &body, Some(""));
+    assert_eq!(code, 401);
+    let (code, _) = bot.deliver("issue_comment", "d-s2", &body, Some("sha256=0000"));
+    assert_eq!(code, 401);
+    // An unauthorized author gets a polite comment and no job.
+    let (code, resp) = bot.deliver("issue_comment", "d-u", &body, None);
+    assert_eq!(code, 200, "{resp}");
+    let polite = bot.github.wait_for("polite comment", 1, |r| {
+        r.method == "POST" && r.path.ends_with("/issues/1/comments")
+    });
+    assert!(polite[0].body.contains("Codertocat"), "{:?}", polite[0]);
+    // The bot's own comment is ignored.
+    let mut own = example("issue_comment", "created");
+    own["comment"]["body"] = "@ClaudeBot loop forever".into();
+    own["comment"]["user"]["login"] = "ClaudeBot".into();
+    let (code, resp) = bot.deliver(
+        "issue_comment",
+        "d-own",
+        &serde_json::to_vec(&own).unwrap(),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(resp.contains("ignored"), "{resp}");
+    // Malformed JSON, signed: 400.
+    let (code, _) = bot.deliver("issue_comment", "d-bad", b"{not json", None);
+    assert_eq!(code, 400);
+    // Ping.
+    let (code, resp) = bot.deliver(
+        "ping",
+        "d-ping",
+        br#"{"zen": "Keep it logically awesome."}"#,
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(resp.contains("pong"), "{resp}");
+    // A 30 MB body: 413.
+    let big = vec![b' '; 30 * 1024 * 1024];
+    let (code, _) = bot.deliver("issue_comment", "d-big", &big, None);
+    assert_eq!(code, 413);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(bot.jobs().is_empty(), "no job from any of these");
+}
+
+#[test]
+fn a_pull_request_comment_runs_on_its_head_branch() {
+    let bot = start_bot("Codertocat", vec![]);
+    let mut p = example("issue_comment", "created");
+    p["comment"]["body"] = "@ClaudeBot review this".into();
+    p["issue"]["pull_request"] =
+        serde_json::json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/1"});
+    let (code, resp) = bot.deliver(
+        "issue_comment",
+        "d-pr",
+        &serde_json::to_vec(&p).unwrap(),
+        None,
+    );
+    assert_eq!(code, 202, "{resp}");
+    let posts = bot.github.wait_for("answer", 1, |r| {
+        r.method == "POST" && r.path.ends_with("/issues/1/comments")
+    });
+    assert!(
+        posts[0]
+            .body
+            .contains("(pr=true, branch=feature-x, op=default): review this"),
+        "{:?}",
+        posts[0]
+    );
+    assert!(bot
+        .github
+        .requests()
+        .iter()
+        .any(|r| r.method == "GET" && r.path.ends_with("/pulls/1")));
+}

@@ -1,0 +1,26 @@
+//! The GitHub @mention bot's building blocks: everything it decides, and the
+//! REST client it acts through. The webhook endpoint and the job runs live elsewhere.
+//!
+//! - [`signature`]: `X-Hub-Signature-256` over the raw body, checked before anything is parsed.
+//! - [`event`]: a delivery becomes [`Event::Ping`], [`Event::Ignored`] (with why) or a
+//!   [`Trigger`]: repository, issue or pull request, command, author, what to react to.
+//! - [`repo`]: the names that go into API URLs ([`RepoName`], [`BotName`]), checked on entry.
+//! - [`comment`]: the answer, failure and refusal comments (bot mentions defanged,
+//!   GitHub's length limit kept).
+//! - [`api`]: [`GitHubClient`], the three calls with retries and rate-limit waits.
+//!
+//! Only [`api`] does I/O; the rest is pure and tested in microseconds.
+
+pub mod api;
+pub mod comment;
+pub mod event;
+pub mod repo;
+pub mod signature;
+
+pub use api::{ApiError, GitHubClient, PullRequestHead, Reaction, RetryPolicy};
+pub use comment::{
+    answer_comment, failure_comment, unauthorized_comment, Failure, MAX_COMMENT_CHARS,
+};
+pub use event::{authorized, Event, EventError, ReactionTarget, Trigger};
+pub use repo::{BotName, NameError, RepoName};
+pub use signature::{sign, verify, SignatureError};

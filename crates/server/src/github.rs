@@ -1,0 +1,304 @@
+//! The GitHub @mention bot on `POST /webhooks/github`: a delivery is verified,
+//! de-duplicated by its id, stored with its job and answered 202 at once; the
+//! job runs through the service like any other; its end is answered with a
+//! comment. The decisions live in `warmpool-github`; this module only wires them.
+
+use crate::service::{read_secret, JobHooks, Service};
+use crate::store::{JobState, NewJob};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use warmpool_core::config::GithubConfig;
+use warmpool_github::{
+    answer_comment, authorized, failure_comment, unauthorized_comment, verify, BotName, Event,
+    Failure, GitHubClient, Reaction, RepoName, Trigger,
+};
+
+/// GitHub refuses to send more; anything larger is not a real delivery.
+pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;
+
+/// Where a delivery's job is answered; stored with the delivery (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    repo: String,
+    issue_number: u64,
+    is_pull_request: bool,
+    /// Known from the payload (review comments); else looked up when the job starts.
+    branch: Option<String>,
+}
+
+pub struct GithubBot {
+    config: GithubConfig,
+    bot: BotName,
+    secret: Vec<u8>,
+    api: GitHubClient,
+    svc: Weak<Service>,
+    /// Jobs of this bot not answered yet, by job id: (delivery id, meta).
+    jobs: Mutex<HashMap<String, (String, Meta)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GithubBot {
+    /// The bot for `[github]`, its secrets from the environment.
+    pub fn from_env(config: GithubConfig, svc: &Arc<Service>) -> Result<Arc<GithubBot>, String> {
+        let secret = read_secret("GITHUB_WEBHOOK_SECRET")?;
+        let token = read_secret("GITHUB_TOKEN")?;
+        if secret.is_empty() {
+            return Err("GITHUB_WEBHOOK_SECRET is empty: anyone could sign deliveries".into());
+        }
+        let bot = BotName::new(&config.bot_username).map_err(|e| e.to_string())?;
+        let api =
+            GitHubClient::with_base_url(&config.api_url, &token).map_err(|e| e.to_string())?;
+        Ok(Arc::new(GithubBot {
+            config,
+            bot,
+            secret: secret.into_bytes(),
+            api,
+            svc: Arc::downgrade(svc),
+            jobs: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// After a restart: pick up the deliveries not answered yet; answer those
+    /// whose job has already ended.
+    pub async fn recover(self: &Arc<Self>) {
+        let Some(svc) = self.svc.upgrade() else {
+            return;
+        };
+        let store = svc.store.clone();
+        let pending = tokio::task::spawn_blocking(move || store.unanswered_deliveries()).await;
+        let pending = match pending {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return tracing::warn!(error = %e, "reading unanswered deliveries failed"),
+            Err(e) => return tracing::warn!(error = %e, "reading unanswered deliveries failed"),
+        };
+        for (delivery, job, meta) in pending {
+            match serde_json::from_str::<Meta>(&meta) {
+                Ok(m) => {
+                    lock(&self.jobs).insert(job.clone(), (delivery, m));
+                }
+                Err(e) => tracing::warn!(%delivery, error = %e, "an unreadable delivery record"),
+            }
+            let bot = self.clone();
+            tokio::spawn(async move {
+                if bot.job_ended(&job).await {
+                    bot.after_end(&job).await;
+                }
+            });
+        }
+    }
+
+    async fn job_ended(&self, job: &str) -> bool {
+        let Some(svc) = self.svc.upgrade() else {
+            return false;
+        };
+        let store = svc.store.clone();
+        let id = job.to_string();
+        matches!(
+            tokio::task::spawn_blocking(move || store.get(&id, false)).await,
+            Ok(Ok(Some(r))) if r.state.is_final()
+        )
+    }
+
+    /// Post a comment in the background (errors are logged: the job is not at stake).
+    fn comment_later(self: &Arc<Self>, repo: RepoName, issue: u64, body: String) {
+        let bot = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bot.api.post_comment(&repo, issue, &body).await {
+                tracing::warn!(repo = %repo, issue, error = %e, "posting a comment failed");
+            }
+        });
+    }
+
+    async fn accept(self: &Arc<Self>, svc: &Arc<Service>, delivery: &str, t: Trigger) -> Response {
+        if !authorized(&t.author, &self.config.authorized_users) {
+            tracing::info!(author = %t.author, repo = %t.repo_full_name, "a mention by an unauthorized user");
+            self.comment_later(
+                t.repo_full_name.clone(),
+                t.issue_number,
+                unauthorized_comment(&t.author),
+            );
+            return note(
+                StatusCode::OK,
+                "the author may not trigger jobs; told them so",
+            );
+        }
+        let meta = Meta {
+            repo: t.repo_full_name.to_string(),
+            issue_number: t.issue_number,
+            is_pull_request: t.is_pull_request,
+            branch: t.branch.clone(),
+        };
+        let env = vec![
+            ("REPO_FULL_NAME".to_string(), meta.repo.clone()),
+            ("ISSUE_NUMBER".to_string(), t.issue_number.to_string()),
+            ("IS_PULL_REQUEST".to_string(), t.is_pull_request.to_string()),
+            ("COMMAND".to_string(), t.command.clone()),
+            ("OPERATION_TYPE".to_string(), "default".to_string()),
+            ("BOT_USERNAME".to_string(), self.config.bot_username.clone()),
+        ];
+        let job = NewJob {
+            profile: self.config.profile.clone(),
+            args: Vec::new(),
+            env,
+            stdin: None,
+            timeout_ms: None,
+        };
+        let meta_json = match serde_json::to_string(&meta) {
+            Ok(j) => j,
+            Err(e) => return note(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        // The job is registered before it can start, so its hooks find it.
+        let stored = svc.submit_for_delivery(delivery, &meta_json, job, |id| {
+            lock(&self.jobs).insert(id.to_string(), (delivery.to_string(), meta.clone()));
+        });
+        match stored.await {
+            Ok(Some(id)) => {
+                // Seen: an eyes reaction, in the background.
+                let bot = self.clone();
+                let (repo, target) = (t.repo_full_name.clone(), t.reaction_target);
+                tokio::spawn(async move {
+                    if let Err(e) = bot.api.add_reaction(&repo, target, Reaction::Eyes).await {
+                        tracing::warn!(repo = %repo, error = %e, "adding the eyes reaction failed");
+                    }
+                });
+                (
+                    StatusCode::ACCEPTED,
+                    Json(serde_json::json!({ "job": id, "state": "queued" })),
+                )
+                    .into_response()
+            }
+            Ok(None) => note(
+                StatusCode::OK,
+                "duplicate: this delivery was handled already",
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a delivery failed");
+                note(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+            }
+        }
+    }
+}
+
+fn note(status: StatusCode, text: &str) -> Response {
+    let key = if status.is_success() { "note" } else { "error" };
+    (status, Json(serde_json::json!({ key: text }))).into_response()
+}
+
+#[async_trait::async_trait]
+impl JobHooks for GithubBot {
+    async fn before_start(
+        &self,
+        job_id: &str,
+        env: &mut Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let meta = lock(&self.jobs).get(job_id).map(|(_, m)| m.clone());
+        let Some(meta) = meta else { return Ok(()) };
+        let branch = match (&meta.branch, meta.is_pull_request) {
+            (Some(b), _) => b.clone(),
+            (None, true) => {
+                let repo = RepoName::parse(&meta.repo).map_err(|e| e.to_string())?;
+                self.api
+                    .pull_request_head(&repo, meta.issue_number)
+                    .await
+                    .map(|h| h.branch)
+                    .map_err(|e| format!("looking up the pull request's branch failed: {e}"))?
+            }
+            (None, false) => String::new(),
+        };
+        env.push(("BRANCH_NAME".to_string(), branch));
+        Ok(())
+    }
+
+    async fn after_end(&self, job_id: &str) {
+        let entry = lock(&self.jobs).get(job_id).cloned();
+        let Some((delivery, meta)) = entry else {
+            return;
+        };
+        let Some(svc) = self.svc.upgrade() else {
+            return;
+        };
+        let store = svc.store.clone();
+        let id = job_id.to_string();
+        let record = match tokio::task::spawn_blocking(move || store.get(&id, true)).await {
+            Ok(Ok(Some(r))) => r,
+            _ => return tracing::warn!(job = %job_id, "the job to answer is not in the store"),
+        };
+        if !record.state.is_final() {
+            // Stopped mid-job (shutdown): answered after the restart.
+            return;
+        }
+        let body = match record.state {
+            JobState::Succeeded => {
+                answer_comment(&String::from_utf8_lossy(&record.stdout), job_id, &self.bot)
+            }
+            JobState::TimedOut => failure_comment(job_id, Failure::TimedOut),
+            JobState::Cancelled => failure_comment(job_id, Failure::Cancelled),
+            JobState::Interrupted => failure_comment(job_id, Failure::Interrupted),
+            _ if record.started_at.is_none() => failure_comment(job_id, Failure::NotStarted),
+            _ => failure_comment(
+                job_id,
+                Failure::Failed {
+                    exit_code: record.exit_code,
+                },
+            ),
+        };
+        let Ok(repo) = RepoName::parse(&meta.repo) else {
+            return;
+        };
+        match self.api.post_comment(&repo, meta.issue_number, &body).await {
+            Ok(()) => {
+                lock(&self.jobs).remove(job_id);
+                let store = svc.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.mark_answered(&delivery)).await;
+            }
+            // Left unanswered in the store: tried again after a restart.
+            Err(e) => tracing::warn!(job = %job_id, error = %e, "posting the answer failed"),
+        }
+    }
+}
+
+/// `POST /webhooks/github`.
+pub async fn webhook(
+    State((svc, bot)): State<(Arc<Service>, Arc<GithubBot>)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Nothing is parsed before the signature holds.
+    if let Err(e) = verify(&bot.secret, &body, header("x-hub-signature-256")) {
+        return note(StatusCode::UNAUTHORIZED, &format!("signature: {e}"));
+    }
+    let Some(event) = header("x-github-event") else {
+        return note(StatusCode::BAD_REQUEST, "missing X-GitHub-Event");
+    };
+    let payload: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return note(
+                StatusCode::BAD_REQUEST,
+                &format!("the payload is not JSON: {e}"),
+            )
+        }
+    };
+    match Event::from_webhook(event, &payload, &bot.bot) {
+        Ok(Event::Ping) => note(StatusCode::OK, "pong"),
+        Ok(Event::Ignored(why)) => note(StatusCode::OK, &format!("ignored: {why}")),
+        Ok(Event::Trigger(t)) => {
+            let Some(delivery) = header("x-github-delivery").filter(|d| !d.is_empty()) else {
+                return note(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
+            };
+            let delivery = delivery.to_string();
+            bot.accept(&svc, &delivery, t).await
+        }
+        Err(e) => note(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
