@@ -179,6 +179,7 @@ fn start_bot(authorized: &str, comment_statuses: Vec<u16>) -> Bot {
 image = "warmpool-test/agent:latest"
 network = "none"
 secret_env = ["GITHUB_TOKEN", "ANTHROPIC_API_KEY"]
+labels = {{ "{TEST_LABEL}" = "@LABEL@" }}
 
 [github]
 bot_username = "ClaudeBot"

@@ -29,6 +29,8 @@ impl Server {
     pub fn start(extra: &str, env: &[(&str, &str)]) -> Server {
         ensure_images();
         let label = unique("srv");
+        // Extra profiles carry this server's test label too: "@LABEL@" stands for it.
+        let extra = extra.replace("@LABEL@", &label);
         let instance = unique("srvinst");
         let dir = std::env::temp_dir().join(&label);
         std::fs::create_dir_all(&dir).unwrap();
