@@ -409,6 +409,63 @@ impl fmt::Debug for Store {
     }
 }
 
+/// A new job's columns, encoded once, and its insertion (job row and input).
+struct JobRow {
+    args: String,
+    env: String,
+    timeout_ms: Option<i64>,
+}
+
+impl JobRow {
+    fn encode(job: &NewJob) -> Result<JobRow, StoreError> {
+        Ok(JobRow {
+            args: serde_json::to_string(&job.args).map_err(|source| StoreError::Encode {
+                what: "args",
+                source,
+            })?,
+            env: serde_json::to_string(&job.env).map_err(|source| StoreError::Encode {
+                what: "env",
+                source,
+            })?,
+            timeout_ms: job.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        })
+    }
+
+    /// Insert the job (queued) and its input; its new id.
+    fn insert(&self, tx: &Transaction<'_>, job: &NewJob) -> Result<String, StoreError> {
+        let created_at = now_ms();
+        // A clash needs two jobs in the same millisecond drawing the same 32
+        // random bits; draw again rather than fail the request.
+        let mut attempt = 0;
+        let id = loop {
+            let id = new_id(created_at);
+            let inserted = tx.execute(
+                "INSERT INTO jobs (id, profile, state, args, timeout_ms, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id,
+                    job.profile,
+                    JobState::Queued.as_str(),
+                    self.args,
+                    self.timeout_ms,
+                    created_at
+                ],
+            );
+            match inserted {
+                Ok(_) => break id,
+                Err(e) if is_constraint(&e) && attempt < 8 => attempt += 1,
+                Err(e) => return Err(e).ctx("store a new job"),
+            }
+        };
+        tx.execute(
+            "INSERT INTO job_input (job_id, env, stdin) VALUES (?1, ?2, ?3)",
+            params![id, self.env, job.stdin],
+        )
+        .ctx("store a new job's input")?;
+        Ok(id)
+    }
+}
+
 impl Store {
     /// Opens (or creates) `data_dir/jobs.sqlite3`, creating `data_dir` if needed
     /// (private to the user: queued jobs' env values are in the file).
@@ -461,46 +518,9 @@ impl Store {
     /// Stores a new queued job and returns its id. The job is on disk when this
     /// returns, so it may be acknowledged.
     pub fn insert(&self, job: &NewJob) -> Result<String, StoreError> {
-        let args = serde_json::to_string(&job.args).map_err(|source| StoreError::Encode {
-            what: "args",
-            source,
-        })?;
-        let env = serde_json::to_string(&job.env).map_err(|source| StoreError::Encode {
-            what: "env",
-            source,
-        })?;
-        let timeout_ms = job.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let row = JobRow::encode(job)?;
         self.write(Durability::Fsync, "store a new job", |tx| {
-            let created_at = now_ms();
-            // A clash needs two jobs in the same millisecond drawing the same 32
-            // random bits; draw again rather than fail the request.
-            let mut attempt = 0;
-            let id = loop {
-                let id = new_id(created_at);
-                let inserted = tx.execute(
-                    "INSERT INTO jobs (id, profile, state, args, timeout_ms, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        id,
-                        job.profile,
-                        JobState::Queued.as_str(),
-                        args,
-                        timeout_ms,
-                        created_at
-                    ],
-                );
-                match inserted {
-                    Ok(_) => break id,
-                    Err(e) if is_constraint(&e) && attempt < 8 => attempt += 1,
-                    Err(e) => return Err(e).ctx("store a new job"),
-                }
-            };
-            tx.execute(
-                "INSERT INTO job_input (job_id, env, stdin) VALUES (?1, ?2, ?3)",
-                params![id, env, job.stdin],
-            )
-            .ctx("store a new job's input")?;
-            Ok(id)
+            row.insert(tx, job)
         })
     }
 
@@ -512,15 +532,7 @@ impl Store {
         meta: &str,
         job: &NewJob,
     ) -> Result<Option<String>, StoreError> {
-        let args = serde_json::to_string(&job.args).map_err(|source| StoreError::Encode {
-            what: "args",
-            source,
-        })?;
-        let env = serde_json::to_string(&job.env).map_err(|source| StoreError::Encode {
-            what: "env",
-            source,
-        })?;
-        let timeout_ms = job.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let row = JobRow::encode(job)?;
         self.write(Durability::Fsync, "store a delivery's job", |tx| {
             let seen: i64 = tx
                 .query_row(
@@ -532,36 +544,10 @@ impl Store {
             if seen > 0 {
                 return Ok(None);
             }
-            let created_at = now_ms();
-            let mut attempt = 0;
-            let id = loop {
-                let id = new_id(created_at);
-                let inserted = tx.execute(
-                    "INSERT INTO jobs (id, profile, state, args, timeout_ms, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        id,
-                        job.profile,
-                        JobState::Queued.as_str(),
-                        args,
-                        timeout_ms,
-                        created_at
-                    ],
-                );
-                match inserted {
-                    Ok(_) => break id,
-                    Err(e) if is_constraint(&e) && attempt < 8 => attempt += 1,
-                    Err(e) => return Err(e).ctx("store a delivery's job"),
-                }
-            };
-            tx.execute(
-                "INSERT INTO job_input (job_id, env, stdin) VALUES (?1, ?2, ?3)",
-                params![id, env, job.stdin],
-            )
-            .ctx("store a new job's input")?;
+            let id = row.insert(tx, job)?;
             tx.execute(
                 "INSERT INTO deliveries (id, job_id, meta, received_at) VALUES (?1, ?2, ?3, ?4)",
-                params![delivery, id, meta, created_at],
+                params![delivery, id, meta, now_ms()],
             )
             .ctx("store a delivery")?;
             Ok(Some(id))
