@@ -412,6 +412,53 @@ impl Pool {
             .collect()
     }
 
+    /// A pool of its own for one job or one measurement (`warmpool run`, `bench`):
+    /// `keep` containers parked (0: every claim starts its own), under a new
+    /// instance `<prefix>-<unique>`, so it never touches another pool's containers.
+    pub fn start_one_off(
+        executor: Executor,
+        resolved: &ResolvedProfile,
+        keep: usize,
+        prefix: &str,
+    ) -> Pool {
+        let mut r = resolved.clone();
+        r.profile.min_idle = keep;
+        r.profile.max_idle = keep;
+        r.profile.max_containers = r.profile.max_containers.max(keep.max(1));
+        let instance = format!("{prefix}-{}", labels::unique_suffix());
+        Pool::start(executor, Arc::new(r), &instance)
+    }
+
+    /// Containers running a job now (cheap: no sizing computed).
+    pub fn busy(&self) -> usize {
+        lock(&self.inner.state).busy
+    }
+
+    /// Wait until a container is parked, or say why none will be (a failed park,
+    /// or nothing within the park timeout).
+    pub async fn wait_parked(&self) -> Result<(), String> {
+        let deadline = Instant::now() + warmpool_exec::PARK_TIMEOUT;
+        loop {
+            let (idle, error) = {
+                let st = lock(&self.inner.state);
+                (st.idle.len(), st.last_error.clone())
+            };
+            if idle > 0 {
+                return Ok(());
+            }
+            if let Some(e) = error {
+                return Err(format!("parking a container failed: {e}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no container was parked within {:?}",
+                    warmpool_exec::PARK_TIMEOUT
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Wait until at least `n` containers are parked (bounded by `within`).
     pub async fn wait_idle(&self, n: usize, within: Duration) -> bool {
         let deadline = Instant::now() + within;

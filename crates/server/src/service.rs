@@ -213,7 +213,7 @@ impl Service {
         ) {
             (Some(p), Some(pool)) => {
                 // Every container not running a job is, or will be, one a job can have.
-                let free = p.max_containers.saturating_sub(pool.stats().busy);
+                let free = p.max_containers.saturating_sub(pool.busy());
                 free + p.max_queue
             }
             _ => 0,

@@ -66,32 +66,6 @@ impl OutputSink for TimingSink {
     }
 }
 
-/// A pool of its own for one bench mode, keeping `keep` containers parked.
-fn one_off_pool(
-    executor: &warmpool_exec::Executor,
-    resolved: &Arc<ResolvedProfile>,
-    keep: usize,
-) -> Pool {
-    let mut r = (**resolved).clone();
-    r.profile.min_idle = keep;
-    r.profile.max_idle = keep;
-    r.profile.max_containers = r.profile.max_containers.max(keep + 1);
-    let instance = format!("bench-{}", warmpool_core::labels::unique_suffix());
-    Pool::start(executor.clone(), Arc::new(r), &instance)
-}
-
-async fn wait_parked(pool: &Pool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + warmpool_exec::PARK_TIMEOUT;
-    while pool.stats().idle == 0 {
-        if let Some(e) = pool.stats().last_error {
-            anyhow::bail!("parking failed: {e}");
-        }
-        anyhow::ensure!(Instant::now() < deadline, "nothing parked in time");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok(())
-}
-
 #[derive(Serialize, Clone, Copy)]
 struct Sample {
     first_output_ms: f64,
@@ -315,11 +289,11 @@ async fn measure(
     // Warm: a pool that keeps one container parked; each job claims it (a hit) and
     // the pool parks the next one while we wait for it (not on the job's time).
     progress("warm");
-    let warm_pool = one_off_pool(executor, &resolved, 1);
+    let warm_pool = Pool::start_one_off(executor.clone(), &resolved, 1, "bench");
     let mut warm = Vec::new();
     let mut parks = Vec::new();
     for _ in 0..args.jobs {
-        wait_parked(&warm_pool).await?;
+        warm_pool.wait_parked().await.map_err(anyhow::Error::msg)?;
         let t0 = Instant::now();
         let mut sink = TimingSink::new(t0);
         let r = warm_pool
@@ -343,7 +317,7 @@ async fn measure(
     // Cold: a pool that keeps nothing parked: every claim parks its own container,
     // on the job's time. The same path otherwise.
     progress("cold");
-    let cold_pool = one_off_pool(executor, &resolved, 0);
+    let cold_pool = Pool::start_one_off(executor.clone(), &resolved, 0, "bench");
     let mut cold = Vec::new();
     for _ in 0..args.jobs {
         let t0 = Instant::now();

@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context};
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -152,16 +151,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     // it never touches another warmpool's containers): for --cold a pool that
     // keeps nothing parked, for --warm one that parks a container first. Either
     // way the job takes the one path, `Pool::run`.
-    let mut one_off = (*resolved).clone();
-    let keep = usize::from(args.warm);
-    one_off.profile.min_idle = keep;
-    one_off.profile.max_idle = keep;
-    one_off.profile.max_containers = one_off.profile.max_containers.max(1);
-    let instance = format!("run-{}", warmpool_core::labels::unique_suffix());
-    let pool = Pool::start(executor.clone(), Arc::new(one_off), &instance);
+    let pool = Pool::start_one_off(executor.clone(), &resolved, usize::from(args.warm), "run");
     let result = async {
         if args.warm {
-            wait_parked(&pool).await?;
+            pool.wait_parked().await.map_err(anyhow::Error::msg)?;
         }
         // Nothing more to park for a one-off job (but a retry may still claim).
         pool.stop_replenishing();
@@ -191,27 +184,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(outcome.exit_code().clamp(0, 255) as u8)
-}
-
-/// Wait until the pool has parked its container, or say why it cannot.
-async fn wait_parked(pool: &Pool) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + warmpool_exec::PARK_TIMEOUT;
-    loop {
-        let stats = pool.stats();
-        if stats.idle > 0 {
-            return Ok(());
-        }
-        if let Some(e) = stats.last_error {
-            anyhow::bail!("parking a container failed: {e}");
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "no container was parked within {:?}",
-                warmpool_exec::PARK_TIMEOUT
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
 }
 
 fn ms(d: std::time::Duration) -> String {
