@@ -157,8 +157,9 @@ impl GithubBot {
             Err(e) => return note(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         };
         // The job is registered before it can start, so its hooks find it.
-        let stored = svc.submit_for_delivery(delivery, &meta_json, job, |id| {
-            lock(&self.jobs).insert(id.to_string(), (delivery.to_string(), meta.clone()));
+        let (bot, d) = (self.clone(), delivery.to_string());
+        let stored = svc.submit_for_delivery(delivery, &meta_json, job, move |id| {
+            lock(&bot.jobs).insert(id.to_string(), (d, meta));
         });
         match stored.await {
             Ok(Some(id)) => {

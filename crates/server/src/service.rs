@@ -229,29 +229,9 @@ impl Service {
             }
             *n += 1;
         }
-        // Detached: a client that goes away mid-request must not leave a stored
-        // job that never runs (or an admission count that is never given back).
-        let svc = self.clone();
-        tokio::spawn(async move {
-            let store = svc.store.clone();
-            let stored = job_clone(&job);
-            match blocking(move || store.insert(&stored)).await {
-                Ok(id) => {
-                    svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
-                    svc.spawn_run(QueuedJob {
-                        id: id.clone(),
-                        job,
-                    });
-                    Ok(id)
-                }
-                Err(e) => {
-                    svc.unpend(&job.profile);
-                    Err(e)
-                }
-            }
-        })
-        .await
-        .map_err(|e| ServiceError::Task(e.to_string()))?
+        self.store_and_start(job, |store, job| store.insert(job).map(Some), |_| {})
+            .await?
+            .ok_or_else(|| ServiceError::Task("a new job was stored without an id".into()))
     }
 
     /// Accept a job started by a webhook delivery: stored with the delivery's id
@@ -262,40 +242,57 @@ impl Service {
         delivery: &str,
         meta: &str,
         job: NewJob,
-        on_stored: impl FnOnce(&str),
+        on_stored: impl FnOnce(&str) + Send + 'static,
     ) -> Result<Option<String>, ServiceError> {
         if self.stopping.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
         }
         *lock(&self.pending).entry(job.profile.clone()).or_default() += 1;
-        let store = self.store.clone();
-        let stored = job_clone(&job);
         let (d, m) = (delivery.to_string(), meta.to_string());
-        // Detached, as `submit`: a delivery stored is a delivery run.
-        let inserted = tokio::spawn(async move {
-            blocking(move || store.insert_for_delivery(&d, &m, &stored)).await
+        self.store_and_start(
+            job,
+            move |store, job| store.insert_for_delivery(&d, &m, job),
+            on_stored,
+        )
+        .await
+    }
+
+    /// Store a job admitted (counted in `pending`) and start it, detached from
+    /// the caller: a client that goes away mid-request must not leave a stored
+    /// job that never runs, or an admission count that is never given back.
+    /// `insert` answers `None` when it stored nothing (a redelivery).
+    async fn store_and_start(
+        self: &Arc<Self>,
+        job: NewJob,
+        insert: impl FnOnce(&Store, &NewJob) -> Result<Option<String>, StoreError> + Send + 'static,
+        on_stored: impl FnOnce(&str) + Send + 'static,
+    ) -> Result<Option<String>, ServiceError> {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let store = svc.store.clone();
+            let stored = job_clone(&job);
+            match blocking(move || insert(&store, &stored)).await {
+                Ok(Some(id)) => {
+                    on_stored(&id);
+                    svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
+                    svc.spawn_run(QueuedJob {
+                        id: id.clone(),
+                        job,
+                    });
+                    Ok(Some(id))
+                }
+                Ok(None) => {
+                    svc.unpend(&job.profile);
+                    Ok(None)
+                }
+                Err(e) => {
+                    svc.unpend(&job.profile);
+                    Err(e)
+                }
+            }
         })
         .await
-        .map_err(|e| ServiceError::Task(e.to_string()))?;
-        match inserted {
-            Ok(Some(id)) => {
-                on_stored(&id);
-                self.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
-                self.spawn_run(QueuedJob {
-                    id: id.clone(),
-                    job,
-                });
-                Ok(Some(id))
-            }
-            Ok(None) => {
-                self.unpend(&job.profile);
-                Ok(None)
-            }
-            Err(e) => {
-                self.unpend(&job.profile);
-                Err(e)
-            }
-        }
+        .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
     fn unpend(&self, profile: &str) {
