@@ -832,12 +832,7 @@ impl Config {
                 return Err(ConfigError::Top(format!(
                     "[github] key `profile`: no profile \"{}\" (the config has: {})",
                     g.profile,
-                    config
-                        .profiles
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    config.profile_names()
                 )));
             }
         }
@@ -854,12 +849,17 @@ impl Config {
         Config::parse_with_hostname(&text, host_name().as_deref())
     }
 
+    /// The profiles' names, for messages: "a, b, c".
+    pub fn profile_names(&self) -> String {
+        self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
     /// The profile called `name`, or an error listing the ones there are.
     pub fn profile(&self, name: &str) -> Result<&Profile, ConfigError> {
         self.profiles.get(name).ok_or_else(|| {
             ConfigError::Top(format!(
                 "no profile \"{name}\" (the config has: {})",
-                self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.profile_names()
             ))
         })
     }

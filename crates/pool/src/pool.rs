@@ -177,7 +177,7 @@ impl Drop for OwnerGuard {
 
 /// A parked container handed to one job, and the job's slot in the pool.
 pub struct Claimed {
-    parked: Option<Parked>,
+    parked: Parked,
     /// It was parked before the claim came (a warm start).
     pub hit: bool,
     /// From the claim to the container being in hand.
@@ -187,23 +187,19 @@ pub struct Claimed {
 
 impl Claimed {
     pub fn id(&self) -> &str {
-        self.parked.as_ref().map(Parked::id).unwrap_or_default()
+        self.parked.id()
     }
 
     /// Run the job on this container: `Parked::run`, the only path a job takes.
     pub async fn run<S: OutputSink>(
-        mut self,
+        self,
         job: Job,
         sink: &mut S,
         control: RunControl,
     ) -> Result<Outcome, ExecError> {
-        match self.parked.take() {
-            Some(parked) => parked.run(job, sink, control).await,
-            None => Err(ExecError::StreamLost {
-                container: String::new(),
-                reason: "the claimed container was already used".into(),
-            }),
-        }
+        // The slot stays taken until the job is done with its container.
+        let Claimed { parked, _slot, .. } = self;
+        parked.run(job, sink, control).await
     }
 }
 
@@ -619,7 +615,7 @@ impl Pool {
         add(&c.claims, 1);
         add(&c.claim_time_us, micros(claim_time));
         Ok(Claimed {
-            parked: Some(parked),
+            parked,
             hit,
             claim_time,
             _slot: slot,

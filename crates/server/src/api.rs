@@ -31,12 +31,7 @@ pub fn parse_submit(req: SubmitRequest, config: &Config) -> Result<NewJob, BadRe
         BadRequest(format!(
             "no profile \"{}\" (this server has: {})",
             req.profile,
-            config
-                .profiles
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+            config.profile_names()
         ))
     })?;
     let secret: BTreeSet<&String> = profile.secret_env.iter().collect();
