@@ -20,12 +20,16 @@ fn docker_inspect(id: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Wait (bounded) until a container of this test's profile exists; its id.
+/// Wait (bounded) until a job container of this test's profile exists; its id.
 async fn find_container(e: &Engine, p: &warmpool_core::Profile) -> String {
     let label = p.labels[TEST_LABEL].clone();
     for _ in 0..200 {
         let found =
-            warmpool_runtime::Runtime::list(e.runtime.as_ref(), &[(TEST_LABEL, label.as_str())])
+            // The job's container, not the gate-fill helper that carries the same labels.
+            warmpool_runtime::Runtime::list(
+                e.runtime.as_ref(),
+                &[(TEST_LABEL, label.as_str()), ("warmpool.role", "job")],
+            )
                 .await
                 .unwrap();
         if let Some(c) = found.into_iter().next() {
@@ -278,7 +282,11 @@ async fn container_killed_from_outside_is_reported() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let killed = Command::new("docker").args(["kill", &id]).output().unwrap();
-    assert!(killed.status.success());
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
     let (out, o) = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .expect("the run must end when its container dies")

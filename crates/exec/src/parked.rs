@@ -64,8 +64,6 @@ impl RunControl {
 const AFTER_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the acknowledgement (closing the gate's stdin) to go out.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// When the engine's wait starts watching a running job.
-const WATCHDOG_DELAY: Duration = Duration::from_millis(250);
 
 /// A started container whose gate waits for its one job.
 pub struct Parked {
@@ -178,14 +176,11 @@ impl Parked {
 
         // The engine's wait is a watchdog for a container that dies without an exit
         // frame (killed from outside, out of memory): the frames stay the source of
-        // truth. It starts after WATCHDOG_DELAY: a short job never pays for the extra
-        // request, and a container that dies at once usually ends its stream anyway.
+        // truth. It is registered at hand-over: the container removes itself when
+        // it exits, so only a wait already waiting can still learn its exit code.
         let watch_runtime = runtime.clone();
         let watch_id = id.clone();
-        let mut stopped = Box::pin(async move {
-            tokio::time::sleep(WATCHDOG_DELAY).await;
-            watch_runtime.wait(&watch_id).await
-        });
+        let mut stopped = Box::pin(async move { watch_runtime.wait(&watch_id).await });
         let mut watching = true;
         let mut stop_code: Option<i64> = None;
 
@@ -295,11 +290,15 @@ impl Parked {
                 // No exit frame: the container died under the job.
                 let code = match stop_code {
                     Some(c) => c,
-                    None => tokio::time::timeout(Duration::from_secs(5), runtime.wait(&id))
+                    // The watchdog's wait, registered while the container ran, still
+                    // gets its exit code; a new wait would find an auto-removed
+                    // container gone.
+                    None if watching => tokio::time::timeout(Duration::from_secs(5), &mut stopped)
                         .await
                         .ok()
                         .and_then(Result::ok)
                         .unwrap_or(-1),
+                    None => -1,
                 };
                 let why = lost.take().unwrap_or_else(|| {
                     format!(
