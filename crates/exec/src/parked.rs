@@ -75,6 +75,8 @@ pub struct Parked {
     decoder: FrameDecoder,
     parked_at: Instant,
     timings: ParkTimings,
+    /// The engine's wait on this container, sent when it was parked (see `run`).
+    watchdog: Option<tokio::task::JoinHandle<Result<i64, RuntimeError>>>,
 }
 
 impl std::fmt::Debug for Parked {
@@ -88,6 +90,9 @@ impl std::fmt::Debug for Parked {
 
 impl Drop for Parked {
     fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
         // A parked container that never ran a job (shutdown, error) is removed too.
         if let Some(id) = self.id.take() {
             self.executor.remove_later(id);
@@ -105,6 +110,12 @@ impl Parked {
         decoder: FrameDecoder,
         timings: ParkTimings,
     ) -> Parked {
+        // The watchdog's wait goes out now, while the container is parked: off
+        // any job's path, and already waiting when the container stops (it
+        // removes itself then, and a later wait would find nothing).
+        let runtime = executor.runtime.clone();
+        let watch_id = id.clone();
+        let watchdog = tokio::spawn(async move { runtime.wait(&watch_id).await });
         Parked {
             executor,
             profile,
@@ -114,6 +125,7 @@ impl Parked {
             decoder,
             parked_at: Instant::now(),
             timings,
+            watchdog: Some(watchdog),
         }
     }
 
@@ -176,11 +188,19 @@ impl Parked {
 
         // The engine's wait is a watchdog for a container that dies without an exit
         // frame (killed from outside, out of memory): the frames stay the source of
-        // truth. It is registered at hand-over: the container removes itself when
-        // it exits, so only a wait already waiting can still learn its exit code.
-        let watch_runtime = runtime.clone();
-        let watch_id = id.clone();
-        let mut stopped = Box::pin(async move { watch_runtime.wait(&watch_id).await });
+        // truth. Its request went out when the container was parked.
+        let watchdog = self.watchdog.take();
+        let mut stopped = Box::pin(async move {
+            match watchdog {
+                Some(w) => w.await.unwrap_or_else(|e| {
+                    Err(RuntimeError::Engine {
+                        action: "wait for the container".into(),
+                        message: e.to_string(),
+                    })
+                }),
+                None => std::future::pending().await,
+            }
+        });
         let mut watching = true;
         let mut stop_code: Option<i64> = None;
 
