@@ -4,13 +4,17 @@
 //! - [`job`]: what a job asks for and how it becomes the gate's [`JobSpec`] with
 //!   `docker run` semantics (ENTRYPOINT + args or CMD; image env, profile env, job env).
 //! - [`labels`]: the labels every warmpool container carries.
+//! - [`lifecycle`]: a job's states, the events that move it, the transition
+//!   function and the mapping from how a run ended to its final state.
 //!
 //! Nothing here talks to the engine; that is `warmpool-runtime`'s job.
 
 pub mod config;
 pub mod job;
 pub mod labels;
+pub mod lifecycle;
 
 pub use config::{Config, ConfigError, Profile};
 pub use job::{ImageConfig, Job, JobError};
+pub use lifecycle::{Finish, JobState};
 pub use warmpool_gate::protocol::{ExitStatus, JobSpec};

@@ -1,0 +1,264 @@
+//! The job store: everything the service and the bot keep about jobs, behind one
+//! async interface, [`JobStore`], with one conformance suite that every backend
+//! passes. It stores and enforces the stored part of a job's life (the rules are
+//! `warmpool_core::lifecycle`'s); it runs nothing and never touches containers.
+//!
+//! - [`JobStore`]: the interface, and its value types (this file).
+//! - `sqlite`: the embedded backend (one file under `[server] data_dir`) — to come.
+//! - `clock`: time, injected (tests move it by hand, no back-dated rows).
+//! - `ids`: job ids and RFC 3339 timestamps.
+//! - `conformance`: the suite, generic over the trait.
+
+use async_trait::async_trait;
+use std::fmt;
+use std::time::Duration;
+
+pub use warmpool_core::lifecycle::{Finish, JobState};
+
+/// One of a job's two output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamName {
+    Stdout,
+    Stderr,
+}
+
+impl StreamName {
+    pub const BOTH: [StreamName; 2] = [StreamName::Stdout, StreamName::Stderr];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamName::Stdout => "stdout",
+            StreamName::Stderr => "stderr",
+        }
+    }
+
+    /// 0 for stdout, 1 for stderr (for per-stream arrays).
+    pub fn index(self) -> usize {
+        match self {
+            StreamName::Stdout => 0,
+            StreamName::Stderr => 1,
+        }
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as accepted by the API. `env` holds the job's own values only: the
+/// profile's `secret_env` values are never handed to the store.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NewJob {
+    pub profile: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Env *names* and the stdin length only: values may be secrets.
+impl fmt::Debug for NewJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("NewJob")
+            .field("profile", &self.profile)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("stdin_len", &self.stdin.as_ref().map(Vec::len))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// A queued job with everything needed to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub id: String,
+    pub job: NewJob,
+}
+
+/// A job as stored. Env and stdin are never part of it; output is read apart
+/// ([`JobStore::read_output`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub profile: String,
+    pub state: JobState,
+    pub args: Vec<String>,
+    pub timeout_ms: Option<u64>,
+    /// Whether it ran on a container parked earlier; `None` until it starts.
+    pub warm: Option<bool>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Either stream was cut at the profile's cap.
+    pub truncated: bool,
+    pub error: Option<String>,
+    /// The node (`[server] instance`) that runs or ran it; `None` until it starts.
+    pub node: Option<String>,
+    /// A cancel was asked for while it ran (the node running it acts on it).
+    pub cancel_requested: bool,
+    /// Bytes stored of stdout and stderr.
+    pub output_len: [u64; 2],
+    /// Milliseconds since the Unix epoch (format with [`ids::rfc3339`]).
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+/// What [`JobStore::request_cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued: it is now `cancelled` and never runs.
+    Cancelled,
+    /// It runs: the cancel is recorded; the node running it kills it and stores
+    /// how it ended (its own exit, if that came first).
+    Requested,
+    /// It had ended already, in this state.
+    AlreadyEnded(JobState),
+    NotFound,
+}
+
+/// Which jobs [`JobStore::list`] returns: newest first, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub state: Option<JobState>,
+    pub profile: Option<String>,
+    pub limit: usize,
+}
+
+/// What [`JobStore::recover`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Jobs to run, oldest first.
+    pub queued: Vec<String>,
+    /// This node's jobs that were running and are now `interrupted`.
+    pub interrupted: Vec<String>,
+}
+
+/// A webhook delivery that started a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub job_id: String,
+    /// The front end's own JSON (where to answer).
+    pub meta: String,
+}
+
+/// What can go wrong in a store. Each message says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not do `action` (I/O, the database, a lost connection).
+    #[error("the job store could not {action}: {message}")]
+    Backend {
+        action: &'static str,
+        message: String,
+    },
+    /// The store cannot be opened (with what to do about it).
+    #[error("{0}")]
+    Open(String),
+    #[error(
+        "job {id} is damaged in the job store ({detail}); delete that job's rows \
+         or restore the store from a backup"
+    )]
+    Corrupt { id: String, detail: String },
+    #[error("no job {0} in the job store; check the id (finished jobs are pruned after a while)")]
+    NoSuchJob(String),
+    #[error(
+        "a job cannot finish in state {0}; finish it as succeeded, failed, timed_out, \
+         cancelled or interrupted"
+    )]
+    NotFinal(JobState),
+    #[error("the job store has stopped (warmpool is shutting down)")]
+    Closed,
+}
+
+/// The job store. Every call is async and cheap to issue from any task: no
+/// caller ever blocks a runtime worker on disk I/O.
+///
+/// Durability contract (every backend):
+/// - `insert*`, `start`, `finish` and `request_cancel` are durable when they
+///   return (a job is on disk before it is acknowledged; its end before a
+///   `?wait=true` answers);
+/// - `append_output` survives a crash of warmpool when it returns, and is
+///   durable at the latest when the job's `finish` is;
+/// - a job whose `start` returned `true` is never returned by `recover` as queued
+///   again (so a crash never runs a job twice).
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Stores a new queued job; returns its new id.
+    async fn insert(&self, job: &NewJob) -> Result<String, StoreError>;
+
+    /// Stores a job started by a webhook delivery, in one transaction with the
+    /// delivery id: `None` (and nothing stored) if that delivery was seen before.
+    async fn insert_for_delivery(
+        &self,
+        delivery: &str,
+        meta: &str,
+        job: &NewJob,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// The job with its input (env, stdin) if it is queued; `None` otherwise.
+    async fn queued(&self, id: &str) -> Result<Option<QueuedJob>, StoreError>;
+
+    /// Queued → running on `node`, its env and stdin wiped, in one commit.
+    /// `false` if it is not queued (cancelled meanwhile): then do not run it.
+    async fn start(&self, id: &str, node: &str, warm: bool) -> Result<bool, StoreError>;
+
+    /// Appends `data` to a stream at byte `offset` (the stream's length so far,
+    /// as the caller counts it). Appending at an offset that is already stored
+    /// stores nothing (a retried append is harmless).
+    async fn append_output(
+        &self,
+        id: &str,
+        stream: StreamName,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError>;
+
+    /// Ends a queued or running job; its input is wiped. `false` if it had ended
+    /// already (a final job never changes). `NotFinal` for a non-final state.
+    async fn finish(&self, id: &str, finish: &Finish) -> Result<bool, StoreError>;
+
+    /// A cancel, as `JobState::on_cancel` says: a queued job ends `cancelled`
+    /// (input wiped), a running one is marked `cancel_requested`.
+    async fn request_cancel(&self, id: &str) -> Result<CancelOutcome, StoreError>;
+
+    /// A job without its output; `None` if unknown.
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Jobs, newest first (by creation order), without output.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Up to `max` bytes of a stream from byte `offset` (fewer at its end: an
+    /// empty result at or past the end); `None` if the job is unknown.
+    async fn read_output(
+        &self,
+        id: &str,
+        stream: StreamName,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// At a node's start: *its* running jobs become `interrupted` with `error`
+    /// (their containers went with the previous process); the queued jobs of
+    /// every node are returned, oldest first, to run. Jobs running on other
+    /// nodes are not touched.
+    async fn recover(&self, node: &str, error: &str) -> Result<Recovered, StoreError>;
+
+    /// Deletes jobs that ended more than `older_than` ago, with their output and
+    /// deliveries; returns how many jobs.
+    async fn prune(&self, older_than: Duration) -> Result<usize, StoreError>;
+
+    /// Deliveries whose job has not been answered yet, oldest first.
+    async fn unanswered_deliveries(&self) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The delivery's job has been answered.
+    async fn mark_answered(&self, delivery: &str) -> Result<(), StoreError>;
+
+    /// Makes wiped input (env values, stdin) unrecoverable from the store's
+    /// files too (SQLite: a WAL checkpoint). Called off every job's path.
+    async fn scrub(&self) -> Result<(), StoreError>;
+}
