@@ -2,7 +2,7 @@
 //! before anything touches the store or the engine, and the JSON views of jobs
 //! and pools. No I/O here.
 
-use crate::store::{JobRecord, JobState, NewJob, StreamName};
+use warmpool_store::{ids::rfc3339, JobRecord, JobState, NewJob, StreamName};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use warmpool_core::config::{parse_duration, valid_env_name};
@@ -94,8 +94,10 @@ pub struct JobView {
     pub finished_at: Option<String>,
 }
 
-impl From<JobRecord> for JobView {
-    fn from(r: JobRecord) -> JobView {
+impl JobView {
+    /// The view of a stored job and the output read with it (empty if not asked for).
+    pub fn new(r: JobRecord, output: [Vec<u8>; 2]) -> JobView {
+        let [stdout, stderr] = output;
         JobView {
             id: r.id,
             profile: r.profile,
@@ -104,13 +106,13 @@ impl From<JobRecord> for JobView {
             signal: r.signal,
             warm: r.warm,
             // Text for people; the raw bytes are at /output.
-            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
             truncated: r.truncated,
             error: r.error,
-            created_at: r.created_at,
-            started_at: r.started_at,
-            finished_at: r.finished_at,
+            created_at: rfc3339(r.created_ms),
+            started_at: r.started_ms.map(rfc3339),
+            finished_at: r.finished_ms.map(rfc3339),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! comment. The decisions live in `warmpool-github`; this module only wires them.
 
 use crate::service::{read_secret, JobHooks, Service};
-use crate::store::{JobState, NewJob};
+use warmpool_store::{JobState, NewJob};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -73,14 +73,12 @@ impl GithubBot {
         let Some(svc) = self.svc.upgrade() else {
             return;
         };
-        let store = svc.store.clone();
-        let pending = tokio::task::spawn_blocking(move || store.unanswered_deliveries()).await;
-        let pending = match pending {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return tracing::warn!(error = %e, "reading unanswered deliveries failed"),
+        let pending = match svc.store().unanswered_deliveries().await {
+            Ok(p) => p,
             Err(e) => return tracing::warn!(error = %e, "reading unanswered deliveries failed"),
         };
-        for (delivery, job, meta) in pending {
+        for d in pending {
+            let (delivery, job, meta) = (d.id, d.job_id, d.meta);
             match serde_json::from_str::<Meta>(&meta) {
                 Ok(m) => {
                     lock(&self.jobs).insert(job.clone(), (delivery, m));
@@ -100,12 +98,7 @@ impl GithubBot {
         let Some(svc) = self.svc.upgrade() else {
             return false;
         };
-        let store = svc.store.clone();
-        let id = job.to_string();
-        matches!(
-            tokio::task::spawn_blocking(move || store.get(&id, false)).await,
-            Ok(Ok(Some(r))) if r.state.is_final()
-        )
+        matches!(svc.store().get(job).await, Ok(Some(r)) if r.state.is_final())
     }
 
     /// Post a comment in the background (errors are logged: the job is not at stake).
@@ -227,10 +220,8 @@ impl JobHooks for GithubBot {
         let Some(svc) = self.svc.upgrade() else {
             return;
         };
-        let store = svc.store.clone();
-        let id = job_id.to_string();
-        let record = match tokio::task::spawn_blocking(move || store.get(&id, true)).await {
-            Ok(Ok(Some(r))) => r,
+        let (record, [stdout, _]) = match svc.view(job_id, true).await {
+            Ok(Some(found)) => found,
             _ => return tracing::warn!(job = %job_id, "the job to answer is not in the store"),
         };
         if !record.state.is_final() {
@@ -239,12 +230,12 @@ impl JobHooks for GithubBot {
         }
         let body = match record.state {
             JobState::Succeeded => {
-                answer_comment(&String::from_utf8_lossy(&record.stdout), job_id, &self.bot)
+                answer_comment(&String::from_utf8_lossy(&stdout), job_id, &self.bot)
             }
             JobState::TimedOut => failure_comment(job_id, Failure::TimedOut),
             JobState::Cancelled => failure_comment(job_id, Failure::Cancelled),
             JobState::Interrupted => failure_comment(job_id, Failure::Interrupted),
-            _ if record.started_at.is_none() => failure_comment(job_id, Failure::NotStarted),
+            _ if record.started_ms.is_none() => failure_comment(job_id, Failure::NotStarted),
             _ => failure_comment(
                 job_id,
                 Failure::Failed {
@@ -258,8 +249,9 @@ impl JobHooks for GithubBot {
         match self.api.post_comment(&repo, meta.issue_number, &body).await {
             Ok(()) => {
                 lock(&self.jobs).remove(job_id);
-                let store = svc.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.mark_answered(&delivery)).await;
+                if let Err(e) = svc.store().mark_answered(&delivery).await {
+                    tracing::warn!(job = %job_id, error = %e, "recording the answer failed");
+                }
             }
             // Left unanswered in the store: tried again after a restart.
             Err(e) => tracing::warn!(job = %job_id, error = %e, "posting the answer failed"),

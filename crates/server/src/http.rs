@@ -2,8 +2,8 @@
 //! the [`Service`] (parsed and validated in `api` first). It owns no job logic.
 
 use crate::api::{self, BadRequest, JobView, PoolView, SubmitRequest};
-use crate::service::{Service, ServiceError};
-use crate::store::StreamName;
+use crate::follow::Piece;
+use crate::service::{CancelReply, Service, ServiceError};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -62,6 +62,7 @@ impl From<ServiceError> for ApiError {
                 message: e.to_string(),
                 retry_after: Some(1),
             },
+            ServiceError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
             ServiceError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
@@ -178,24 +179,10 @@ async fn submit(
     let req: SubmitRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
     let job = api::parse_submit(req, &svc.config)?;
-    // Refuse now what could never run (no command, too large), before it is stored.
-    if let Some(pool) = svc.pools.get(&job.profile) {
-        let resolved = pool.profile();
-        let probe = warmpool_core::Job {
-            args: job.args.clone(),
-            env: job.env.clone(),
-            unset: Vec::new(),
-            stdin: job.stdin.clone(),
-            timeout: None,
-        };
-        warmpool_core::job::compose(&resolved.image, &resolved.profile, &probe)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
-    }
     let id = svc.submit(job).await?;
     if q.wait {
         svc.wait(&id).await;
-        let view = load(&svc, &id, true).await?;
-        return Ok((StatusCode::OK, Json(view)).into_response());
+        return Ok((StatusCode::OK, Json(load(&svc, &id, true).await?)).into_response());
     }
     Ok((
         StatusCode::CREATED,
@@ -204,16 +191,15 @@ async fn submit(
         .into_response())
 }
 
-async fn load(svc: &Arc<Service>, id: &str, with_output: bool) -> Result<JobView, ApiError> {
-    let store = svc.store.clone();
-    let id2 = id.to_string();
-    let found = tokio::task::spawn_blocking(move || store.get(&id2, with_output))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::from(ServiceError::Store(e)))?;
-    found
-        .map(JobView::from)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job \"{id}\"")))
+async fn load(svc: &Service, id: &str, with_output: bool) -> Result<JobView, ApiError> {
+    svc.view(id, with_output)
+        .await?
+        .map(|(record, output)| JobView::new(record, output))
+        .ok_or_else(|| no_job(id))
+}
+
+fn no_job(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no job \"{id}\""))
 }
 
 async fn job(
@@ -235,14 +221,17 @@ async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let q = query(q)?;
-    let state = api::parse_state(q.state.as_deref())?;
-    let limit = q.limit.unwrap_or(100).min(1000);
-    let store = svc.store.clone();
-    let jobs = tokio::task::spawn_blocking(move || store.list(state, q.profile.as_deref(), limit))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::from(ServiceError::Store(e)))?;
-    Ok(Json(jobs.into_iter().map(JobView::from).collect()))
+    let query = warmpool_store::ListQuery {
+        state: api::parse_state(q.state.as_deref())?,
+        profile: q.profile,
+        limit: q.limit.unwrap_or(100).min(1000),
+    };
+    let jobs = svc.list(&query).await?;
+    Ok(Json(
+        jobs.into_iter()
+            .map(|r| JobView::new(r, [Vec::new(), Vec::new()]))
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -252,6 +241,10 @@ struct OutputQuery {
     follow: bool,
 }
 
+/// `GET /v1/jobs/{id}/output`: one stream's raw bytes (what is stored, or with
+/// `follow=true` everything until the job ends), or with `Accept:
+/// text/event-stream` both streams as SSE and an `end` event. One follower
+/// serves all three.
 async fn output(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
@@ -264,80 +257,58 @@ async fn output(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if wants_sse {
-        return sse_output(svc, id).await;
+        let follower = svc
+            .follow(&id, [true, true], true)
+            .await?
+            .ok_or_else(|| no_job(&id))?;
+        let body = Body::from_stream(futures_util::stream::unfold(
+            Some(follower),
+            |f| async move {
+                let mut f = f?;
+                match f.next().await {
+                    Ok(Some(Piece::Output { stream, data, .. })) => {
+                        Some((Ok(sse_event(stream.as_str(), &data)), Some(f)))
+                    }
+                    Ok(Some(Piece::End(r))) => {
+                        let end = serde_json::json!({
+                            "id": r.id, "state": r.state.as_str(),
+                            "exit_code": r.exit_code, "signal": r.signal,
+                        });
+                        Some((Ok(sse_event("end", end.to_string().as_bytes())), None))
+                    }
+                    Ok(None) => None,
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                }
+            },
+        ));
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response());
     }
     let stream = api::parse_stream(q.stream.as_deref())?;
-    // Subscribe before reading what is stored, so nothing falls between the two.
-    let live = if q.follow { svc.follow(&id) } else { None };
-    let store = svc.store.clone();
-    let id2 = id.clone();
-    let stored = tokio::task::spawn_blocking(move || store.output(&id2, stream))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::from(ServiceError::Store(e)))?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job \"{id}\"")))?;
-    let content_type = [(header::CONTENT_TYPE, "application/octet-stream")];
-    let Some((mut rx, mut done)) = live else {
-        return Ok((content_type, stored).into_response());
-    };
-    // Live: what is stored, then each new chunk of this stream, until the job ends.
+    let mut wanted = [false, false];
+    wanted[stream.index()] = true;
+    let follower = svc
+        .follow(&id, wanted, q.follow)
+        .await?
+        .ok_or_else(|| no_job(&id))?;
     // A client that goes away only drops this stream; the job is not disturbed.
-    let have = stored.len() as u64;
-    let stopping = svc.stopping();
-    let body = async_stream(stored, have, stream, move |tx| async move {
+    let body = Body::from_stream(futures_util::stream::unfold(follower, |mut f| async move {
         loop {
-            tokio::select! {
-                // Chunks first: the job's end must not overtake its last output.
-                biased;
-                chunk = rx.recv() => match chunk {
-                    Ok(c) if c.stream == stream => {
-                        if tx.send(c).await.is_err() { return; }
-                    }
-                    Ok(_) => {}
-                    // A slow follower missed chunks: end its stream rather than lie.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(_) => return,
-                },
-                                _ = stopping.cancelled() => return,
-                changed = done.changed() => {
-                    if changed.is_err() || *done.borrow() {
-                        // Everything the job wrote was sent before it ended: take
-                        // what is still buffered, then end.
-                        while let Ok(c) = rx.try_recv() {
-                            if c.stream == stream && tx.send(c).await.is_err() { return; }
-                        }
-                        return;
-                    }
-                }
-            }
+            return match f.next().await {
+                Ok(Some(Piece::Output { data, .. })) => Some((Ok::<Bytes, std::io::Error>(data), f)),
+                Ok(Some(Piece::End(_))) => continue,
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), f)),
+            };
         }
-    });
-    Ok((content_type, body).into_response())
-}
-
-/// A streaming body: the stored bytes, then the chunks `produce` sends that start
-/// at or after `have` (earlier ones were in the stored part).
-fn async_stream<F, Fut>(stored: Vec<u8>, have: u64, _stream: StreamName, produce: F) -> Body
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<crate::service::Chunk>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(produce(tx));
-    let first =
-        futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(stored)) });
-    let rest = futures_util::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            let c = rx.recv().await?;
-            let end = c.offset + c.data.len() as u64;
-            if end <= have {
-                continue;
-            }
-            let skip = have.saturating_sub(c.offset) as usize;
-            return Some((Ok(c.data.slice(skip..)), rx));
-        }
-    });
-    Body::from_stream(futures_util::StreamExt::chain(first, rest))
+    }));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
 /// One Server-Sent Event: each line of `data` a `data:` field (the client joins
@@ -356,104 +327,20 @@ fn sse_event(event: &str, data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// The event for a live chunk, minus what the stored part already had.
-fn sse_chunk(c: &crate::service::Chunk, have: &[u64; 2]) -> Option<Bytes> {
-    let i = usize::from(c.stream == StreamName::Stderr);
-    let end = c.offset + c.data.len() as u64;
-    if end <= have[i] {
-        return None;
-    }
-    let skip = have[i].saturating_sub(c.offset) as usize;
-    let name = if i == 0 { "stdout" } else { "stderr" };
-    Some(sse_event(name, &c.data[skip..]))
-}
-
-/// `output` for `Accept: text/event-stream`: both streams as `stdout` / `stderr`
-/// events (stored first, then live), and an `end` event with the job's state.
-async fn sse_output(svc: Arc<Service>, id: String) -> Result<Response, ApiError> {
-    let live = svc.follow(&id);
-    let mut stored = Vec::new();
-    for name in [StreamName::Stdout, StreamName::Stderr] {
-        let store = svc.store.clone();
-        let id2 = id.clone();
-        let bytes = tokio::task::spawn_blocking(move || store.output(&id2, name))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError::from(ServiceError::Store(e)))?
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job \"{id}\"")))?;
-        stored.push(bytes);
-    }
-    let have = [stored[0].len() as u64, stored[1].len() as u64];
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        for (i, name) in ["stdout", "stderr"].iter().enumerate() {
-            if !stored[i].is_empty() && tx.send(sse_event(name, &stored[i])).await.is_err() {
-                return;
-            }
-        }
-        let stopping = svc.stopping();
-        if let Some((mut chunks, mut done)) = live {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = stopping.cancelled() => break,
-                    chunk = chunks.recv() => match chunk {Ok(c) => {
-                            if let Some(event) = sse_chunk(&c, &have) {
-                                if tx.send(event).await.is_err() { return; }
-                            }
-                        }
-                        Err(_) => break,
-                    },
-                    changed = done.changed() => {
-                        if changed.is_err() || *done.borrow() {while let Ok(c) = chunks.try_recv() {
-                                if let Some(event) = sse_chunk(&c, &have) {
-                                    if tx.send(event).await.is_err() { return; }
-                                }
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        let end = match load(&svc, &id, false).await {
-            Ok(v) => {
-                serde_json::json!({"id": v.id, "state": v.state, "exit_code": v.exit_code, "signal": v.signal})
-            }
-            Err(_) => serde_json::json!({"id": id}),
-        };
-        let _ = tx.send(sse_event("end", end.to_string().as_bytes())).await;
-    });
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<Bytes, std::io::Error>(b), rx))
-    }));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
-}
-
 async fn cancel(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    // Unknown ids are a 404, ended jobs a 409.
-    load(&svc, &id, false).await?;
-    if svc.cancel(&id).await? {
-        svc.wait(&id).await;
-        let view = load(&svc, &id, false).await?;
-        Ok((StatusCode::OK, Json(view)).into_response())
-    } else {
-        Err(ApiError::new(
+    match svc.cancel(&id).await? {
+        CancelReply::Accepted => {
+            svc.wait(&id).await;
+            Ok((StatusCode::OK, Json(load(&svc, &id, false).await?)).into_response())
+        }
+        CancelReply::AlreadyEnded(_) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("job \"{id}\" has already ended"),
-        ))
+        )),
+        CancelReply::NotFound => Err(no_job(&id)),
     }
 }
 

@@ -1,10 +1,12 @@
 //! The service: an HTTP API over the pools, and a durable job store.
 //!
-//! - [`store`]: jobs in SQLite under `[server] data_dir`; a job is stored before
-//!   it is acknowledged, and survives restarts.
 //! - [`api`]: requests parsed into typed commands; the JSON views.
-//! - [`service`]: a job's life: accept, run through the pools, store, follow,
-//!   cancel, recover.
+//! - [`service`]: what callers ask of jobs (submit, cancel, wait, view, follow,
+//!   recover), over the pools and a `warmpool_store::JobStore`.
+//! - `run`: one job's run, as steps driven by the core's transition function.
+//! - `admission`, `live`, `sink`, [`follow`]: admission places, what a running
+//!   job holds in memory, where its output goes (redacted, then stored), and the
+//!   one way to read output as it grows.
 //! - [`http`]: the routes (axum), auth, errors as `{"error": ...}`.
 //! - [`metrics`]: Prometheus text.
 //! - [`github`]: the @mention bot's webhook, on top of the same service.
@@ -13,13 +15,17 @@
 //! [`serve`] takes a bound listener and a shutdown future, so tests start the
 //! real server on `127.0.0.1:0`.
 
+mod admission;
 pub mod api;
+pub mod follow;
 pub mod github;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+mod live;
+mod run;
 pub mod service;
-pub mod store;
+mod sink;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use warmpool_core::{Config, Profile};
 use warmpool_exec::Executor;
 use warmpool_pool::Pools;
-use warmpool_server::store::Store;
+use warmpool_store::{SqliteStore, SystemClock};
 use warmpool_server::Service;
 
 #[derive(Serialize)]
@@ -95,9 +95,9 @@ pub async fn measure(
             .insert(name.to_string(), variant(profile, name, keep));
     }
     let config = Arc::new(config);
-    let store = Store::open(&dir).context("opening a job store for the bench")?;
+    let store = SqliteStore::open(&dir, Arc::new(SystemClock)).context("opening a job store for the bench")?;
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
-    let svc = Service::new(config.clone(), store, pools.clone());
+    let svc = Service::new(config.clone(), Arc::new(store), pools.clone());
     svc.start_checkpoints();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

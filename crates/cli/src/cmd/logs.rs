@@ -7,7 +7,7 @@ use anyhow::Context;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use warmpool_server::api::JobView;
-use warmpool_server::store::JobState;
+use warmpool_store::JobState;
 
 #[derive(clap::Args)]
 pub struct LogsArgs {

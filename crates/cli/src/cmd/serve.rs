@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use warmpool_pool::Pools;
 use warmpool_server::github::GithubBot;
-use warmpool_server::store::Store;
+use warmpool_store::{SqliteStore, SystemClock};
 use warmpool_server::Service;
 
 #[derive(clap::Args)]
@@ -53,7 +53,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let (_runtime, executor) = super::connect(&config)?;
-    let store = Store::open(&config.server.data_dir).with_context(|| {
+    let store = SqliteStore::open(&config.server.data_dir, Arc::new(SystemClock)).with_context(|| {
         format!(
             "opening the job store in {}",
             config.server.data_dir.display()
@@ -61,7 +61,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     })?;
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
-    let svc = Service::new(config.clone(), store, pools.clone());
+    let svc = Service::new(config.clone(), Arc::new(store), pools.clone());
     // The GitHub bot, when configured: its hooks go in before jobs are recovered.
     let bot = match &config.github {
         Some(g) => match GithubBot::from_env(g.clone(), &svc) {

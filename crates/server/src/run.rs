@@ -1,0 +1,290 @@
+//! The run of one stored job on this node, as small named steps driven by the
+//! core's transition function (`warmpool_core::lifecycle`): prepare (pool,
+//! secrets, front-end env), claim a container (racing a cancel and the
+//! shutdown), start (stored before the hand-over), execute (the pool's one run
+//! path, a cancel turned into a kill), conclude (output stored, end stored,
+//! followers and front ends told). Every decision about the job's state is the
+//! core's; this file only carries out the actions it returns.
+
+use crate::admission::Ticket;
+use crate::live::LiveJob;
+use crate::service::{read_secret, Service};
+use crate::sink::JobSink;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use warmpool_core::lifecycle::{transition, Action, Event, Finish, Phase, RunEnd};
+use warmpool_core::{ExitStatus, Job};
+use warmpool_exec::{Outcome, RunControl};
+use warmpool_pool::{Claimed, Pool, PoolError};
+use warmpool_store::QueuedJob;
+
+/// One job's run. Owns the job's phase: nothing else changes it.
+pub(crate) struct JobRun {
+    svc: Arc<Service>,
+    id: String,
+    live: Arc<LiveJob>,
+    phase: Phase,
+    /// The admission place, held until the job holds a container.
+    ticket: Option<Ticket>,
+    claimed: Option<Claimed>,
+    /// Some output could not be stored (the end says so).
+    output_lost: bool,
+}
+
+/// What the job needs to run, gathered before it claims a container.
+struct Prepared {
+    pool: Pool,
+    job: Job,
+    secrets: Vec<String>,
+}
+
+impl JobRun {
+    pub(crate) fn new(svc: Arc<Service>, id: String, live: Arc<LiveJob>, ticket: Ticket) -> JobRun {
+        JobRun {
+            svc,
+            id,
+            live,
+            phase: Phase::Queued,
+            ticket: Some(ticket),
+            claimed: None,
+            output_lost: false,
+        }
+    }
+
+    /// Run the job to its stored end (or, at a shutdown before it started, leave
+    /// it queued for the next start).
+    pub(crate) async fn drive(mut self, q: QueuedJob) {
+        let prepared = match self.prepare(q).await {
+            Ok(p) => p,
+            Err(why) => return self.event(Event::NotStarted(why)).await,
+        };
+        match self.claim(&prepared.pool).await {
+            Ok(claimed) => self.claimed = Some(claimed),
+            Err(event) => return self.event(event).await,
+        }
+        self.ticket = None;
+        self.event(Event::Claimed).await;
+        if !self.start().await {
+            return;
+        }
+        let end = self.execute(prepared).await;
+        let stopping = self.svc.stopping().is_cancelled();
+        self.event(Event::Ended { run: end, stopping }).await;
+    }
+
+    /// Apply an event and carry out what the core says to do.
+    async fn event(&mut self, event: Event) {
+        let (next, action) = match transition(&self.phase, event) {
+            Ok(t) => t,
+            Err(illegal) => {
+                // A driver bug must not wedge the job: say so, and store nothing.
+                tracing::error!(job = %self.id, error = %illegal, "an illegal job transition");
+                return;
+            }
+        };
+        self.phase = next;
+        match action {
+            Action::Nothing => {}
+            Action::Release => self.release(),
+            Action::Kill => {} // done by `execute`, which owns the run
+            Action::Store(f) => self.conclude(f).await,
+            Action::ReleaseAndStore(f) => {
+                self.release();
+                self.conclude(f).await;
+            }
+        }
+    }
+
+    /// The claimed container goes back: it is removed (never left `Created`),
+    /// and its slot frees for the next claim.
+    fn release(&mut self) {
+        self.claimed = None;
+    }
+
+    async fn prepare(&mut self, q: QueuedJob) -> Result<Prepared, String> {
+        let name = &q.job.profile;
+        let pool = self
+            .svc
+            .pools
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no pool for profile \"{name}\""))?;
+        let profile = pool.profile().profile.clone();
+        // Secrets come from the server's environment, now; they are never stored.
+        let mut secrets = Vec::new();
+        let mut env = q.job.env;
+        for name in &profile.secret_env {
+            let value = read_secret(name)?;
+            secrets.push(value.clone());
+            env.push((name.clone(), value));
+        }
+        if let Some(h) = self.svc.hooks() {
+            // Front-end env first, secrets last (a front end cannot override one).
+            let mut front = Vec::new();
+            h.before_start(&self.id, &mut front).await?;
+            let n = env.len() - secrets.len();
+            env.splice(n..n, front);
+        }
+        Ok(Prepared {
+            pool,
+            job: Job {
+                args: q.job.args,
+                env,
+                unset: Vec::new(),
+                stdin: q.job.stdin,
+                timeout: q.job.timeout_ms.map(Duration::from_millis),
+            },
+            secrets,
+        })
+    }
+
+    /// A container, or the event that ends the wait for one.
+    async fn claim(&mut self, pool: &Pool) -> Result<Claimed, Event> {
+        let claim = pool.claim();
+        tokio::select! {
+            // A cancel drops the claim: a queued claim leaves the queue; a cold
+            // park in flight finishes on its own and its container goes to the
+            // pool (the pool's rule), so nothing is left half-created.
+            _ = self.live.cancel.cancelled() => Err(Event::CancelRequested),
+            got = claim => match got {
+                Ok(c) => Ok(c),
+                Err(PoolError::ShuttingDown { .. }) => Err(Event::Stopping),
+                Err(e) => Err(Event::NotStarted(e.to_string())),
+            },
+        }
+    }
+
+    /// Stored as running (durably, before the hand-over: a crash never runs it
+    /// twice). `false` if the job ended instead (a cancel came first).
+    async fn start(&mut self) -> bool {
+        let hit = self.claimed.as_ref().is_some_and(|c| c.hit);
+        match self.svc.store().start(&self.id, self.svc.node(), hit).await {
+            Ok(true) => {
+                // Its env and stdin left the store: scrub old copies soon.
+                self.svc.input_wiped();
+                self.event(Event::Started).await;
+                true
+            }
+            Ok(false) => {
+                // Cancelled in the store meanwhile.
+                self.event(Event::CancelRequested).await;
+                false
+            }
+            Err(e) => {
+                self.event(Event::NotStarted(format!("storing the job's start failed: {e}")))
+                    .await;
+                false
+            }
+        }
+    }
+
+    /// Hand the job over and follow it to its end; a cancel kills it.
+    async fn execute(&mut self, p: Prepared) -> RunEnd {
+        let Some(claimed) = self.claimed.take() else {
+            return RunEnd::lost(ExitStatus::Code(125), "no container was claimed");
+        };
+        let (sink, pump) = JobSink::new(
+            self.svc.store().clone(),
+            self.id.clone(),
+            self.live.clone(),
+            &p.secrets,
+        );
+        let mut sink = sink;
+        let (signals, rx) = mpsc::unbounded_channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let control = RunControl::with_signals(rx).with_cancel_flag(cancelled.clone());
+        let outcome = {
+            let run = p.pool.run_claimed(claimed, p.job, &mut sink, control);
+            tokio::pin!(run);
+            let mut cancel_seen = false;
+            loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = self.live.cancel.cancelled(), if !cancel_seen => {
+                        cancel_seen = true;
+                        let (next, action) = match transition(&self.phase, Event::CancelRequested) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::error!(job = %self.id, error = %e, "an illegal job transition");
+                                continue;
+                            }
+                        };
+                        self.phase = next;
+                        if action == Action::Kill {
+                            cancelled.store(true, Ordering::SeqCst);
+                            let _ = signals.send("SIGKILL");
+                        }
+                    }
+                }
+            }
+        };
+        sink.finish().await;
+        let stored = pump.drained().await;
+        let mut end = match outcome {
+            Ok(run) => {
+                let h = &self.svc.histograms;
+                h.claim.observe(run.claim_time);
+                if let Some(f) = run.outcome.run.first_output {
+                    h.first_output.observe(f);
+                }
+                h.duration.observe(run.outcome.run.exit);
+                run_end(&run.outcome)
+            }
+            Err(e) => RunEnd::lost(ExitStatus::Code(125), e.to_string()),
+        };
+        if !stored {
+            self.output_lost = true;
+        }
+        // Errors may quote the job's env: no secret leaves in them either.
+        end.lost = end.lost.map(|e| redact_text(&e, &p.secrets));
+        end.start_error = end.start_error.map(|e| redact_text(&e, &p.secrets));
+        end
+    }
+
+    /// Store the job's end, then tell followers and front ends.
+    async fn conclude(&mut self, mut f: Finish) {
+        if self.output_lost {
+            let note = "some of the job's output could not be stored";
+            f.error = Some(match f.error.take() {
+                Some(e) => format!("{e}; {note}"),
+                None => note.to_string(),
+            });
+        }
+        let state = f.state;
+        match self.svc.store().finish(&self.id, &f).await {
+            Ok(_) => {}
+            Err(e) => tracing::error!(job = %self.id, error = %e, "storing a job's end failed"),
+        }
+        self.svc.ended(&self.id, state, &self.live).await;
+    }
+}
+
+/// How the exec layer's outcome reads as the core's run end.
+fn run_end(o: &Outcome) -> RunEnd {
+    RunEnd {
+        exit: o.exit,
+        lost: o.lost.clone(),
+        start_error: o.start_error.clone(),
+        timed_out: o.timed_out,
+        oom_killed: o.oom_killed,
+        outside_signal: o.outside_signal,
+        engine_lost: o.engine_lost,
+        truncated: o.stdout_truncated || o.stderr_truncated,
+    }
+}
+
+/// `text` with every secret replaced, for error messages.
+pub(crate) fn redact_text(text: &str, secrets: &[String]) -> String {
+    let secrets: Vec<&[u8]> = secrets
+        .iter()
+        .map(|s| s.as_bytes())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if secrets.is_empty() {
+        return text.to_string();
+    }
+    let out = warmpool_core::redact::redact_all(text.as_bytes(), &secrets);
+    String::from_utf8_lossy(&out).into_owned()
+}
