@@ -4,13 +4,17 @@
 //! - [`job`]: what a job asks for and how it becomes the gate's [`JobSpec`] with
 //!   `docker run` semantics (ENTRYPOINT + args or CMD; image env, profile env, job env).
 //! - [`labels`]: the labels every warmpool container carries.
+//! - [`redact`]: a job's secrets hidden from its output over the whole stream (a
+//!   secret split across writes or cut by the cap never shows).
 //!
 //! Nothing here talks to the engine; that is `warmpool-runtime`'s job.
 
 pub mod config;
 pub mod job;
 pub mod labels;
+pub mod redact;
 
 pub use config::{Config, ConfigError, Profile};
 pub use job::{ImageConfig, Job, JobError};
+pub use redact::{redact_all, Redactor};
 pub use warmpool_gate::protocol::{ExitStatus, JobSpec};
