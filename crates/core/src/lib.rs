@@ -6,6 +6,8 @@
 //! - [`labels`]: the labels every warmpool container carries.
 //! - [`lifecycle`]: a job's states, the events that move it, the transition
 //!   function and the mapping from how a run ended to its final state.
+//! - [`redact`]: a job's secrets hidden from its output over the whole stream (a
+//!   secret split across writes or cut by the cap never shows).
 //!
 //! Nothing here talks to the engine; that is `warmpool-runtime`'s job.
 
@@ -13,8 +15,10 @@ pub mod config;
 pub mod job;
 pub mod labels;
 pub mod lifecycle;
+pub mod redact;
 
 pub use config::{Config, ConfigError, Profile};
 pub use job::{ImageConfig, Job, JobError};
 pub use lifecycle::{Finish, JobState};
+pub use redact::{redact_all, Redactor};
 pub use warmpool_gate::protocol::{ExitStatus, JobSpec};

@@ -12,7 +12,7 @@ mod parked;
 mod spec;
 
 pub use outcome::{Outcome, ParkTimings, RunTimings, StreamKind};
-pub use parked::{OutputSink, Parked, RunControl};
+pub use parked::{cut_marker, OutputSink, Parked, RunControl};
 pub use spec::container_spec;
 
 use std::sync::Arc;

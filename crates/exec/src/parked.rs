@@ -19,12 +19,44 @@ use warmpool_runtime::{Output, Runtime, RuntimeError};
 
 /// Where a job's output goes, chunk by chunk, as it arrives. Never handed the
 /// whole output: a job that writes gigabytes costs one chunk of memory.
+///
+/// A run calls [`write`](OutputSink::write) with each piece of a stream, in order,
+/// and [`cut`](OutputSink::cut) once if the stream reaches the profile's
+/// `output_limit`; nothing more of that stream follows a cut. There is no
+/// end-of-stream call: the run borrows the sink and the caller has it back when
+/// the run returns (an outcome or an error), so a sink that holds bytes back (a
+/// redactor waiting to see whether a tail grows into a secret) flushes them then,
+/// for each stream not cut. (A job run again because its first container died
+/// before it started writes on through the same sink: one stream, not two.)
 pub trait OutputSink: Send {
     fn write(
         &mut self,
         stream: StreamKind,
         data: &[u8],
     ) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// `stream` reached `limit` bytes and was cut there: the job goes on, its
+    /// further output on this stream is dropped. A sink that holds bytes back
+    /// ends the stream first (a secret straddling the cap must not leave its
+    /// prefix behind), then writes the marker. By default: the marker.
+    fn cut(
+        &mut self,
+        stream: StreamKind,
+        limit: u64,
+    ) -> impl Future<Output = std::io::Result<()>> + Send {
+        async move {
+            self.write(stream, cut_marker(stream, limit).as_bytes())
+                .await
+        }
+    }
+}
+
+/// The line that ends a stream cut at `limit` bytes.
+pub fn cut_marker(stream: StreamKind, limit: u64) -> String {
+    format!(
+        "\n[warmpool: {} cut at {limit} bytes; the job went on]\n",
+        stream.name()
+    )
 }
 
 /// Signals to pass on to a running job (as `docker run` proxies its own signals).
@@ -456,7 +488,8 @@ async fn recv_signal(
     }
 }
 
-/// Per-stream accounting: the cap, and whether the sink still takes output.
+/// Per-stream accounting: the cap, and whether the sink still takes output. The
+/// cap counts the job's own bytes, before any sink rewrites them.
 struct StreamState {
     written: u64,
     limit: u64,
@@ -491,13 +524,8 @@ impl StreamState {
         }
         if cut {
             self.truncated = true;
-            let marker = format!(
-                "\n[warmpool: {} cut at {} bytes; the job went on]\n",
-                kind.name(),
-                self.limit
-            );
             if result.is_ok() {
-                result = sink.write(kind, marker.as_bytes()).await;
+                result = sink.cut(kind, self.limit).await;
             }
         }
         if let Err(e) = result {
@@ -505,5 +533,129 @@ impl StreamState {
             tracing::debug!(stream = kind.name(), error = %e, "output sink failed; dropping further output");
             self.sink_broken = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warmpool_core::redact::Redactor;
+
+    /// Records what a run hands its sink.
+    #[derive(Default)]
+    struct Recording {
+        events: Vec<(StreamKind, String)>,
+    }
+
+    impl OutputSink for Recording {
+        async fn write(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+            let text = String::from_utf8_lossy(data).into_owned();
+            self.events.push((stream, text));
+            Ok(())
+        }
+    }
+
+    /// A sink that redacts each stream as the service's does: on a cut, it ends
+    /// the stream's redactor before the marker.
+    struct Redacting {
+        redactors: [Redactor; 2],
+        out: [Vec<u8>; 2],
+    }
+
+    impl Redacting {
+        fn new(secret: &str) -> Redacting {
+            let r = Redactor::new([secret]);
+            Redacting {
+                redactors: [r.clone(), r],
+                out: [Vec::new(), Vec::new()],
+            }
+        }
+
+        /// What the caller does once the run has returned.
+        fn end(&mut self) {
+            for (r, out) in self.redactors.iter_mut().zip(self.out.iter_mut()) {
+                r.finish(out);
+            }
+        }
+    }
+
+    impl OutputSink for Redacting {
+        async fn write(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+            let i = stream as usize;
+            self.redactors[i].push(data, &mut self.out[i]);
+            Ok(())
+        }
+
+        async fn cut(&mut self, stream: StreamKind, limit: u64) -> std::io::Result<()> {
+            let i = stream as usize;
+            self.redactors[i].finish(&mut self.out[i]);
+            self.out[i].extend_from_slice(cut_marker(stream, limit).as_bytes());
+            Ok(())
+        }
+    }
+
+    async fn deliver_all<S: OutputSink>(limit: u64, chunks: &[&str], sink: &mut S) -> bool {
+        let mut state = StreamState::new(limit);
+        for c in chunks {
+            state.deliver(StreamKind::Stdout, c.as_bytes(), sink).await;
+        }
+        state.truncated
+    }
+
+    #[tokio::test]
+    async fn output_under_the_cap_is_written_whole() {
+        let mut sink = Recording::default();
+        // Exactly at the cap is not over it.
+        let truncated = deliver_all(6, &["abc", "def"], &mut sink).await;
+        assert!(!truncated);
+        let texts: Vec<&str> = sink.events.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, ["abc", "def"]);
+    }
+
+    #[tokio::test]
+    async fn the_default_cut_writes_the_marker_once() {
+        let mut sink = Recording::default();
+        let truncated = deliver_all(5, &["abc", "defgh", "more", "and more"], &mut sink).await;
+        assert!(truncated);
+        let texts: Vec<&str> = sink.events.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "abc",
+                "de",
+                "\n[warmpool: stdout cut at 5 bytes; the job went on]\n"
+            ]
+        );
+        assert!(sink.events.iter().all(|(k, _)| *k == StreamKind::Stdout));
+    }
+
+    #[tokio::test]
+    async fn a_secret_straddling_the_cap_leaves_no_prefix() {
+        let mut sink = Redacting::new("TOKEN-0123456789");
+        // The cap falls 6 bytes into the secret, which came in two writes.
+        let truncated = deliver_all(12, &["hello TOK", "EN-0123", "456789\n"], &mut sink).await;
+        assert!(truncated);
+        sink.end();
+        assert_eq!(
+            String::from_utf8_lossy(&sink.out[0]),
+            "hello [redacted]\n[warmpool: stdout cut at 12 bytes; the job went on]\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_across_writes_is_hidden_without_a_cut() {
+        let mut sink = Redacting::new("TOKEN-0123456789");
+        let truncated = deliver_all(
+            1 << 20,
+            &["a TOKEN-01", "23456789 b\n", "c TOKE"],
+            &mut sink,
+        )
+        .await;
+        assert!(!truncated);
+        sink.end();
+        assert_eq!(
+            String::from_utf8_lossy(&sink.out[0]),
+            "a [redacted] b\nc [redacted]"
+        );
     }
 }
