@@ -15,9 +15,12 @@ use std::fmt;
 use std::time::Duration;
 
 pub mod clock;
+pub mod conformance;
 pub mod ids;
+pub mod sqlite;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use sqlite::SqliteStore;
 pub use warmpool_core::lifecycle::{Finish, JobState};
 
 /// One of a job's two output streams.
