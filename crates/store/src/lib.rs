@@ -4,15 +4,23 @@
 //! `warmpool_core::lifecycle`'s); it runs nothing and never touches containers.
 //!
 //! - [`JobStore`]: the interface, and its value types (this file).
-//! - `sqlite`: the embedded backend (one file under `[server] data_dir`) — to come.
-//! - `clock`: time, injected (tests move it by hand, no back-dated rows).
-//! - `ids`: job ids and RFC 3339 timestamps.
-//! - `conformance`: the suite, generic over the trait.
+//! - [`sqlite`]: the embedded backend (one file under `[server] data_dir`): one
+//!   writer thread committing in groups, reader connections beside it.
+//! - [`clock`]: time, injected (tests move it by hand, no back-dated rows).
+//! - [`ids`]: job ids and RFC 3339 timestamps.
+//! - [`conformance`]: the suite, generic over the trait, that every backend runs.
 
 use async_trait::async_trait;
 use std::fmt;
 use std::time::Duration;
 
+pub mod clock;
+pub mod conformance;
+pub mod ids;
+pub mod sqlite;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use sqlite::SqliteStore;
 pub use warmpool_core::lifecycle::{Finish, JobState};
 
 /// One of a job's two output streams.
