@@ -1,16 +1,24 @@
 //! How a run ended, as its `Outcome` tells it, against the real engine: an
 //! out-of-memory kill says so, a signal someone else sent (`docker stop`) is
-//! told apart from the ones warmpool sends itself (timeout, forwarded signals).
+//! told apart from the ones warmpool sends itself (timeout, forwarded signals),
+//! and an engine that goes away mid-run (its socket pulled out from under the
+//! run) is told apart from a container killed under a living engine.
 
 mod common;
 
 use common::*;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 use warmpool_core::{Job, Profile};
-use warmpool_exec::{Outcome, OutputSink, RunControl, StreamKind};
-use warmpool_runtime::Runtime;
+use warmpool_exec::{Executor, Outcome, OutputSink, RunControl, StreamKind};
+use warmpool_runtime::{DockerRuntime, Runtime};
+
+/// The shared engine's socket, which the tests reach through [`EngineSocket`].
+const ENGINE_SOCKET: &str = "/var/run/docker.sock";
 
 /// Run `job` warm on an engine handle of its own, in the background, its
 /// container removed before the handle resolves.
@@ -34,7 +42,10 @@ async fn running_job(e: &Engine, p: &Profile, needle: &str) -> String {
             .await
             .expect("list");
         if let Some(c) = found.into_iter().next() {
-            let top = Command::new("docker").args(["top", &c.id]).output().unwrap();
+            let top = Command::new("docker")
+                .args(["top", &c.id])
+                .output()
+                .unwrap();
             if String::from_utf8_lossy(&top.stdout).contains(needle) {
                 return c.id;
             }
@@ -60,7 +71,10 @@ async fn an_out_of_memory_kill_says_so() {
     assert!(o.oom_killed, "{o:?} {out:?}");
     assert!(o.lost.is_none(), "the gate survived and reported: {o:?}");
     assert_eq!(out.code, 137, "dd was killed: {out:?}");
-    assert_eq!(o.outside_signal, None, "the OOM killer's SIGKILL is not seen");
+    assert_eq!(
+        o.outside_signal, None,
+        "the OOM killer's SIGKILL is not seen"
+    );
     assert!(!o.engine_lost);
 
     // The same profile, a job within the limit: no claim.
@@ -161,4 +175,147 @@ async fn a_signal_passed_on_by_warmpool_is_not_outside() {
     assert_eq!(o.exit_code(), 4);
     assert_eq!(o.outside_signal, None, "warmpool passed it on: {o:?}");
     assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_container_killed_under_a_living_engine_is_not_a_lost_engine() {
+    let e = engine();
+    let p = profile(BUSYBOX);
+    let _cleanup = cleanup(&p);
+    let running = spawn_warm(&p, job(&["sh", "-c", "echo started; sleep 30"]));
+    let id = running_job(&e, &p, "sleep 30").await;
+    // SIGKILL: the gate never sees it, so nothing says whose it was.
+    e.runtime.kill(&id, "SIGKILL").await.expect("SIGKILL");
+    let (out, o) = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the run ends when its container dies")
+        .unwrap();
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(o.lost.is_some(), "{o:?}");
+    assert!(!o.engine_lost, "the engine answered: {o:?}");
+    assert_eq!(o.outside_signal, None, "{o:?}");
+    assert_clean(&e, &p).await;
+}
+
+/// A socket that stands for the engine's: it passes every connection on to the
+/// real engine until [`EngineSocket::pull`] cuts them all and stops answering,
+/// as an engine that dies does (its containers run on under containerd).
+struct EngineSocket {
+    path: PathBuf,
+    accept: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl EngineSocket {
+    fn start(path: &Path) -> EngineSocket {
+        let listener = UnixListener::bind(path).expect("bind the stand-in socket");
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let conns = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Ok(mut engine) = UnixStream::connect(ENGINE_SOCKET).await else {
+                    continue;
+                };
+                let relay = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                });
+                conns.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        EngineSocket {
+            path: path.to_path_buf(),
+            accept,
+            connections,
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// The engine is gone: every connection cut, nobody answers a new one.
+    fn pull(&self) {
+        self.accept.abort();
+        for relay in self.connections.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineSocket {
+    fn drop(&mut self) {
+        self.pull();
+    }
+}
+
+/// Collects output and says once when the job has printed "started".
+struct SayWhenStarted {
+    sink: CollectSink,
+    started: Option<oneshot::Sender<()>>,
+}
+
+impl OutputSink for SayWhenStarted {
+    async fn write(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+        self.sink.write(stream, data).await?;
+        if self.sink.stdout.windows(7).any(|w| w == b"started") {
+            if let Some(tx) = self.started.take() {
+                let _ = tx.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_engine_that_goes_away_mid_run_is_a_lost_engine() {
+    ensure_images();
+    let p = profile(BUSYBOX);
+    // Removes the job's container (still running: the engine only seemed to go)
+    // through the real socket.
+    let _cleanup = cleanup(&p);
+    let dir = std::env::temp_dir().join(unique("warmpool-engine-socket"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = EngineSocket::start(&dir.join("docker.sock"));
+    let runtime = Arc::new(DockerRuntime::connect(Some(&socket.host())).expect("connect"));
+    let executor = Executor::new(runtime);
+    let resolved = executor.resolve(&p).await.expect("resolve");
+    let parked = executor.park(resolved).await.expect("park");
+    let (tx, started) = oneshot::channel();
+    let run = tokio::spawn(async move {
+        let mut sink = SayWhenStarted {
+            sink: CollectSink::default(),
+            started: Some(tx),
+        };
+        parked
+            .run(
+                job(&["sh", "-c", "echo started; sleep 30"]),
+                &mut sink,
+                RunControl::default(),
+            )
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(20), started)
+        .await
+        .expect("the job starts")
+        .expect("the run is alive");
+    socket.pull();
+    let o = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the run ends when the engine goes")
+        .unwrap()
+        .expect("an outcome, not an error");
+    assert!(o.started, "{o:?}");
+    assert!(o.engine_lost, "{o:?}");
+    assert!(o.lost.is_some(), "no exit frame: {o:?}");
+    assert!(
+        o.lost
+            .as_deref()
+            .unwrap_or("")
+            .contains("engine did not answer"),
+        "{o:?}"
+    );
+    assert_eq!(o.outside_signal, None);
+    drop(socket);
+    let _ = std::fs::remove_dir_all(&dir);
 }
