@@ -1,14 +1,16 @@
 //! A container parked at its gate, and the one path every job takes from there:
 //! hand over the spec, stream the frames, take the exit, remove the container.
 
-use crate::outcome::{Outcome, ParkTimings, RunTimings, StreamKind};
+use crate::outcome::{
+    engine_lost, signal_number, Outcome, ParkTimings, RunTimings, SignalLedger, StreamKind,
+};
 use crate::{keep_tail, stderr_note, ExecError, Executor, ResolvedProfile};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -96,6 +98,9 @@ impl RunControl {
 const AFTER_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the acknowledgement (closing the gate's stdin) to go out.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the engine may take to answer "are you there" after a run ended
+/// without an exit frame; no answer by then counts as the engine gone.
+const ENGINE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A started container whose gate waits for its one job.
 pub struct Parked {
@@ -209,13 +214,17 @@ impl Parked {
         drop(encoded);
 
         // Timeout and signals are enforced by a task of their own, so a caller that
-        // reads the output slowly (or not at all) never delays a kill.
+        // reads the output slowly (or not at all) never delays a kill. It writes
+        // down each signal it sends, so the gate's reports of them are not taken
+        // for someone else's.
+        let signals = Arc::new(Mutex::new(SignalLedger::default()));
         let enforcer = Enforcer::spawn(
             runtime.clone(),
             id.clone(),
             tokio::time::Instant::from_std(handover + timeout),
             profile.kill_grace,
             control.signals,
+            signals.clone(),
         );
 
         // The engine's wait is a watchdog for a container that dies without an exit
@@ -243,6 +252,7 @@ impl Parked {
         let mut gate_stderr = Vec::new();
         let mut exit: Option<ExitStatus> = None;
         let mut lost: Option<String> = None;
+        let mut oom_killed = false;
         let mut give_up_at = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
 
         'run: loop {
@@ -272,6 +282,14 @@ impl Parked {
                                 }
                                 Frame::StartFailed(msg) => {
                                     start_error = Some(msg);
+                                    continue;
+                                }
+                                Frame::Signal(sig) => {
+                                    lock(&signals).received(sig);
+                                    continue;
+                                }
+                                Frame::Oom(kills) => {
+                                    oom_killed |= kills > 0;
                                     continue;
                                 }
                                 Frame::Exit(status) => {
@@ -331,6 +349,8 @@ impl Parked {
         let exit_time = handover.elapsed();
         let timed_out = enforcer.timed_out();
         drop(enforcer);
+        let outside_signal = lock(&signals).outside();
+        let mut lost_engine = false;
 
         let exit = match exit {
             Some(status) => {
@@ -358,10 +378,20 @@ impl Parked {
                         stderr_note(&gate_stderr)
                     )
                 });
-                lost = Some(if code >= 0 {
-                    format!("{why} (container exit code {code})")
+                // Off the job's usual path: did the container die, or the engine?
+                lost_engine = engine_lost(
+                    false,
+                    engine_answers(runtime.as_ref(), ENGINE_CHECK_TIMEOUT).await,
+                );
+                let engine_note = if lost_engine {
+                    "; the engine did not answer afterwards"
                 } else {
-                    format!("{why} (container exit code unknown)")
+                    ""
+                };
+                lost = Some(if code >= 0 {
+                    format!("{why} (container exit code {code}){engine_note}")
+                } else {
+                    format!("{why} (container exit code unknown){engine_note}")
                 });
                 lost_status(code)
             }
@@ -380,6 +410,9 @@ impl Parked {
             stderr_truncated: streams[1].truncated,
             start_error,
             lost,
+            oom_killed,
+            outside_signal,
+            engine_lost: lost_engine,
             park: self.timings,
             run: RunTimings {
                 first_output,
@@ -387,6 +420,21 @@ impl Parked {
             },
         })
     }
+}
+
+/// Whether the engine answers within `within` (any answer: it is there).
+async fn engine_answers(runtime: &dyn Runtime, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, runtime.info()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// The ledger, also if a panic elsewhere poisoned its lock (it holds counts only).
+fn lock(ledger: &Mutex<SignalLedger>) -> std::sync::MutexGuard<'_, SignalLedger> {
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What to report for a job whose container died without an exit frame. Never 0:
@@ -416,6 +464,7 @@ impl Enforcer {
         deadline: tokio::time::Instant,
         grace: Duration,
         signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
+        sent: Arc<Mutex<SignalLedger>>,
     ) -> Enforcer {
         let killed = Arc::new(tokio::sync::Notify::new());
         let timed_out = Arc::new(AtomicBool::new(false));
@@ -433,11 +482,13 @@ impl Enforcer {
                         t.store(true, Ordering::SeqCst);
                         kill_at = Some(tokio::time::Instant::now() + grace);
                         // The gate forwards SIGTERM to the job's process group.
+                        lock(&sent).sent(15);
                         if let Err(e) = runtime.kill(&id, "SIGTERM").await {
                             tracing::debug!(container = %id, error = %e, "SIGTERM on timeout failed");
                         }
                     }
                     _ = sleep_until_some(kill_at) => {
+                        lock(&sent).sent(9);
                         if let Err(e) = runtime.kill(&id, "SIGKILL").await {
                             if !e.is_not_found() {
                                 tracing::warn!(container = %id, error = %e, "killing a timed-out job failed");
@@ -447,6 +498,9 @@ impl Enforcer {
                         return;
                     }
                     Some(sig) = recv_signal(&mut signals) => {
+                        if let Some(n) = signal_number(sig) {
+                            lock(&sent).sent(n);
+                        }
                         if let Err(e) = runtime.kill(&id, sig).await {
                             tracing::debug!(container = %id, error = %e, "forwarding a signal failed");
                         }

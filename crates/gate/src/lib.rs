@@ -1,8 +1,11 @@
 //! The gate as seen from the host: its wire protocol and its binary.
 //!
 //! `protocol` is shared source with the gate itself (src/gate/main.rs), so both sides
-//! frame bytes the same way. `GATE_BINARY` is the static gate built by build.rs.
+//! frame bytes the same way; so is `cgroup` (how the gate reads the OOM-kill
+//! counter), so its parsing is tested here. `GATE_BINARY` is the static gate built
+//! by build.rs.
 
+pub mod cgroup;
 pub mod protocol;
 
 /// The static gate binary, ready to be copied into a container.

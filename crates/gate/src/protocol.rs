@@ -19,7 +19,12 @@
 //!
 //! `READY` first (payload: the gate's version string); once the job's process
 //! exists, `STARTED` (payload: its pid, i32 BE) or else one `START_FAILED`
-//! (payload: a message); any number of `STDOUT`/`STDERR` chunks; `EXIT` last
+//! (payload: a message); any number of `STDOUT`/`STDERR` chunks and `SIGNAL`
+//! frames (payload: signal number, i32 BE: one per signal the gate received and
+//! passed on to the job, as it happens, so the host learns of a signal it did not
+//! send even if the container dies next); at most one `OOM` (payload: u32 BE, how
+//! many processes the kernel's OOM killer killed in the container's cgroup while
+//! the job ran; sent only when that count rose) just before `EXIT`; `EXIT` last
 //! (payload: 0 + exit code i32 BE, or 1 + signal number i32 BE). After `EXIT`
 //! the gate waits (bounded) for the host to close its stdin, so the host has
 //! read everything before the container ends; stdin closing *during* a job
@@ -31,8 +36,11 @@ use std::io::Read;
 
 /// Magic that opens a job spec.
 pub const SPEC_MAGIC: [u8; 4] = *b"WPGS";
-/// Version of the spec encoding this file reads and writes.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the protocol this file speaks: the spec encoding and the set of
+/// frames. Bump it with any change to either, so a host and a gate of different
+/// builds refuse each other at the spec instead of misreading a frame.
+/// 2: `SIGNAL` and `OOM` frames.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest spec body the gate accepts (argv + env + stdin bytes).
 pub const MAX_SPEC_BODY: u32 = 256 * 1024 * 1024;
 /// Largest payload of one gate frame the host accepts.
@@ -46,6 +54,8 @@ pub const FRAME_STDOUT: u8 = 3;
 pub const FRAME_STDERR: u8 = 4;
 pub const FRAME_START_FAILED: u8 = 5;
 pub const FRAME_EXIT: u8 = 6;
+pub const FRAME_SIGNAL: u8 = 7;
+pub const FRAME_OOM: u8 = 8;
 
 /// What a job is, as far as the gate is concerned: everything is already
 /// resolved by the host (argv, the complete environment, working directory).
@@ -329,6 +339,11 @@ pub enum Frame {
     Stderr(Vec<u8>),
     StartFailed(String),
     Exit(ExitStatus),
+    /// The gate received this signal and passed it on to the job.
+    Signal(i32),
+    /// The kernel's OOM killer killed this many processes of the job's container
+    /// while the job ran.
+    Oom(u32),
 }
 
 /// Header bytes of a frame with a payload of `len` bytes.
@@ -356,6 +371,8 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
         Frame::Stderr(b) => (FRAME_STDERR, b.clone()),
         Frame::StartFailed(m) => (FRAME_START_FAILED, m.as_bytes().to_vec()),
         Frame::Exit(s) => (FRAME_EXIT, exit_payload(*s).to_vec()),
+        Frame::Signal(sig) => (FRAME_SIGNAL, sig.to_be_bytes().to_vec()),
+        Frame::Oom(kills) => (FRAME_OOM, kills.to_be_bytes().to_vec()),
     };
     let mut out = frame_header(kind, payload.len()).to_vec();
     out.extend_from_slice(&payload);
@@ -368,6 +385,8 @@ pub enum FrameError {
     UnknownKind(u8),
     TooLarge(u32),
     BadExit,
+    /// A `SIGNAL` or `OOM` frame whose payload is not 4 bytes.
+    BadNumber(u8),
 }
 
 impl fmt::Display for FrameError {
@@ -379,6 +398,10 @@ impl fmt::Display for FrameError {
                 "the gate sent a frame of {n} bytes, over the limit of {MAX_FRAME_PAYLOAD}"
             ),
             FrameError::BadExit => write!(f, "the gate sent a malformed exit or started frame"),
+            FrameError::BadNumber(k) => write!(
+                f,
+                "the gate sent a frame of kind {k} whose payload is not a 4-byte number"
+            ),
         }
     }
 }
@@ -425,7 +448,7 @@ impl FrameDecoder {
         if len > MAX_FRAME_PAYLOAD {
             return Err(FrameError::TooLarge(len));
         }
-        if !(FRAME_READY..=FRAME_EXIT).contains(&kind) {
+        if !(FRAME_READY..=FRAME_OOM).contains(&kind) {
             return Err(FrameError::UnknownKind(kind));
         }
         let total = FRAME_HEADER_LEN + len as usize;
@@ -442,6 +465,14 @@ impl FrameDecoder {
             FRAME_STDOUT => Frame::Stdout(payload.to_vec()),
             FRAME_STDERR => Frame::Stderr(payload.to_vec()),
             FRAME_START_FAILED => Frame::StartFailed(String::from_utf8_lossy(payload).into_owned()),
+            FRAME_SIGNAL => match <[u8; 4]>::try_from(payload) {
+                Ok(b) => Frame::Signal(i32::from_be_bytes(b)),
+                Err(_) => return Err(FrameError::BadNumber(kind)),
+            },
+            FRAME_OOM => match <[u8; 4]>::try_from(payload) {
+                Ok(b) => Frame::Oom(u32::from_be_bytes(b)),
+                Err(_) => return Err(FrameError::BadNumber(kind)),
+            },
             _ => {
                 if payload.len() != 5 {
                     return Err(FrameError::BadExit);

@@ -337,6 +337,76 @@ fn sigterm_goes_to_the_jobs_process_group() {
     assert!(text.contains("child got TERM"), "{text}");
     assert!(text.contains("parent got TERM"), "{text}");
     assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(7))));
+    // The host learns of the signal it did not send, once, before the exit.
+    let signals: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Signal(_)))
+        .collect();
+    assert_eq!(signals, [&Frame::Signal(15)], "{frames:?}");
+}
+
+#[test]
+fn each_signal_passed_on_is_reported_before_the_exit() {
+    let mut child = start_gate();
+    let mut stdin = child.stdin.take().unwrap();
+    // Counts what it gets; ends after the third, so every report precedes EXIT.
+    let script = "n=0; trap 'n=$((n+1)); echo got $n' USR1 HUP; echo ready; \
+                  while [ $n -lt 3 ]; do sleep 0.05; done; exit 3";
+    stdin
+        .write_all(&spec(&["sh", "-c", script]).encode())
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut dec = FrameDecoder::new();
+    let mut buf = [0u8; 4096];
+    let mut frames = Vec::new();
+    let mut sent = 0;
+    let signals = [10, 1, 10];
+    'read: loop {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "the gate ended without an exit frame");
+        dec.push(&buf[..n]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            // One signal at a time, each once the job has said it handled the last.
+            let next = match &f {
+                Frame::Stdout(d) => d
+                    .windows(5)
+                    .any(|w| w == b"ready" || w.starts_with(b"got ")),
+                _ => false,
+            };
+            let last = matches!(f, Frame::Exit(_));
+            frames.push(f);
+            if last {
+                break 'read;
+            }
+            if next && sent < signals.len() {
+                unsafe { kill(child.id() as i32, signals[sent]) };
+                sent += 1;
+            }
+        }
+    }
+    drop(stdin);
+    child.wait().unwrap();
+    let reported: Vec<i32> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Signal(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, signals, "{frames:?}");
+    assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(3))));
+}
+
+#[test]
+fn a_job_without_signals_or_oom_gets_neither_frame() {
+    let t = run_spec(&spec(&["sh", "-c", "echo quiet"]));
+    assert!(
+        !t.frames
+            .iter()
+            .any(|f| matches!(f, Frame::Signal(_) | Frame::Oom(_))),
+        "{:?}",
+        t.frames
+    );
 }
 
 #[test]
@@ -450,6 +520,8 @@ fn frame_encoding_round_trips() {
         Frame::Stdout(b"a".to_vec()),
         Frame::Stderr(vec![0, 255, 10]),
         Frame::StartFailed("nope".into()),
+        Frame::Signal(15),
+        Frame::Oom(2),
         Frame::Exit(ExitStatus::Signal(9)),
     ];
     let bytes: Vec<u8> = frames.iter().flat_map(encode_frame).collect();
@@ -466,6 +538,40 @@ fn frame_encoding_round_trips() {
     let mut dec = FrameDecoder::new();
     dec.push(&[42, 0, 0, 0, 0]);
     assert!(dec.next_frame().is_err(), "unknown kinds are refused");
+    for kind in [7u8, 8] {
+        let mut dec = FrameDecoder::new();
+        dec.push(&[kind, 0, 0, 0, 2, 0, 15]);
+        assert_eq!(
+            dec.next_frame(),
+            Err(warmpool_gate::protocol::FrameError::BadNumber(kind)),
+            "a SIGNAL or OOM payload is 4 bytes"
+        );
+    }
+}
+
+#[test]
+fn the_oom_kill_counter_is_read_from_either_cgroup_version() {
+    use warmpool_gate::cgroup::{oom_kills_between, parse_oom_kill};
+    // cgroup v1 memory.oom_control
+    let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+    assert_eq!(parse_oom_kill(v1), Some(3));
+    // cgroup v2 memory.events
+    let v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+    assert_eq!(parse_oom_kill(v2), Some(1));
+    // Kernels before 4.13 have no counter; garbage is no count.
+    assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"), None);
+    assert_eq!(parse_oom_kill("oom_kill many\n"), None);
+    assert_eq!(parse_oom_kill("oom_kill 1 2\n"), None);
+    assert_eq!(parse_oom_kill(""), None);
+    assert_eq!(oom_kills_between(Some(1), Some(3)), Some(2));
+    assert_eq!(oom_kills_between(Some(3), Some(3)), Some(0));
+    assert_eq!(
+        oom_kills_between(Some(3), Some(1)),
+        Some(0),
+        "reset: no claim"
+    );
+    assert_eq!(oom_kills_between(None, Some(3)), None, "no file: no claim");
+    assert_eq!(oom_kills_between(Some(3), None), None);
 }
 
 #[test]

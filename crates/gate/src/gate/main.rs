@@ -7,19 +7,27 @@
 //! the job's group), frames the job's stdout and stderr onto its own stdout, reports the
 //! job's exit as the last frame, waits for the host to acknowledge by closing stdin,
 //! and exits with the job's code (as tini does). It never runs a second job.
+//! It also reports what only it can see: each signal it passes on (a `SIGNAL` frame,
+//! so the host can tell signals it sent from those someone else sent) and whether
+//! the kernel's OOM killer struck during the job (an `OOM` frame, from the cgroup's
+//! counter read before READY and after the job).
 
 #[allow(dead_code)]
 #[path = "../protocol.rs"]
 mod protocol;
 
+#[allow(dead_code)]
+#[path = "../cgroup.rs"]
+mod cgroup;
+
 use protocol::{
-    exit_payload, frame_header, ExitStatus, JobSpec, FRAME_EXIT, FRAME_READY,
-    FRAME_STARTED, FRAME_START_FAILED, FRAME_STDERR, FRAME_STDOUT,
+    exit_payload, frame_header, ExitStatus, JobSpec, FRAME_EXIT, FRAME_OOM, FRAME_READY,
+    FRAME_SIGNAL, FRAME_STARTED, FRAME_START_FAILED, FRAME_STDERR, FRAME_STDOUT,
 };
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -46,6 +54,9 @@ mod sys {
     pub const SIGUSR2: i32 = 12;
     pub const SIGTERM: i32 = 15;
     pub const EINTR: i32 = 4;
+    pub const F_GETFL: i32 = 3;
+    pub const F_SETFL: i32 = 4;
+    pub const O_NONBLOCK: i32 = 0o4000;
     pub const PR_SET_CHILD_SUBREAPER: i32 = 36;
     extern "C" {
         pub fn signal(signum: i32, handler: usize) -> usize;
@@ -53,6 +64,9 @@ mod sys {
         pub fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
         pub fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
         pub fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
+        pub fn write(fd: i32, buf: *const u8, count: usize) -> isize;
+        pub fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+        pub fn __errno_location() -> *mut i32;
         pub fn _exit(code: i32) -> !;
         pub fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
     }
@@ -85,25 +99,50 @@ static STATE: AtomicI32 = AtomicI32::new(PARKED);
 static JOB_PGID: AtomicI32 = AtomicI32::new(0);
 /// A signal that arrived while the job was being started, delivered once it runs.
 static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Write end of the pipe that carries each passed-on signal (one byte, its number)
+/// from the handler to the pump, which reports it in a `SIGNAL` frame.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: i32) {
+    // write(2) and kill(2) may change errno under the code this interrupts.
+    let saved_errno = unsafe { *sys::__errno_location() };
     match STATE.load(Ordering::SeqCst) {
         // Parked with no job: a stop request means stop.
         PARKED => unsafe { sys::_exit(128 + sig) },
-        STARTING => PENDING_SIGNAL.store(sig, Ordering::SeqCst),
+        STARTING => {
+            PENDING_SIGNAL.store(sig, Ordering::SeqCst);
+            note_signal(sig);
+        }
         RUNNING => {
             // kill(2) is async-signal-safe; a negative pid addresses the whole group.
             let pgid = JOB_PGID.load(Ordering::SeqCst);
             if pgid > 0 {
                 unsafe { sys::kill(-pgid, sig) };
             }
+            note_signal(sig);
         }
         // The job has ended and its exit is being reported: nothing left to signal.
         _ => {}
     }
+    unsafe { *sys::__errno_location() = saved_errno };
+}
+
+/// Tell the pump (async-signal-safe: one non-blocking write; a full pipe drops
+/// the report, never blocks the handler).
+fn note_signal(sig: i32) {
+    let fd = SIGNAL_PIPE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = sig as u8;
+        unsafe { sys::write(fd, &byte, 1) };
+    }
 }
 
 fn main() {
+    // The handler's way to the pump exists before the handler does.
+    let signal_reports = match signal_pipe() {
+        Ok(r) => r,
+        Err(e) => die(EXIT_IO, &format!("cannot create a pipe: {e}")),
+    };
     // As PID 1 a signal without a handler is ignored; install ours before anything.
     for sig in FORWARDED {
         unsafe { sys::signal(sig, on_signal as *const () as usize) };
@@ -112,6 +151,8 @@ fn main() {
     // gate is not PID 1 (under another init, or in tests on the host).
     unsafe { sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let mut out = FrameWriter::stdout();
+    // Read before READY, off the hand-over's path; nothing runs here until the job.
+    let oom_kills_before = read_oom_kills();
     let version = concat!("warmpool-gate/", env!("CARGO_PKG_VERSION_GATE"));
     if out.frame(FRAME_READY, version.as_bytes()).is_err() {
         die(EXIT_IO, "cannot write to stdout: is the container attached?");
@@ -122,14 +163,65 @@ fn main() {
         Err(e) => die(EXIT_BAD_SPEC, &format!("{e}; starting nothing")),
     };
     STATE.store(STARTING, Ordering::SeqCst);
-    let status = run(spec, &mut out);
+    let status = run(spec, &mut out, signal_reports.as_raw_fd());
     STATE.store(ENDED, Ordering::SeqCst);
+    // What the host cannot see for itself, before the exit it waits for.
+    report_signals(&mut out, signal_reports.as_raw_fd(), true);
+    let oom_kills = cgroup::oom_kills_between(oom_kills_before, read_oom_kills());
+    if let Some(kills) = oom_kills.filter(|k| *k > 0) {
+        let kills = u32::try_from(kills).unwrap_or(u32::MAX);
+        let _ = out.frame(FRAME_OOM, &kills.to_be_bytes());
+    }
     if out.frame(FRAME_EXIT, &exit_payload(status)).is_ok() {
         // Let the host read everything before the container (and its stdout) ends.
         wait_for_stdin_eof(ACK_TIMEOUT_MS);
     }
     // Exiting as PID 1 ends the container, and with it anything the job left behind.
     std::process::exit(status.as_shell_code());
+}
+
+/// The pipe from the signal handler to the pump: both ends non-blocking (the
+/// handler must never block; the pump reads what is there and goes on). Its read
+/// end is returned; the write end stays open for the gate's life, in SIGNAL_PIPE.
+fn signal_pipe() -> io::Result<io::PipeReader> {
+    let (r, w) = io::pipe()?;
+    for fd in [r.as_raw_fd(), w.as_raw_fd()] {
+        let flags = unsafe { sys::fcntl(fd, sys::F_GETFL) };
+        if flags < 0 || unsafe { sys::fcntl(fd, sys::F_SETFL, flags | sys::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    SIGNAL_PIPE.store(w.into_raw_fd(), Ordering::SeqCst);
+    Ok(r)
+}
+
+/// A `SIGNAL` frame for each signal the handler passed on since the last call
+/// (only taken off the pipe when `write` is false: the host is gone). False when
+/// writing a frame failed.
+fn report_signals(out: &mut FrameWriter, fd: RawFd, mut write: bool) -> bool {
+    let mut buf = [0u8; 64];
+    let mut ok = true;
+    loop {
+        let r = unsafe { sys::read(fd, buf.as_mut_ptr(), buf.len()) };
+        if r <= 0 {
+            // Empty (EAGAIN), interrupted or broken: what was there is taken.
+            return ok;
+        }
+        for sig in &buf[..r as usize] {
+            if write && out.frame(FRAME_SIGNAL, &i32::from(*sig).to_be_bytes()).is_err() {
+                write = false;
+                ok = false;
+            }
+        }
+    }
+}
+
+/// The cgroup's OOM-kill count, if this container's cgroup shows one.
+fn read_oom_kills() -> Option<u64> {
+    cgroup::OOM_COUNTER_FILES
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| cgroup::parse_oom_kill(&text))
 }
 
 fn die(code: i32, msg: &str) -> ! {
@@ -245,7 +337,7 @@ fn resolve(program: &[u8], env: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, String
     Err(format!("exec: \"{name}\": executable file not found in $PATH"))
 }
 
-fn run(spec: JobSpec, out: &mut FrameWriter) -> ExitStatus {
+fn run(spec: JobSpec, out: &mut FrameWriter, signal_reports: RawFd) -> ExitStatus {
     let env = job_env(&spec.env);
     let program = match resolve(&spec.argv[0], &env) {
         Ok(p) => p,
@@ -324,6 +416,7 @@ fn run(spec: JobSpec, out: &mut FrameWriter) -> ExitStatus {
         stdout.as_raw_fd(),
         stderr.as_raw_fd(),
         wake_r.as_raw_fd(),
+        signal_reports,
     );
     // The pump returns once the job has ended (or it was killed because the host
     // went away); the reaper has stored its status before waking the pump.
@@ -376,14 +469,23 @@ fn decode_wait_status(status: i32) -> ExitStatus {
 /// Copy the job's output into frames until the job has ended and its pipes are
 /// drained. Backpressure is natural: while the host does not read, our write blocks
 /// and so does the job. Memory stays at one 64 KiB buffer. Stdin is watched too:
-/// EOF there while the job runs means the host is gone.
-fn pump(out: &mut FrameWriter, pgid: i32, stdout: RawFd, stderr: RawFd, wake: RawFd) {
+/// EOF there while the job runs means the host is gone. Signals passed on to the
+/// job are reported as they come, between output frames.
+fn pump(
+    out: &mut FrameWriter,
+    pgid: i32,
+    stdout: RawFd,
+    stderr: RawFd,
+    wake: RawFd,
+    signal_reports: RawFd,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut fds = [
         sys::PollFd { fd: stdout, events: sys::POLLIN, revents: 0 },
         sys::PollFd { fd: stderr, events: sys::POLLIN, revents: 0 },
         sys::PollFd { fd: wake, events: sys::POLLIN, revents: 0 },
         sys::PollFd { fd: 0, events: sys::POLLIN, revents: 0 },
+        sys::PollFd { fd: signal_reports, events: sys::POLLIN, revents: 0 },
     ];
     let mut job_ended = false;
     let mut drain_rounds = 0u32;
@@ -432,6 +534,12 @@ fn pump(out: &mut FrameWriter, pgid: i32, stdout: RawFd, stderr: RawFd, wake: Ra
             } else if io::Error::last_os_error().raw_os_error() != Some(sys::EINTR) {
                 fds[i].fd = -1;
             }
+        }
+        if fds[4].revents & sys::POLLIN != 0
+            && !report_signals(out, signal_reports, !output_broken)
+        {
+            output_broken = true;
+            host_gone(pgid);
         }
         if fds[2].fd >= 0 && fds[2].revents & (sys::POLLIN | sys::POLLHUP) != 0 {
             job_ended = true;
