@@ -158,13 +158,6 @@ pub(crate) fn signal_number(name: &str) -> Option<i32> {
         })
 }
 
-/// What a run without the gate's exit frame says about the engine: it is lost
-/// when it did not answer afterwards. A run that got its exit frame, or was
-/// killed by warmpool itself, never asks.
-pub(crate) fn engine_lost(exit_frame: bool, engine_answered: bool) -> bool {
-    !exit_frame && !engine_answered
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,16 +234,5 @@ mod tests {
         ] {
             assert_eq!(signal_number(name), n, "{name}");
         }
-    }
-
-    #[test]
-    fn the_engine_is_lost_only_without_an_exit_and_without_an_answer() {
-        assert!(engine_lost(false, false));
-        assert!(
-            !engine_lost(false, true),
-            "the container died, the engine is there"
-        );
-        assert!(!engine_lost(true, false), "the gate reported the exit");
-        assert!(!engine_lost(true, true));
     }
 }

@@ -1,9 +1,7 @@
 //! A container parked at its gate, and the one path every job takes from there:
 //! hand over the spec, stream the frames, take the exit, remove the container.
 
-use crate::outcome::{
-    engine_lost, signal_number, Outcome, ParkTimings, RunTimings, SignalLedger, StreamKind,
-};
+use crate::outcome::{signal_number, Outcome, ParkTimings, RunTimings, SignalLedger, StreamKind};
 use crate::{keep_tail, stderr_note, ExecError, Executor, ResolvedProfile};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -378,11 +376,10 @@ impl Parked {
                         stderr_note(&gate_stderr)
                     )
                 });
-                // Off the job's usual path: did the container die, or the engine?
-                lost_engine = engine_lost(
-                    false,
-                    engine_answers(runtime.as_ref(), ENGINE_CHECK_TIMEOUT).await,
-                );
+                // Off the job's usual path (a run that got its exit frame, or that
+                // warmpool killed itself, never asks): did the container die, or
+                // the engine with it?
+                lost_engine = !engine_answers(runtime.as_ref(), ENGINE_CHECK_TIMEOUT).await;
                 let engine_note = if lost_engine {
                     "; the engine did not answer afterwards"
                 } else {

@@ -339,7 +339,8 @@ pub enum Frame {
     Stderr(Vec<u8>),
     StartFailed(String),
     Exit(ExitStatus),
-    /// The gate received this signal and passed it on to the job.
+    /// The gate received this signal while the job was starting or running, and
+    /// passed it on to the job (a job that then failed to start got none).
     Signal(i32),
     /// The kernel's OOM killer killed this many processes of the job's container
     /// while the job ran.
