@@ -55,7 +55,8 @@ impl Admission {
         }
     }
 
-    pub fn waiting(&self, profile: &str) -> usize {
+    #[cfg(test)]
+    fn waiting(&self, profile: &str) -> usize {
         let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         w.get(profile).copied().unwrap_or(0)
     }

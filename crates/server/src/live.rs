@@ -116,16 +116,13 @@ impl LiveJob {
         self.progress.send_modify(|p| p.ended = Some(state));
     }
 
-    pub fn progress(&self) -> Progress {
-        *self.progress.borrow()
-    }
-
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
     }
 
-    /// Bytes held in memory now (for tests and metrics).
-    pub fn held(&self) -> usize {
+    /// Bytes held in memory now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.tails.iter().map(|t| lock(t).buf.len()).sum()
     }
 }
@@ -150,7 +147,7 @@ mod tests {
         assert_eq!(here(live.read(StreamName::Stdout, 0, 100)), b"hello world");
         assert_eq!(here(live.read(StreamName::Stdout, 6, 3)), b"wor");
         assert_eq!(here(live.read(StreamName::Stdout, 11, 3)), b"");
-        assert_eq!(live.progress().len, [11, 1]);
+        assert_eq!(live.subscribe().borrow().len, [11, 1]);
         // Stored, but within the window: still here.
         live.stored(StreamName::Stdout, 11);
         assert_eq!(here(live.read(StreamName::Stdout, 0, 5)), b"hello");
