@@ -536,3 +536,90 @@ async fn timed_out_and_cancelled_queued_claims_leak_no_slot() {
     pool.shutdown(Duration::from_secs(5)).await;
     assert_clean(&e, &p).await;
 }
+
+/// A small, seeded random source (splitmix64): the delays differ per run, and a
+/// failure prints the seed that reproduces them.
+struct Delays(u64);
+
+impl Delays {
+    fn next_ms(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % below
+    }
+}
+
+/// What the engine holds of this test's containers: (running ids, others as
+/// `id state`).
+async fn on_engine(e: &Engine, label: &str) -> (Vec<String>, Vec<String>) {
+    let list = e.runtime.list(&[(TEST_LABEL, label)]).await.unwrap();
+    let mut running = Vec::new();
+    let mut other = Vec::new();
+    for c in list {
+        if c.state == "running" {
+            running.push(c.id);
+        } else {
+            other.push(format!("{} {}", c.id, c.state));
+        }
+    }
+    (running, other)
+}
+
+#[tokio::test]
+async fn claims_dropped_during_cold_starts_leave_no_container_behind() {
+    // The measured defect: a job cancelled during its cold start (its claim future
+    // dropped while the engine creates the container) left a container in `Created`
+    // that nobody counted or removed. Here 4 callers make 20 claims each and drop
+    // every one after a random 0-250 ms, so many are dropped inside a create.
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 0, 4);
+    let label = p.labels[TEST_LABEL].clone();
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("delay seed: {seed}");
+    let mut callers = Vec::new();
+    for caller in 0..4u64 {
+        let pool = pool.clone();
+        let mut delays = Delays(seed ^ caller.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        callers.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let delay = Duration::from_millis(delays.next_ms(251));
+                // Dropped at the delay, whatever the claim is doing; a claim served
+                // before it is dropped with its container (a job that ended).
+                let _ = tokio::time::timeout(delay, pool.claim()).await;
+            }
+        }));
+    }
+    for c in callers {
+        c.await.unwrap();
+    }
+    // Wait for the state that must come: nothing in flight or busy, no container
+    // of this test other than running parked ones, and exactly the pool's idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = pool.stats();
+        let (running, other) = on_engine(&e, &label).await;
+        let mut idle = pool.idle_ids();
+        idle.sort();
+        let mut running_sorted = running.clone();
+        running_sorted.sort();
+        if stats.busy == 0 && stats.starting == 0 && other.is_empty() && idle == running_sorted
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool and the engine did not settle (seed {seed}): pool {stats:?}, idle \
+             {idle:?}; engine running {running:?}, other {other:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
