@@ -609,8 +609,7 @@ async fn claims_dropped_during_cold_starts_leave_no_container_behind() {
         idle.sort();
         let mut running_sorted = running.clone();
         running_sorted.sort();
-        if stats.busy == 0 && stats.starting == 0 && other.is_empty() && idle == running_sorted
-        {
+        if stats.busy == 0 && stats.starting == 0 && other.is_empty() && idle == running_sorted {
             break;
         }
         assert!(

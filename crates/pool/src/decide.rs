@@ -361,7 +361,12 @@ mod tests {
     #[test]
     fn a_claim_removes_stale_and_aged_containers_it_passes() {
         // Stale image, then parked 3601 s ago (> max_age 3600), then a good one.
-        let plan = claim(s(3700), [stale(3000), good(99), good(3000)], Counts::default(), &LIMITS);
+        let plan = claim(
+            s(3700),
+            [stale(3000), good(99), good(3000)],
+            Counts::default(),
+            &LIMITS,
+        );
         assert_eq!(
             plan,
             ClaimPlan {
@@ -513,20 +518,37 @@ mod tests {
                 park: 0
             }
         );
-        let plan = reconcile(s(10), [good(1), good(2), good(3)], Counts::default(), 2, false, &LIMITS);
+        let plan = reconcile(
+            s(10),
+            [good(1), good(2), good(3)],
+            Counts::default(),
+            2,
+            false,
+            &LIMITS,
+        );
         assert_eq!(plan.remove, vec![removal(0, RemoveReason::Surplus)]);
     }
 
     #[test]
     fn reconcile_keeps_surplus_while_a_claim_waits() {
-        let plan = reconcile(s(10), [good(1), good(2)], counts(0, 0, 2, 1), 0, false, &LIMITS);
+        let plan = reconcile(
+            s(10),
+            [good(1), good(2)],
+            counts(0, 0, 2, 1),
+            0,
+            false,
+            &LIMITS,
+        );
         assert_eq!(plan, ReconcilePlan::default());
     }
 
     #[test]
     fn a_freed_slot_parks_for_the_oldest_waiter_if_there_is_room() {
         assert!(on_slot_freed(0, counts(0, 0, 3, 1), &LIMITS));
-        assert!(!on_slot_freed(0, counts(0, 0, 3, 0), &LIMITS), "nobody waits");
+        assert!(
+            !on_slot_freed(0, counts(0, 0, 3, 0), &LIMITS),
+            "nobody waits"
+        );
         assert!(!on_slot_freed(1, counts(1, 0, 2, 1), &LIMITS), "no room");
     }
 
@@ -588,7 +610,11 @@ mod tests {
         p.max_queue = 3;
         let limits = Limits::of(&p);
         assert_eq!(
-            (limits.max_containers, limits.max_queue, limits.max_parallel_parks),
+            (
+                limits.max_containers,
+                limits.max_queue,
+                limits.max_parallel_parks
+            ),
             (7, 3, MAX_PARALLEL_PARKS)
         );
         assert_eq!((limits.max_wait, limits.max_age), (p.max_wait, p.max_age));

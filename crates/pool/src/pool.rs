@@ -5,8 +5,8 @@
 //! claim ends in the same `Parked::run` as a cold start).
 
 use crate::decide::{
-    self, Backoff, ClaimAction, Counts, IdleView, Limits, Placement, RemoveReason,
-    RECONCILE_EVERY, REPLENISH_DELAY,
+    self, Backoff, ClaimAction, Counts, IdleView, Limits, Placement, RemoveReason, RECONCILE_EVERY,
+    REPLENISH_DELAY,
 };
 use crate::sizing::{DemandTracker, SizingConfig};
 use std::collections::VecDeque;
@@ -653,19 +653,14 @@ impl Pool {
     /// A parked container is ready and nobody claimed it in particular: the
     /// oldest live waiter gets it, else the pool (`decide::place_parked`).
     fn deliver(&self, st: &mut State, mut parked: Parked) {
-        loop {
-            match decide::place_parked(false, st.counts()) {
-                Placement::Waiter => {
-                    let Some(w) = st.waiters.pop_front() else {
-                        break;
-                    };
-                    match self.hand_over(st, w.tx, parked) {
-                        Ok(()) => return,
-                        // Gone since the count: try the next one.
-                        Err(returned) => parked = returned,
-                    }
-                }
-                Placement::Idle | Placement::Claimant => break,
+        while let Placement::Waiter = decide::place_parked(false, st.counts()) {
+            let Some(w) = st.waiters.pop_front() else {
+                break;
+            };
+            match self.hand_over(st, w.tx, parked) {
+                None => return,
+                // Gone since the count: try the next one.
+                Some(returned) => parked = returned,
             }
         }
         st.idle.push_back(Idle {
@@ -682,20 +677,20 @@ impl Pool {
         st: &mut State,
         tx: oneshot::Sender<Result<Delivered, PoolError>>,
         parked: Parked,
-    ) -> Result<(), Parked> {
+    ) -> Option<Parked> {
         st.busy += 1;
         let slot = Slot::new(&self.inner);
         match tx.send(Ok(Delivered { parked, slot })) {
-            Ok(()) => Ok(()),
+            Ok(()) => None,
             Err(returned) => {
                 st.busy -= 1;
                 match returned {
                     Ok(Delivered { parked, mut slot }) => {
                         slot.armed = false;
-                        Err(parked)
+                        Some(parked)
                     }
-                    // We sent Ok: nothing else can come back.
-                    Err(_) => unreachable!("a hand-over returned what it did not send"),
+                    // We sent Ok: nothing else comes back.
+                    Err(_) => None,
                 }
             }
         }
@@ -725,7 +720,7 @@ impl Pool {
                 let counts = st.counts();
                 match decide::place_parked(!tx.is_closed(), counts) {
                     Placement::Claimant => {
-                        if let Err(parked) = self.hand_over(&mut st, tx, parked) {
+                        if let Some(parked) = self.hand_over(&mut st, tx, parked) {
                             self.deliver(&mut st, parked);
                         }
                     }

@@ -19,7 +19,7 @@
 //! - **Jobs.** A job keeps its container for its runtime; then the container is gone.
 
 use crate::decide::{self, ClaimAction, Counts, IdleView, Placement, RemoveReason};
-use crate::sizing::{DemandTracker, SizingConfig};
+use crate::sizing::{DemandTracker, SizingConfig, SizingError};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
@@ -49,6 +49,19 @@ pub enum SimError {
     },
     #[error("trace {source_name} has no arrivals; expected a header `arrival_s,function,runtime_ms` and one line per arrival")]
     Empty { source_name: String },
+    #[error("the sizing settings to simulate are invalid")]
+    Sizing(#[from] SizingError),
+}
+
+/// Sizing settings to vary from the profile defaults, for the sensitivity runs
+/// (`warmpool simulate --idle-ttl 2m --miss-budget 0.01 --max-idle 12`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tuning {
+    /// The profile's `max_idle`, for every policy (fixed sizes above it are held
+    /// to it, OpenWhisk's maximum is it).
+    pub max_idle: Option<usize>,
+    pub idle_ttl: Option<Duration>,
+    pub miss_budget: Option<f64>,
 }
 
 /// One claim of a trace: when it arrives and how long its job keeps the container.
@@ -398,9 +411,7 @@ impl PoolState<'_> {
 
     /// Something happened that wakes the real pool's reconcile loop.
     fn wake(&mut self) {
-        self.next_reconcile = self
-            .next_reconcile
-            .min(self.now + decide::REPLENISH_DELAY);
+        self.next_reconcile = self.next_reconcile.min(self.now + decide::REPLENISH_DELAY);
     }
 
     /// Work each park in flight does per second now.
@@ -739,6 +750,23 @@ impl SimSettings {
             sizing,
             fixed_sizes: vec![1, 2, 4, 8],
         }
+    }
+
+    /// These settings with the adaptive rule's `tuning` applied, checked.
+    pub fn tuned(mut self, tuning: &Tuning) -> Result<Self, SimError> {
+        if let Some(max_idle) = tuning.max_idle {
+            self.limits.max_idle = max_idle;
+            self.sizing.max_idle = max_idle;
+            self.openwhisk.max = max_idle;
+        }
+        if let Some(idle_ttl) = tuning.idle_ttl {
+            self.sizing.idle_ttl = idle_ttl;
+        }
+        if let Some(miss_budget) = tuning.miss_budget {
+            self.sizing.miss_budget = miss_budget;
+        }
+        self.sizing.validate()?;
+        Ok(self)
     }
 
     /// The policies compared, ours first.
@@ -1176,12 +1204,17 @@ pub fn trace_settings() -> SimSettings {
 /// Reads a trace file, runs every policy on each of its functions, and returns the
 /// Markdown report.
 pub fn run_trace_file(path: &Path) -> Result<String, SimError> {
+    run_trace_file_tuned(path, &Tuning::default())
+}
+
+/// [`run_trace_file`] with the adaptive rule tuned.
+pub fn run_trace_file_tuned(path: &Path, tuning: &Tuning) -> Result<String, SimError> {
+    let settings = trace_settings().tuned(tuning)?;
     let text = std::fs::read_to_string(path).map_err(|source| SimError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let trace = parse_trace(&text, &path.display().to_string())?;
-    let settings = trace_settings();
     let comparisons = compare(&trace.workloads, &settings);
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
@@ -1208,6 +1241,13 @@ pub fn run_synthetic() -> String {
     let settings = synthetic_settings();
     let comparisons = compare(&synthetic_workloads(), &settings);
     report("Synthetic scenarios", &settings, &comparisons)
+}
+
+/// [`run_synthetic`] with the adaptive rule tuned.
+pub fn run_synthetic_tuned(tuning: &Tuning) -> Result<String, SimError> {
+    let settings = synthetic_settings().tuned(tuning)?;
+    let comparisons = compare(&synthetic_workloads(), &settings);
+    Ok(report("Synthetic scenarios", &settings, &comparisons))
 }
 
 /// The three named scenarios, generated from a fixed seed (same claims every run).

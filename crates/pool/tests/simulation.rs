@@ -15,11 +15,7 @@ use warmpool_pool::sim::{
 fn fixture_path() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/traces/orcbench-seed7-15fn.csv");
-    assert!(
-        path.is_file(),
-        "fixture trace missing: {}",
-        path.display()
-    );
+    assert!(path.is_file(), "fixture trace missing: {}", path.display());
     path
 }
 
