@@ -7,10 +7,10 @@ use common::*;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use warmpool_core::{Job, Profile};
+use warmpool_core::{labels, Job, Profile};
 use warmpool_exec::RunControl;
 use warmpool_pool::{sweep, Pool};
-use warmpool_runtime::Runtime;
+use warmpool_runtime::{EngineEvent, Runtime};
 
 /// A pool of `p` for a test-unique instance.
 async fn start(e: &Engine, p: &Profile) -> Pool {
@@ -619,6 +619,92 @@ async fn claims_dropped_during_cold_starts_leave_no_container_behind() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_cold_start_whose_claim_is_dropped_serves_the_next_claim() {
+    // One container at most, none kept parked: a claim dropped during its cold
+    // start leaves the container it began to the pool, and the next claim (queued
+    // behind that park) gets exactly that one: the engine creates one container.
+    let e = engine();
+    let mut p = pool_profile(BUSYBOX, 0, 1);
+    p.max_idle = 0;
+    let label = p.labels[TEST_LABEL].clone();
+    let _cleanup = cleanup(&p);
+    // Every job container created for this test (not the engine's one gate-fill
+    // helper), from the engine's events. The subscription is live once it reports
+    // a marker container created now.
+    let mut events = e
+        .runtime
+        .events(&[(TEST_LABEL, label.as_str()), (labels::ROLE, "job")])
+        .await
+        .unwrap();
+    let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(event)) = futures_util::StreamExt::next(&mut events).await {
+            if let EngineEvent::Container { id, action } = event {
+                if action == "create" && created_tx.send(id).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut next_created = async |within: Duration| {
+        tokio::time::timeout(within, created_rx.recv())
+            .await
+            .ok()
+            .flatten()
+    };
+    let mut markers = Vec::new();
+    'live: loop {
+        assert!(markers.len() < 30, "the engine's events never came");
+        let marker = Command::new("docker")
+            .args(["create", "--label", &format!("{TEST_LABEL}={label}")])
+            .args(["--label", &format!("{}=job", labels::ROLE), BUSYBOX, "true"])
+            .output()
+            .unwrap();
+        assert!(marker.status.success());
+        markers.push(String::from_utf8_lossy(&marker.stdout).trim().to_string());
+        while let Some(id) = next_created(Duration::from_secs(1)).await {
+            if markers.contains(&id) {
+                break 'live;
+            }
+        }
+    }
+    let _ = Command::new("docker")
+        .arg("rm")
+        .arg("-f")
+        .args(&markers)
+        .output();
+
+    let pool = start(&e, &p).await;
+    // Dropped 50 ms in: inside its park (a park takes ~0.3 s).
+    let dropped = tokio::time::timeout(Duration::from_millis(50), pool.claim()).await;
+    assert!(dropped.is_err(), "the claim was still parking");
+    let claimed = pool.claim().await.unwrap();
+    assert!(!claimed.hit);
+    let served = claimed.id().to_string();
+    // Up to the served container's creation (events come in the engine's order).
+    let mut created = Vec::new();
+    while !created.contains(&served) {
+        match next_created(Duration::from_secs(30)).await {
+            Some(id) if markers.contains(&id) => {}
+            Some(id) => created.push(id),
+            None => panic!("no create event for {served}; created {created:?}"),
+        }
+    }
+    assert_eq!(
+        created,
+        vec![served],
+        "one container served both claims: {:?}, started {}",
+        pool.stats(),
+        pool.counters()
+            .started
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    drop(claimed);
     pool.shutdown(Duration::from_secs(5)).await;
     assert_clean(&e, &p).await;
 }
