@@ -7,10 +7,10 @@ use common::*;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use warmpool_core::{Job, Profile};
+use warmpool_core::{labels, Job, Profile};
 use warmpool_exec::RunControl;
 use warmpool_pool::{sweep, Pool};
-use warmpool_runtime::Runtime;
+use warmpool_runtime::{EngineEvent, Runtime};
 
 /// A pool of `p` for a test-unique instance.
 async fn start(e: &Engine, p: &Profile) -> Pool {
@@ -533,6 +533,178 @@ async fn timed_out_and_cancelled_queued_claims_leak_no_slot() {
         })
         .await;
     }
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+/// A small, seeded random source (splitmix64): the delays differ per run, and a
+/// failure prints the seed that reproduces them.
+struct Delays(u64);
+
+impl Delays {
+    fn next_ms(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % below
+    }
+}
+
+/// What the engine holds of this test's containers: (running ids, others as
+/// `id state`).
+async fn on_engine(e: &Engine, label: &str) -> (Vec<String>, Vec<String>) {
+    let list = e.runtime.list(&[(TEST_LABEL, label)]).await.unwrap();
+    let mut running = Vec::new();
+    let mut other = Vec::new();
+    for c in list {
+        if c.state == "running" {
+            running.push(c.id);
+        } else {
+            other.push(format!("{} {}", c.id, c.state));
+        }
+    }
+    (running, other)
+}
+
+#[tokio::test]
+async fn claims_dropped_during_cold_starts_leave_no_container_behind() {
+    // The measured defect: a job cancelled during its cold start (its claim future
+    // dropped while the engine creates the container) left a container in `Created`
+    // that nobody counted or removed. Here 4 callers make 20 claims each and drop
+    // every one after a random 0-250 ms, so many are dropped inside a create.
+    let e = engine();
+    let p = pool_profile(BUSYBOX, 0, 4);
+    let label = p.labels[TEST_LABEL].clone();
+    let _cleanup = cleanup(&p);
+    let pool = start(&e, &p).await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("delay seed: {seed}");
+    let mut callers = Vec::new();
+    for caller in 0..4u64 {
+        let pool = pool.clone();
+        let mut delays = Delays(seed ^ caller.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        callers.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let delay = Duration::from_millis(delays.next_ms(251));
+                // Dropped at the delay, whatever the claim is doing; a claim served
+                // before it is dropped with its container (a job that ended).
+                let _ = tokio::time::timeout(delay, pool.claim()).await;
+            }
+        }));
+    }
+    for c in callers {
+        c.await.unwrap();
+    }
+    // Wait for the state that must come: nothing in flight or busy, no container
+    // of this test other than running parked ones, and exactly the pool's idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = pool.stats();
+        let (running, other) = on_engine(&e, &label).await;
+        let mut idle = pool.idle_ids();
+        idle.sort();
+        let mut running_sorted = running.clone();
+        running_sorted.sort();
+        if stats.busy == 0 && stats.starting == 0 && other.is_empty() && idle == running_sorted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool and the engine did not settle (seed {seed}): pool {stats:?}, idle \
+             {idle:?}; engine running {running:?}, other {other:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_clean(&e, &p).await;
+}
+
+#[tokio::test]
+async fn a_cold_start_whose_claim_is_dropped_serves_the_next_claim() {
+    // One container at most, none kept parked: a claim dropped during its cold
+    // start leaves the container it began to the pool, and the next claim (queued
+    // behind that park) gets exactly that one: the engine creates one container.
+    let e = engine();
+    let mut p = pool_profile(BUSYBOX, 0, 1);
+    p.max_idle = 0;
+    let label = p.labels[TEST_LABEL].clone();
+    let _cleanup = cleanup(&p);
+    // Every job container created for this test (not the engine's one gate-fill
+    // helper), from the engine's events. The subscription is live once it reports
+    // a marker container created now.
+    let mut events = e
+        .runtime
+        .events(&[(TEST_LABEL, label.as_str()), (labels::ROLE, "job")])
+        .await
+        .unwrap();
+    let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(event)) = futures_util::StreamExt::next(&mut events).await {
+            if let EngineEvent::Container { id, action } = event {
+                if action == "create" && created_tx.send(id).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut next_created = async |within: Duration| {
+        tokio::time::timeout(within, created_rx.recv())
+            .await
+            .ok()
+            .flatten()
+    };
+    let mut markers = Vec::new();
+    'live: loop {
+        assert!(markers.len() < 30, "the engine's events never came");
+        let marker = Command::new("docker")
+            .args(["create", "--label", &format!("{TEST_LABEL}={label}")])
+            .args(["--label", &format!("{}=job", labels::ROLE), BUSYBOX, "true"])
+            .output()
+            .unwrap();
+        assert!(marker.status.success());
+        markers.push(String::from_utf8_lossy(&marker.stdout).trim().to_string());
+        while let Some(id) = next_created(Duration::from_secs(1)).await {
+            if markers.contains(&id) {
+                break 'live;
+            }
+        }
+    }
+    let _ = Command::new("docker")
+        .arg("rm")
+        .arg("-f")
+        .args(&markers)
+        .output();
+
+    let pool = start(&e, &p).await;
+    // Dropped 50 ms in: inside its park (a park takes ~0.3 s).
+    let dropped = tokio::time::timeout(Duration::from_millis(50), pool.claim()).await;
+    assert!(dropped.is_err(), "the claim was still parking");
+    let claimed = pool.claim().await.unwrap();
+    assert!(!claimed.hit);
+    let served = claimed.id().to_string();
+    // Up to the served container's creation (events come in the engine's order).
+    let mut created = Vec::new();
+    while !created.contains(&served) {
+        match next_created(Duration::from_secs(30)).await {
+            Some(id) if markers.contains(&id) => {}
+            Some(id) => created.push(id),
+            None => panic!("no create event for {served}; created {created:?}"),
+        }
+    }
+    assert_eq!(
+        created,
+        vec![served],
+        "one container served both claims: {:?}, started {}",
+        pool.stats(),
+        pool.counters()
+            .started
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    drop(claimed);
     pool.shutdown(Duration::from_secs(5)).await;
     assert_clean(&e, &p).await;
 }

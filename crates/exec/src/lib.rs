@@ -90,7 +90,29 @@ impl Executor {
 
     /// Create, attach and start a container for `profile` and wait until its gate
     /// says READY. On any failure the container is removed.
+    ///
+    /// A park, once begun, runs to its end whoever drops this future: dropped in
+    /// the middle of the engine's create, a removal by name would go out before
+    /// the engine knows the name, and the create would then land a container that
+    /// nobody owns (left `Created`, as no auto-remove ever fires). So the park
+    /// runs in a task of the cleanup tracker (`drain` waits for it), and a parked
+    /// container nobody receives is dropped with the task's result: removed.
     pub async fn park(&self, profile: Arc<ResolvedProfile>) -> Result<Parked, ExecError> {
+        let executor = self.clone();
+        let task = self
+            .cleanup
+            .spawn(async move { executor.park_to_the_end(profile).await });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(ExecError::Runtime(RuntimeError::Engine {
+                action: "park a container".into(),
+                message: format!("the parking task failed: {e}"),
+            })),
+        }
+    }
+
+    /// [`Executor::park`]'s body; dropping it half way may leave a container behind.
+    async fn park_to_the_end(&self, profile: Arc<ResolvedProfile>) -> Result<Parked, ExecError> {
         let started = Instant::now();
         let spec = container_spec(&profile.profile, &profile.image);
         // From here on, a failure or a cancellation must not leave the container

@@ -1,10 +1,14 @@
 //! The pool: parked containers per profile, kept ready, never leaked.
 //!
-//! - [`pool`]: the pool of one profile: claim, reconcile, health, shutdown.
+//! - [`decide`]: the claim and reconcile rules as pure code, run by both drivers.
+//! - [`pool`]: the pool of one profile against the engine: claim, reconcile,
+//!   health, shutdown.
 //! - [`set`]: the pools of one config and instance: sweep, start, shut down.
 //! - [`sizing`]: the idle target as a pure function of observed demand.
-//! - [`sim`]: a deterministic, trace-driven simulation of sizing policies.
+//! - [`sim`]: a deterministic, trace-driven simulation that runs [`decide`] on
+//!   simulated time.
 
+pub mod decide;
 pub mod pool;
 pub mod set;
 pub mod sim;

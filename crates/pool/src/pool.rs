@@ -1,8 +1,13 @@
-//! One pool per profile: parked containers kept ready by a reconcile loop, handed
-//! out one per job, replaced in the background. The pool decides *when* to park
-//! and *whom* a parked container serves; how a job runs is `warmpool-exec`'s alone
-//! (a claim ends in the same `Parked::run` as a cold start).
+//! One pool per profile against the engine: parked containers kept ready by a
+//! reconcile loop, handed out one per job, replaced in the background. It executes
+//! the rules of `decide` (when to park, what to remove, whom a container serves)
+//! and must not decide them itself; how a job runs is `warmpool-exec`'s alone (a
+//! claim ends in the same `Parked::run` as a cold start).
 
+use crate::decide::{
+    self, Backoff, ClaimAction, Counts, IdleView, Limits, Placement, RemoveReason, RECONCILE_EVERY,
+    REPLENISH_DELAY,
+};
 use crate::sizing::{DemandTracker, SizingConfig};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,15 +22,9 @@ use warmpool_exec::{
 };
 use warmpool_runtime::{EngineEvent, Runtime};
 
-/// Parks the pool runs side by side: the engine parks no faster beyond about four
-/// (measured: 3.3 / 4.5 / 5.7 / 5.6 parks/s at 1 / 2 / 4 / 8), and fewer leaves
-/// room for cold starts.
-pub const MAX_PARALLEL_PARKS: usize = 4;
-/// How often the pool reconciles without being woken, and re-reads its image.
-const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+pub use crate::decide::MAX_PARALLEL_PARKS;
+/// How often the pool re-reads its image without an image event.
 const IMAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
-/// How long a woken reconcile waits before parking (see `reconcile_loop`).
-const REPLENISH_DELAY: Duration = Duration::from_millis(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -102,7 +101,8 @@ pub struct PoolStats {
 
 struct Idle {
     parked: Parked,
-    since: Instant,
+    /// When it was parked, since the pool's epoch.
+    parked_at: Duration,
 }
 
 /// A container handed to a queued claim, with its busy slot: if the claim is gone
@@ -128,14 +128,29 @@ struct State {
     closed: bool,
     /// Park for the idle target (off: park only for claims, e.g. a one-off run).
     replenish: bool,
-    failures: u32,
-    retry_at: Option<Instant>,
+    backoff: Backoff,
     last_error: Option<String>,
 }
 
 impl State {
-    fn total(&self) -> usize {
-        self.idle.len() + self.parking + self.cold + self.busy
+    /// The counts the rules decide on; waiters whose caller went away are dropped
+    /// first, so only live ones count.
+    fn counts(&mut self) -> Counts {
+        self.waiters.retain(|w| !w.tx.is_closed());
+        Counts {
+            parking: self.parking,
+            cold: self.cold,
+            busy: self.busy,
+            waiters: self.waiters.len(),
+        }
+    }
+
+    /// The parked containers as the rules see them, longest parked first.
+    fn idle_views<'a>(&'a self, image_id: &'a str) -> impl Iterator<Item = IdleView> + 'a {
+        self.idle.iter().map(move |i| IdleView {
+            parked_at: i.parked_at,
+            image_current: i.parked.profile().image.id == image_id,
+        })
     }
 }
 
@@ -143,10 +158,7 @@ struct Inner {
     name: String,
     instance: String,
     executor: Executor,
-    max_containers: usize,
-    max_queue: usize,
-    max_wait: Duration,
-    max_age: Duration,
+    limits: Limits,
     profile: Mutex<Arc<ResolvedProfile>>,
     state: Mutex<State>,
     wake: Notify,
@@ -229,9 +241,9 @@ impl Drop for Slot {
         st.busy = st.busy.saturating_sub(1);
         // A freed slot belongs to the oldest queued claim: park for it now, before
         // a newer claim can take the room as a cold start.
+        let counts = st.counts();
         let serve_queue = !st.closed
-            && st.waiters.iter().any(|w| !w.tx.is_closed())
-            && st.total() < self.inner.max_containers
+            && decide::on_slot_freed(st.idle.len(), counts, &self.inner.limits)
             && tokio::runtime::Handle::try_current().is_ok();
         if serve_queue {
             st.parking += 1;
@@ -244,20 +256,6 @@ impl Drop for Slot {
                 .tasks
                 .spawn(async move { pool.park_for_pool(profile).await });
         }
-        self.inner.wake.notify_one();
-    }
-}
-
-/// A cold start in flight, counted until it ends (or the claim is dropped).
-struct ColdSlot {
-    inner: Arc<Inner>,
-}
-
-impl Drop for ColdSlot {
-    fn drop(&mut self) {
-        let mut st = lock(&self.inner.state);
-        st.cold = st.cold.saturating_sub(1);
-        drop(st);
         self.inner.wake.notify_one();
     }
 }
@@ -304,10 +302,7 @@ impl Pool {
             name: p.name.clone(),
             instance: instance.to_string(),
             executor,
-            max_containers: p.max_containers,
-            max_queue: p.max_queue,
-            max_wait: p.max_wait,
-            max_age: p.max_age,
+            limits: Limits::of(&p),
             profile: Mutex::new(Arc::new(resolved)),
             state: Mutex::new(State {
                 idle: VecDeque::new(),
@@ -318,8 +313,7 @@ impl Pool {
                 demand: DemandTracker::new(sizing_config(&p)),
                 closed: false,
                 replenish: true,
-                failures: 0,
-                retry_at: None,
+                backoff: Backoff::default(),
                 last_error: None,
             }),
             wake: Notify::new(),
@@ -474,10 +468,11 @@ impl Pool {
         let started = Instant::now();
         enum Plan {
             Hit(Box<Parked>),
-            Cold(ColdSlot),
+            /// A cold start, or a place in the queue: the container comes here.
             Wait(oneshot::Receiver<Result<Delivered, PoolError>>),
         }
-        let plan = {
+        let profile = self.profile();
+        let (plan, cold) = {
             let mut st = lock(&self.inner.state);
             if st.closed {
                 return Err(PoolError::ShuttingDown {
@@ -486,48 +481,49 @@ impl Pool {
             }
             let now = self.now();
             st.demand.on_arrival(now);
-            let current = self.profile().image.id.clone();
-            let mut hit = None;
-            while let Some(idle) = st.idle.pop_front() {
-                if idle.parked.profile().image.id != current
-                    || idle.since.elapsed() > self.inner.max_age
-                {
-                    // Dropping a parked container removes it.
-                    add(&self.inner.counters.replaced, 1);
-                    continue;
-                }
-                hit = Some(idle.parked);
-                break;
-            }
-            match hit {
-                Some(parked) => {
-                    st.busy += 1;
-                    Plan::Hit(Box::new(parked))
-                }
-                // Queued claims come first: a new claim starts its own container only
-                // when nobody is waiting for one.
-                None if st.total() < self.inner.max_containers
-                    && !st.waiters.iter().any(|w| !w.tx.is_closed()) =>
-                {
-                    st.cold += 1;
-                    Plan::Cold(ColdSlot {
-                        inner: self.inner.clone(),
-                    })
-                }
-                None => {
-                    st.waiters.retain(|w| !w.tx.is_closed());
-                    // A park already in flight for the pool will serve a waiter soon:
-                    // waiting for it is not queueing past max_queue.
-                    if st.waiters.len() >= self.inner.max_queue + st.parking {
-                        return Err(PoolError::Full {
-                            profile: self.err_profile(),
-                            queued: st.waiters.len(),
-                            max_queue: self.inner.max_queue,
-                        });
+            let counts = st.counts();
+            let decided = decide::claim(
+                now,
+                st.idle_views(&profile.image.id),
+                counts,
+                &self.inner.limits,
+            );
+            // Dropping a parked container removes it.
+            st.idle.drain(..decided.remove);
+            add(&self.inner.counters.replaced, decided.remove as u64);
+            match decided.action {
+                ClaimAction::Hit => match st.idle.pop_front() {
+                    Some(idle) => {
+                        st.busy += 1;
+                        (Plan::Hit(Box::new(idle.parked)), false)
                     }
+                    // decide::claim says Hit only for a parked container.
+                    None => unreachable!("a hit without a parked container"),
+                },
+                ClaimAction::Cold => {
+                    st.cold += 1;
+                    let (tx, rx) = oneshot::channel();
+                    // Never wait on another container's replenishment: park our own,
+                    // in a task of the pool's, so a claim dropped half way leaves
+                    // the container to the pool rather than wasted or leaked.
+                    let pool = Pool::internal(&self.inner);
+                    let profile = profile.clone();
+                    self.inner
+                        .tasks
+                        .spawn(async move { pool.cold_start(profile, tx).await });
+                    (Plan::Wait(rx), true)
+                }
+                ClaimAction::Queue => {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(Waiter { tx });
-                    Plan::Wait(rx)
+                    (Plan::Wait(rx), false)
+                }
+                ClaimAction::Full { queued } => {
+                    return Err(PoolError::Full {
+                        profile: self.err_profile(),
+                        queued,
+                        max_queue: self.inner.limits.max_queue,
+                    });
                 }
             }
         };
@@ -539,41 +535,17 @@ impl Pool {
                 add(&c.hits, 1);
                 (*parked, Slot::new(&self.inner), true)
             }
-            Plan::Cold(cold) => {
+            Plan::Wait(rx) if cold => {
                 add(&c.misses, 1);
-                // Never wait on another container's replenishment: park our own.
-                let result = self.inner.executor.park(self.profile()).await;
-                let mut st = lock(&self.inner.state);
-                // (The cold slot is released below, after the lock: its drop locks too.)
-                match result {
-                    Ok(parked) if st.closed => {
-                        // Closed while we parked: this container serves nobody.
-                        drop(st);
-                        drop(cold);
-                        drop(parked);
+                // Bounded by the park's own timeout; an error is the park's.
+                match rx.await {
+                    Ok(Ok(Delivered { parked, slot })) => (parked, slot, false),
+                    Ok(Err(e)) => return Err(e),
+                    // The pool closed while we parked: the container serves nobody.
+                    Err(_) => {
                         return Err(PoolError::ShuttingDown {
                             profile: self.err_profile(),
-                        });
-                    }
-                    Ok(parked) => {
-                        st.busy += 1;
-                        let took = parked.park_timings().total;
-                        st.demand.on_park_time(took);
-                        drop(st);
-                        drop(cold);
-                        add(&c.started, 1);
-                        add(&c.park_time_us, micros(took));
-                        (parked, Slot::new(&self.inner), false)
-                    }
-                    Err(e) => {
-                        st.last_error = Some(e.to_string());
-                        drop(st);
-                        drop(cold);
-                        add(&c.failed, 1);
-                        return Err(PoolError::Exec {
-                            profile: self.err_profile(),
-                            source: e,
-                        });
+                        })
                     }
                 }
             }
@@ -581,7 +553,7 @@ impl Pool {
                 add(&c.misses, 1);
                 add(&c.queued, 1);
                 let waited = Instant::now();
-                let got = match tokio::time::timeout(self.inner.max_wait, &mut rx).await {
+                let got = match tokio::time::timeout(self.inner.limits.max_wait, &mut rx).await {
                     Ok(got) => got,
                     Err(_) => {
                         // Closing first means nothing can arrive after the check; a
@@ -593,7 +565,7 @@ impl Pool {
                                 add(&c.wait_time_us, micros(waited.elapsed()));
                                 return Err(PoolError::WaitTimeout {
                                     profile: self.err_profile(),
-                                    wait: self.inner.max_wait,
+                                    wait: self.inner.limits.max_wait,
                                 });
                             }
                         }
@@ -678,37 +650,94 @@ impl Pool {
         })
     }
 
-    /// A parked container is ready: the oldest live waiter gets it, else the pool.
+    /// A parked container is ready and nobody claimed it in particular: the
+    /// oldest live waiter gets it, else the pool (`decide::place_parked`).
     fn deliver(&self, st: &mut State, mut parked: Parked) {
-        while let Some(w) = st.waiters.pop_front() {
-            if w.tx.is_closed() {
-                continue;
-            }
-            st.busy += 1;
-            let slot = Slot::new(&self.inner);
-            match w.tx.send(Ok(Delivered { parked, slot })) {
-                Ok(()) => return,
-                Err(returned) => {
-                    // Nobody took it: give the count back here, under the lock we
-                    // hold (an armed slot would take it again).
-                    st.busy -= 1;
-                    match returned {
-                        Ok(Delivered {
-                            parked: p,
-                            mut slot,
-                        }) => {
-                            slot.armed = false;
-                            parked = p;
-                        }
-                        Err(_) => return,
-                    }
-                }
+        while let Placement::Waiter = decide::place_parked(false, st.counts()) {
+            let Some(w) = st.waiters.pop_front() else {
+                break;
+            };
+            match self.hand_over(st, w.tx, parked) {
+                None => return,
+                // Gone since the count: try the next one.
+                Some(returned) => parked = returned,
             }
         }
         st.idle.push_back(Idle {
             parked,
-            since: Instant::now(),
+            parked_at: self.now(),
         });
+    }
+
+    /// Hand `parked` with a busy slot to one claim; if that claim is gone, the
+    /// container comes back (and the count is given back here, under the lock we
+    /// hold: an armed slot would take it again).
+    fn hand_over(
+        &self,
+        st: &mut State,
+        tx: oneshot::Sender<Result<Delivered, PoolError>>,
+        parked: Parked,
+    ) -> Option<Parked> {
+        st.busy += 1;
+        let slot = Slot::new(&self.inner);
+        match tx.send(Ok(Delivered { parked, slot })) {
+            Ok(()) => None,
+            Err(returned) => {
+                st.busy -= 1;
+                match returned {
+                    Ok(Delivered { parked, mut slot }) => {
+                        slot.armed = false;
+                        Some(parked)
+                    }
+                    // We sent Ok: nothing else comes back.
+                    Err(_) => None,
+                }
+            }
+        }
+    }
+
+    /// A cold start: park for one claim, then give it the container. If the claim
+    /// was dropped meanwhile (a job cancelled during its cold start), the container
+    /// goes to the pool, as `decide::place_parked` says: a waiter, or parked.
+    async fn cold_start(
+        &self,
+        profile: Arc<ResolvedProfile>,
+        tx: oneshot::Sender<Result<Delivered, PoolError>>,
+    ) {
+        let result = self.inner.executor.park(profile).await;
+        let c = &self.inner.counters;
+        let mut st = lock(&self.inner.state);
+        st.cold = st.cold.saturating_sub(1);
+        match result {
+            // Closed while we parked: this container serves nobody (dropping it
+            // removes it; the claim, if still there, hears "shutting down").
+            Ok(parked) if st.closed => drop(parked),
+            Ok(parked) => {
+                let took = parked.park_timings().total;
+                st.demand.on_park_time(took);
+                add(&c.started, 1);
+                add(&c.park_time_us, micros(took));
+                let counts = st.counts();
+                match decide::place_parked(!tx.is_closed(), counts) {
+                    Placement::Claimant => {
+                        if let Some(parked) = self.hand_over(&mut st, tx, parked) {
+                            self.deliver(&mut st, parked);
+                        }
+                    }
+                    Placement::Waiter | Placement::Idle => self.deliver(&mut st, parked),
+                }
+            }
+            Err(e) => {
+                st.last_error = Some(e.to_string());
+                add(&c.failed, 1);
+                let _ = tx.send(Err(PoolError::Exec {
+                    profile: self.err_profile(),
+                    source: e,
+                }));
+            }
+        }
+        drop(st);
+        self.inner.wake.notify_one();
     }
 
     async fn reconcile_loop(&self) {
@@ -732,8 +761,9 @@ impl Pool {
         }
     }
 
-    /// Compare what is parked with what should be, and act: drop stale, aged and
-    /// surplus containers; start parks up to the target (and for queued claims).
+    /// Compare what is parked with what should be, and act as `decide::reconcile`
+    /// says: drop stale, aged and surplus containers; start parks up to the target
+    /// (and for queued claims).
     fn reconcile(&self) {
         let profile = self.profile();
         let starts = {
@@ -741,41 +771,36 @@ impl Pool {
             if st.closed {
                 return;
             }
-            st.waiters.retain(|w| !w.tx.is_closed());
-            let max_age = self.inner.max_age;
-            let before = st.idle.len();
-            st.idle.retain(|i| {
-                i.parked.profile().image.id == profile.image.id && i.since.elapsed() <= max_age
-            });
-            add(
-                &self.inner.counters.replaced,
-                (before - st.idle.len()) as u64,
-            );
-
+            let now = self.now();
             let target = if st.replenish {
-                st.demand.target_idle(self.now())
+                st.demand.target_idle(now)
             } else {
                 0
             };
-            // Surplus above the target goes, the longest-parked first.
-            while st.waiters.is_empty()
-                && st.idle.len() + st.parking > target
-                && !st.idle.is_empty()
-            {
-                st.idle.pop_front();
-                add(&self.inner.counters.shrunk, 1);
+            let counts = st.counts();
+            let plan = decide::reconcile(
+                now,
+                st.idle_views(&profile.image.id),
+                counts,
+                target,
+                st.backoff.holds(now),
+                &self.inner.limits,
+            );
+            // Highest index first, so the others stay where they are.
+            for removal in plan.remove.iter().rev() {
+                // Dropping a parked container removes it.
+                if st.idle.remove(removal.index).is_some() {
+                    let counter = match removal.reason {
+                        RemoveReason::StaleImage | RemoveReason::TooOld => {
+                            &self.inner.counters.replaced
+                        }
+                        RemoveReason::Surplus => &self.inner.counters.shrunk,
+                    };
+                    add(counter, 1);
+                }
             }
-            let backing_off = st.retry_at.is_some_and(|t| Instant::now() < t);
-            let want = (target + st.waiters.len()).saturating_sub(st.idle.len() + st.parking);
-            let room = self.inner.max_containers.saturating_sub(st.total());
-            let parallel = MAX_PARALLEL_PARKS.saturating_sub(st.parking);
-            let n = if backing_off {
-                0
-            } else {
-                want.min(room).min(parallel)
-            };
-            st.parking += n;
-            n
+            st.parking += plan.park;
+            plan.park
         };
         for _ in 0..starts {
             let pool = Pool::internal(&self.inner);
@@ -793,8 +818,7 @@ impl Pool {
         st.parking = st.parking.saturating_sub(1);
         match result {
             Ok(parked) => {
-                st.failures = 0;
-                st.retry_at = None;
+                st.backoff.succeeded();
                 let took = parked.park_timings().total;
                 st.demand.on_park_time(took);
                 add(&c.started, 1);
@@ -807,22 +831,19 @@ impl Pool {
             }
             Err(e) => {
                 add(&c.failed, 1);
-                st.failures += 1;
-                // Back off: 0.5 s, 1 s, 2 s, ... at most 30 s between attempts.
-                let backoff = Duration::from_millis(500 * (1u64 << (st.failures - 1).min(6)))
-                    .min(Duration::from_secs(30));
-                st.retry_at = Some(Instant::now() + backoff);
+                let now = self.now();
+                let counts = st.counts();
+                let failed = st.backoff.failed(now, counts);
                 let message = e.to_string();
-                tracing::warn!(profile = %self.inner.name, error = %message, "parking a container failed");
+                tracing::warn!(profile = %self.inner.name, error = %message, retry_in = ?failed.retry_at.saturating_sub(now), "parking a container failed");
                 st.last_error = Some(message);
-                // A queued job waits on parks that fail: tell the oldest why, rather
-                // than letting it sit out max_wait.
-                st.waiters.retain(|w| !w.tx.is_closed());
-                if let Some(w) = st.waiters.pop_front() {
-                    let _ = w.tx.send(Err(PoolError::Exec {
-                        profile: self.err_profile(),
-                        source: e,
-                    }));
+                if failed.fail_oldest_waiter {
+                    if let Some(w) = st.waiters.pop_front() {
+                        let _ = w.tx.send(Err(PoolError::Exec {
+                            profile: self.err_profile(),
+                            source: e,
+                        }));
+                    }
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! A deterministic, trace-driven simulation of one profile's pool under a sizing
-//! policy, on simulated time: claims, cold starts, queueing at `max_containers`, the
-//! engine's park latency under concurrent parks, and idle container-seconds. It reads
-//! a trace file at most; it must not touch the engine, a clock or the real pool.
+//! policy, on simulated time. It is a second driver of the shipped rules
+//! ([`crate::decide`]: claim, reconcile, freed slot, finished park, `max_queue`,
+//! `max_wait`, `max_age`) and adds only what the engine would do: the park latency
+//! under concurrent parks, jobs' runtimes, and the clock. It reads a trace file at
+//! most; it must not touch the engine or a clock, nor re-decide any pool rule.
 //!
 //! The model (what [`simulate`] assumes, in full in `docs/pool-sizing.md`):
 //!
@@ -10,26 +12,20 @@
 //!   each park progressing at `1/k` of that. The measured rates make one park take
 //!   0.30 s alone and 0.44, 0.70, 1.43 s with 2, 4, 8 in flight. Each profile has the
 //!   engine to itself; removing a container and running a job cost it nothing.
-//! - **Pool.** Idle containers are parked or parking for the pool. The pool
-//!   reconciles after every event and every second: it starts parks up to the
-//!   policy's target (at most `max_parallel_parks` of its own in flight, as the
-//!   engine gains nothing beyond 4) and removes parked containers above it.
-//! - **Claims.** A claim takes the longest-parked container (a hit); with none parked
-//!   it parks its own on its time (a cold start, a miss) if `max_containers`
-//!   (parked + parking + busy) allows, else it queues for the next container that
-//!   parks or the next slot that frees. A job keeps its container for its runtime,
-//!   then the container is gone.
+//! - **Pool.** Whatever wakes the real pool (a claim, a finished job, a finished
+//!   park) schedules a reconcile [`decide::REPLENISH_DELAY`] later, and it
+//!   reconciles at least every [`decide::RECONCILE_EVERY`], with the target of the
+//!   policy under test. Every decision is the real pool's, from [`crate::decide`].
+//! - **Jobs.** A job keeps its container for its runtime; then the container is gone.
 
-use crate::sizing::{DemandTracker, SizingConfig};
+use crate::decide::{self, ClaimAction, Counts, IdleView, Placement, RemoveReason};
+use crate::sizing::{DemandTracker, SizingConfig, SizingError};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How often the simulated pool reconciles when nothing else happens: often enough
-/// that a shrink is not late by more than a second.
-const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// A park whose remaining work is below this (in parks) is done: float rounding of
 /// event times leaves crumbs of about 1e-9.
 const PARK_DONE_EPSILON: f64 = 1e-6;
@@ -53,6 +49,19 @@ pub enum SimError {
     },
     #[error("trace {source_name} has no arrivals; expected a header `arrival_s,function,runtime_ms` and one line per arrival")]
     Empty { source_name: String },
+    #[error("the sizing settings to simulate are invalid")]
+    Sizing(#[from] SizingError),
+}
+
+/// Sizing settings to vary from the profile defaults, for the sensitivity runs
+/// (`warmpool simulate --idle-ttl 2m --miss-budget 0.01 --max-idle 12`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tuning {
+    /// The profile's `max_idle`, for every policy (fixed sizes above it are held
+    /// to it, OpenWhisk's maximum is it).
+    pub max_idle: Option<usize>,
+    pub idle_ttl: Option<Duration>,
+    pub miss_budget: Option<f64>,
 }
 
 /// One claim of a trace: when it arrives and how long its job keeps the container.
@@ -139,24 +148,42 @@ impl EngineModel {
     }
 }
 
-/// The profile's limits, as the pool enforces them.
+/// The profile's keys the simulated pool runs with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolLimits {
     pub min_idle: usize,
     pub max_idle: usize,
-    /// Parked + parking + busy, for this profile.
+    /// Parked + parking + cold starts + busy, for this profile.
     pub max_containers: usize,
-    /// Parks the pool runs side by side for itself (cold starts are not held back).
-    pub max_parallel_parks: usize,
+    pub max_queue: usize,
+    pub max_wait: Duration,
+    pub max_age: Duration,
+}
+
+impl PoolLimits {
+    /// The limits as the shipped rules take them (with the pool's own
+    /// [`decide::MAX_PARALLEL_PARKS`]).
+    pub fn rules(&self) -> decide::Limits {
+        decide::Limits {
+            max_containers: self.max_containers,
+            max_queue: self.max_queue,
+            max_wait: self.max_wait,
+            max_age: self.max_age,
+            max_parallel_parks: decide::MAX_PARALLEL_PARKS,
+        }
+    }
 }
 
 impl Default for PoolLimits {
+    /// The profile defaults of `warmpool-core`, with `min_idle` 1 and `max_idle` 8.
     fn default() -> Self {
         Self {
             min_idle: 1,
             max_idle: 8,
-            max_containers: 16,
-            max_parallel_parks: 4,
+            max_containers: warmpool_core::config::DEFAULT_MAX_CONTAINERS,
+            max_queue: warmpool_core::config::DEFAULT_MAX_QUEUE,
+            max_wait: warmpool_core::config::DEFAULT_MAX_WAIT,
+            max_age: warmpool_core::config::DEFAULT_MAX_AGE,
         }
     }
 }
@@ -221,8 +248,17 @@ pub struct SimOutcome {
     pub hits: usize,
     /// Claims that parked their own container on their time.
     pub cold_starts: usize,
-    /// Claims that waited for room under `max_containers`.
+    /// Claims that waited for room under `max_containers` (including those that
+    /// waited out `max_wait`).
     pub queued: usize,
+    /// Claims refused at once: `max_queue` claims waited already.
+    pub refused: usize,
+    /// Queued claims that failed after `max_wait` without a container.
+    pub timed_out: usize,
+    /// Parked containers removed for their age (`max_age`).
+    pub replaced: usize,
+    /// Parked containers removed above the target.
+    pub shrunk: usize,
     /// Time containers existed without a job: parking for the pool, or parked.
     pub idle_container_secs: f64,
     /// Containers parked, for the pool and on jobs' paths.
@@ -264,6 +300,15 @@ struct Park {
     for_claim: Option<Arrival>,
 }
 
+/// A parked container of the simulated pool.
+#[derive(Debug, Clone, Copy)]
+struct SimParked {
+    /// When its park started (OpenWhisk's ttl counts from here).
+    park_started: Duration,
+    /// When it was parked (`max_age` counts from here).
+    parked_at: Duration,
+}
+
 /// What decides the target, with its state.
 enum Controller {
     Adaptive(DemandTracker),
@@ -290,22 +335,24 @@ impl Controller {
         }
     }
 
-    fn target(&self, now: Duration) -> usize {
+    /// The idle target; the adaptive rule clamps its own, the others are held to
+    /// `max_idle` here.
+    fn target(&self, now: Duration, max_idle: usize) -> usize {
         match self {
             Controller::Adaptive(tracker) => tracker.target_idle(now),
-            Controller::Fixed(size) => *size,
-            Controller::OpenWhisk { target, .. } => *target,
+            Controller::Fixed(size) => (*size).min(max_idle),
+            Controller::OpenWhisk { target, .. } => (*target).min(max_idle),
         }
     }
 }
 
-/// One run's mutable state.
+/// One run's mutable state: what the engine holds, and the counters.
 struct PoolState<'a> {
-    limits: &'a PoolLimits,
+    rules: decide::Limits,
     engine: &'a EngineModel,
     now: Duration,
-    /// Park start of each parked container, longest-parked first.
-    parked: VecDeque<Duration>,
+    /// Parked containers, longest-parked first.
+    parked: VecDeque<SimParked>,
     /// Parks in flight, in start order, which is also their finishing order: every
     /// park needs the same work and they all progress at the same speed.
     parks: VecDeque<Park>,
@@ -316,20 +363,55 @@ struct PoolState<'a> {
     work_done: f64,
     /// End times of running jobs.
     busy: BinaryHeap<Reverse<Duration>>,
-    /// Claims waiting for room, in arrival order.
+    /// Claims waiting for a container, in arrival order.
     queue: VecDeque<Arrival>,
+    /// When the pool reconciles next: at most a second after the last, and
+    /// `REPLENISH_DELAY` after whatever woke it.
+    next_reconcile: Duration,
     idle_container_secs: f64,
     hits: usize,
     cold_starts: usize,
     queued: usize,
+    refused: usize,
+    timed_out: usize,
+    replaced: usize,
+    shrunk: usize,
     parks_done: usize,
     /// Time from claim to container, one per claim served.
     waits: Vec<Duration>,
 }
 
 impl PoolState<'_> {
-    fn containers(&self) -> usize {
-        self.parked.len() + self.parks.len() + self.busy.len()
+    /// The counts the rules decide on; claims that waited out `max_wait` leave the
+    /// queue first (they are first in it: it is in arrival order).
+    fn counts(&mut self) -> Counts {
+        while self
+            .queue
+            .front()
+            .is_some_and(|claim| decide::wait_expired(claim.at, self.now, &self.rules))
+        {
+            self.queue.pop_front();
+            self.timed_out += 1;
+        }
+        Counts {
+            parking: self.pool_parks,
+            cold: self.parks.len() - self.pool_parks,
+            busy: self.busy.len(),
+            waiters: self.queue.len(),
+        }
+    }
+
+    fn idle_views(&self) -> impl Iterator<Item = IdleView> + '_ {
+        // The simulated image never changes: only age makes a container stale.
+        self.parked.iter().map(|p| IdleView {
+            parked_at: p.parked_at,
+            image_current: true,
+        })
+    }
+
+    /// Something happened that wakes the real pool's reconcile loop.
+    fn wake(&mut self) {
+        self.next_reconcile = self.next_reconcile.min(self.now + decide::REPLENISH_DELAY);
     }
 
     /// Work each park in flight does per second now.
@@ -353,10 +435,11 @@ impl PoolState<'_> {
         Some(self.now + Duration::from_nanos(nanos as u64))
     }
 
-    /// Moves time to `to`: idle containers accrue, parks progress.
+    /// Moves time to `to`: idle containers accrue, parks progress. Idle: the parked
+    /// containers and the pool's parks beyond those a waiter will take.
     fn advance(&mut self, to: Duration) {
         let elapsed = to.saturating_sub(self.now).as_secs_f64();
-        let idle = self.parked.len() + self.pool_parks;
+        let idle = self.parked.len() + self.pool_parks.saturating_sub(self.queue.len());
         self.idle_container_secs += idle as f64 * elapsed;
         self.work_done += self.park_progress_per_sec() * elapsed;
         self.now = to;
@@ -378,7 +461,8 @@ impl PoolState<'_> {
         });
     }
 
-    /// Parks done by now; returns how long each took, for the policy.
+    /// Parks done by now, placed as `decide::place_parked` says; returns how long
+    /// each took, for the policy.
     fn finish_parks(&mut self) -> Vec<Duration> {
         let mut took = Vec::new();
         while self
@@ -391,20 +475,29 @@ impl PoolState<'_> {
             };
             took.push(self.now.saturating_sub(park.started));
             self.parks_done += 1;
-            match park.for_claim {
-                Some(claim) => self.start_job(claim),
-                None => {
-                    self.pool_parks -= 1;
-                    match self.queue.pop_front() {
-                        Some(claim) => self.start_job(claim),
-                        None => self.parked.push_back(park.started),
-                    }
-                }
+            if park.for_claim.is_none() {
+                self.pool_parks -= 1;
             }
+            // A simulated claim is never dropped: a cold start's claim still waits.
+            let counts = self.counts();
+            let placement = decide::place_parked(park.for_claim.is_some(), counts);
+            match (placement, park.for_claim, self.queue.front().copied()) {
+                (Placement::Claimant, Some(claim), _) => self.start_job(claim),
+                (Placement::Waiter, _, Some(claim)) => {
+                    self.queue.pop_front();
+                    self.start_job(claim);
+                }
+                _ => self.parked.push_back(SimParked {
+                    park_started: park.started,
+                    parked_at: self.now,
+                }),
+            }
+            self.wake();
         }
         took
     }
 
+    /// Jobs ended by now: each frees its slot, which may park for a waiter.
     fn finish_jobs(&mut self) {
         while self
             .busy
@@ -412,47 +505,69 @@ impl PoolState<'_> {
             .is_some_and(|Reverse(end)| *end <= self.now)
         {
             self.busy.pop();
-        }
-    }
-
-    /// A claim arrives: hit, cold start, or queue. Returns whether it was a cold start.
-    fn claim(&mut self, claim: Arrival) -> bool {
-        if self.parked.pop_front().is_some() {
-            self.hits += 1;
-            self.start_job(claim);
-            false
-        } else if self.queue.is_empty() && self.containers() < self.limits.max_containers {
-            self.cold_starts += 1;
-            self.start_park(Some(claim));
-            true
-        } else {
-            self.queued += 1;
-            self.queue.push_back(claim);
-            false
-        }
-    }
-
-    /// Brings the idle containers toward `target`; queued claims get room first.
-    fn reconcile(&mut self, target: usize) {
-        while !self.queue.is_empty() && self.containers() < self.limits.max_containers {
-            if let Some(claim) = self.queue.pop_front() {
-                self.start_park(Some(claim));
-            }
-        }
-        let target = target.min(self.limits.max_idle);
-        let pool_parks = self.pool_parks;
-        let idle = self.parked.len() + pool_parks;
-        if idle < target && self.queue.is_empty() {
-            let room = self.limits.max_containers.saturating_sub(self.containers());
-            let slots = self.limits.max_parallel_parks.saturating_sub(pool_parks);
-            for _ in 0..(target - idle).min(room).min(slots) {
+            let counts = self.counts();
+            if decide::on_slot_freed(self.parked.len(), counts, &self.rules) {
                 self.start_park(None);
             }
-        } else if idle > target {
-            for _ in 0..(idle - target).min(self.parked.len()) {
+            self.wake();
+        }
+    }
+
+    /// A claim arrives, and does what `decide::claim` says. Returns whether it was a
+    /// cold start.
+    fn claim(&mut self, claim: Arrival) -> bool {
+        let counts = self.counts();
+        let plan = decide::claim(self.now, self.idle_views(), counts, &self.rules);
+        self.parked.drain(..plan.remove);
+        self.replaced += plan.remove;
+        self.wake();
+        match plan.action {
+            ClaimAction::Hit => {
                 self.parked.pop_front();
+                self.hits += 1;
+                self.start_job(claim);
+                false
+            }
+            ClaimAction::Cold => {
+                self.cold_starts += 1;
+                self.start_park(Some(claim));
+                true
+            }
+            ClaimAction::Queue => {
+                self.queued += 1;
+                self.queue.push_back(claim);
+                false
+            }
+            ClaimAction::Full { .. } => {
+                self.refused += 1;
+                false
             }
         }
+    }
+
+    /// The reconcile `decide::reconcile` describes, toward `target`.
+    fn reconcile(&mut self, target: usize) {
+        let counts = self.counts();
+        // Simulated parks never fail: no back-off.
+        let plan = decide::reconcile(
+            self.now,
+            self.idle_views(),
+            counts,
+            target,
+            false,
+            &self.rules,
+        );
+        for removal in plan.remove.iter().rev() {
+            self.parked.remove(removal.index);
+            match removal.reason {
+                RemoveReason::Surplus => self.shrunk += 1,
+                RemoveReason::StaleImage | RemoveReason::TooOld => self.replaced += 1,
+            }
+        }
+        for _ in 0..plan.park {
+            self.start_park(None);
+        }
+        self.next_reconcile = self.now + decide::RECONCILE_EVERY;
     }
 }
 
@@ -466,7 +581,7 @@ pub fn simulate(
 ) -> SimOutcome {
     let mut controller = Controller::new(policy);
     let mut pool = PoolState {
-        limits,
+        rules: limits.rules(),
         engine,
         now: Duration::ZERO,
         parked: VecDeque::new(),
@@ -475,24 +590,31 @@ pub fn simulate(
         work_done: 0.0,
         busy: BinaryHeap::new(),
         queue: VecDeque::new(),
+        next_reconcile: decide::RECONCILE_EVERY,
         idle_container_secs: 0.0,
         hits: 0,
         cold_starts: 0,
         queued: 0,
+        refused: 0,
+        timed_out: 0,
+        replaced: 0,
+        shrunk: 0,
         parks_done: 0,
         waits: Vec::with_capacity(workload.arrivals.len()),
     };
     // The pool was started before the trace: its first target is parked at 0.
-    let initial = controller.target(Duration::ZERO).min(limits.max_idle);
+    let initial = controller.target(Duration::ZERO, limits.max_idle);
     for _ in 0..initial.min(limits.max_containers) {
-        pool.parked.push_back(Duration::ZERO);
+        pool.parked.push_back(SimParked {
+            park_started: Duration::ZERO,
+            parked_at: Duration::ZERO,
+        });
     }
 
     let horizon = workload.end();
     let mut next_arrival = 0;
-    let mut next_reconcile = RECONCILE_EVERY;
     loop {
-        let mut next = next_reconcile.min(horizon);
+        let mut next = pool.next_reconcile.min(horizon);
         if let Some(arrival) = workload.arrivals.get(next_arrival) {
             next = next.min(arrival.at);
         }
@@ -501,6 +623,9 @@ pub fn simulate(
         }
         if let Some(Reverse(end)) = pool.busy.peek() {
             next = next.min(*end);
+        }
+        if let Controller::OpenWhisk { next_check, .. } = &controller {
+            next = next.min(*next_check);
         }
         pool.advance(next);
 
@@ -524,22 +649,22 @@ pub fn simulate(
                 *cold_starts += 1;
             }
         }
-        if pool.now >= next_reconcile {
-            next_reconcile += RECONCILE_EVERY;
-            if let Controller::OpenWhisk {
-                rule,
-                target,
-                cold_starts,
-                next_check,
-            } = &mut controller
-            {
-                if pool.now >= *next_check {
-                    *next_check += rule.period;
-                    openwhisk_check(&mut pool, rule, target, cold_starts);
-                }
+        if let Controller::OpenWhisk {
+            rule,
+            target,
+            cold_starts,
+            next_check,
+        } = &mut controller
+        {
+            if pool.now >= *next_check {
+                *next_check += rule.period;
+                openwhisk_check(&mut pool, rule, target, cold_starts);
+                pool.wake();
             }
         }
-        pool.reconcile(controller.target(pool.now));
+        if pool.now >= pool.next_reconcile {
+            pool.reconcile(controller.target(pool.now, limits.max_idle));
+        }
 
         if pool.now >= horizon {
             break;
@@ -554,6 +679,10 @@ pub fn simulate(
         hits: pool.hits,
         cold_starts: pool.cold_starts,
         queued: pool.queued,
+        refused: pool.refused,
+        timed_out: pool.timed_out,
+        replaced: pool.replaced,
+        shrunk: pool.shrunk,
         idle_container_secs: pool.idle_container_secs,
         parks: pool.parks_done,
         p99_claim_wait,
@@ -569,7 +698,8 @@ fn openwhisk_check(
     cold_starts: &mut usize,
 ) {
     let now = pool.now;
-    pool.parked.retain(|started| *started + rule.ttl > now);
+    pool.parked
+        .retain(|parked| parked.park_started + rule.ttl > now);
     let desired = if *cold_starts == 0 {
         rule.min
     } else {
@@ -620,6 +750,23 @@ impl SimSettings {
             sizing,
             fixed_sizes: vec![1, 2, 4, 8],
         }
+    }
+
+    /// These settings with the adaptive rule's `tuning` applied, checked.
+    pub fn tuned(mut self, tuning: &Tuning) -> Result<Self, SimError> {
+        if let Some(max_idle) = tuning.max_idle {
+            self.limits.max_idle = max_idle;
+            self.sizing.max_idle = max_idle;
+            self.openwhisk.max = max_idle;
+        }
+        if let Some(idle_ttl) = tuning.idle_ttl {
+            self.sizing.idle_ttl = idle_ttl;
+        }
+        if let Some(miss_budget) = tuning.miss_budget {
+            self.sizing.miss_budget = miss_budget;
+        }
+        self.sizing.validate()?;
+        Ok(self)
     }
 
     /// The policies compared, ours first.
@@ -739,14 +886,18 @@ pub fn report(title: &str, settings: &SimSettings, comparisons: &[Comparison]) -
     let _ = writeln!(out, "### {title}\n");
     let _ = writeln!(
         out,
-        "min_idle {}, max_idle {}, max_containers {}, idle_ttl {}, at most {} pool parks in \
-         flight, engine at most {:.1} parks/s. Each cell: hit rate · idle container-seconds ÷ \
-         the clairvoyant pool's. Peak: most claims per second in any minute.\n",
+        "min_idle {}, max_idle {}, max_containers {}, max_queue {}, max_wait {}, max_age {}, \
+         idle_ttl {}, at most {} pool parks in flight, engine at most {:.1} parks/s. Each \
+         cell: hit rate · idle container-seconds ÷ the clairvoyant pool's. Peak: most claims \
+         per second in any minute.\n",
         limits.min_idle,
         limits.max_idle,
         limits.max_containers,
+        limits.max_queue,
+        format_duration(limits.max_wait),
+        format_duration(limits.max_age),
         format_duration(settings.sizing.idle_ttl),
-        limits.max_parallel_parks,
+        decide::MAX_PARALLEL_PARKS,
         settings.engine.max_parks_per_sec(),
     );
     let labels: Vec<String> = settings.policies().iter().map(Policy::label).collect();
@@ -830,11 +981,11 @@ pub fn report(title: &str, settings: &SimSettings, comparisons: &[Comparison]) -
     let _ = writeln!(out, "\nThe adaptive policy in detail:\n");
     let _ = writeln!(
         out,
-        "| profile | hit rate | cold starts | queued | idle (s) | mean idle | × clairvoyant | parks | p99 wait | max wait | goal |"
+        "| profile | hit rate | cold starts | queued | timed out | refused | idle (s) | mean idle | × clairvoyant | parks | p99 wait | max wait | goal |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for comparison in comparisons {
         let Some(outcome) = comparison.adaptive() else {
@@ -852,11 +1003,13 @@ pub fn report(title: &str, settings: &SimSettings, comparisons: &[Comparison]) -
         };
         let _ = writeln!(
             out,
-            "| {} | {:.2} % | {} | {} | {:.0} | {:.2} | {:.2}× | {} | {} | {} | {} |",
+            "| {} | {:.2} % | {} | {} | {} | {} | {:.0} | {:.2} | {:.2}× | {} | {} | {} | {} |",
             comparison.workload,
             outcome.hit_rate() * 100.0,
             outcome.cold_starts,
             outcome.queued,
+            outcome.timed_out,
+            outcome.refused,
             outcome.idle_container_secs,
             outcome.idle_container_secs / comparison.horizon.as_secs_f64().max(f64::MIN_POSITIVE),
             ratio,
@@ -879,7 +1032,9 @@ fn format_millis(duration: Duration) -> String {
 
 fn format_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs > 0 && secs.is_multiple_of(60) {
+    if secs > 0 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs > 0 && secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
@@ -1049,12 +1204,17 @@ pub fn trace_settings() -> SimSettings {
 /// Reads a trace file, runs every policy on each of its functions, and returns the
 /// Markdown report.
 pub fn run_trace_file(path: &Path) -> Result<String, SimError> {
+    run_trace_file_tuned(path, &Tuning::default())
+}
+
+/// [`run_trace_file`] with the adaptive rule tuned.
+pub fn run_trace_file_tuned(path: &Path, tuning: &Tuning) -> Result<String, SimError> {
+    let settings = trace_settings().tuned(tuning)?;
     let text = std::fs::read_to_string(path).map_err(|source| SimError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let trace = parse_trace(&text, &path.display().to_string())?;
-    let settings = trace_settings();
     let comparisons = compare(&trace.workloads, &settings);
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
@@ -1081,6 +1241,13 @@ pub fn run_synthetic() -> String {
     let settings = synthetic_settings();
     let comparisons = compare(&synthetic_workloads(), &settings);
     report("Synthetic scenarios", &settings, &comparisons)
+}
+
+/// [`run_synthetic`] with the adaptive rule tuned.
+pub fn run_synthetic_tuned(tuning: &Tuning) -> Result<String, SimError> {
+    let settings = synthetic_settings().tuned(tuning)?;
+    let comparisons = compare(&synthetic_workloads(), &settings);
+    Ok(report("Synthetic scenarios", &settings, &comparisons))
 }
 
 /// The three named scenarios, generated from a fixed seed (same claims every run).
@@ -1301,12 +1468,60 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_queue_rules_hold_max_queue_and_max_wait() {
+        // One container at most, a queue of one, 2 s of patience: the first claim
+        // takes the parked container for 10 s, the second queues and times out, the
+        // third finds the queue full.
+        let limits = PoolLimits {
+            max_containers: 1,
+            max_queue: 1,
+            max_wait: Duration::from_secs(2),
+            ..PoolLimits::default()
+        };
+        let outcome = simulate(
+            &workload(&[(1_000, 10_000), (1_100, 100), (1_200, 100)], 20),
+            &limits,
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!(
+            (
+                outcome.hits,
+                outcome.cold_starts,
+                outcome.queued,
+                outcome.timed_out,
+                outcome.refused
+            ),
+            (1, 0, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn parked_containers_past_max_age_are_replaced() {
+        // Parked at 0; older than 10 s at the reconcile of 11 s, replaced (parked at
+        // 11.303 s), and that one again at the first reconcile past 21.303 s.
+        let limits = PoolLimits {
+            max_age: Duration::from_secs(10),
+            ..PoolLimits::default()
+        };
+        let outcome = simulate(
+            &workload(&[], 30),
+            &limits,
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!((outcome.replaced, outcome.parks), (2, 2));
+    }
+
+    #[test]
     fn openwhisk_grows_after_cold_starts_and_expires_after_ttl() {
         let limits = PoolLimits::default();
         let rule = OpenWhiskRule::shipped(&limits);
         // Four claims at once at 10 s: one hit, three cold starts. At the 60 s check
-        // the pool grows to 3; nothing more comes, so the extra two expire at the
-        // first check past their ttl (created at 60 s: the check at 180 s).
+        // the target grows to 3 and the pool parks two more one replenish delay
+        // (15 ms) later; nothing more comes, so they expire at the first check past
+        // their ttl: created at 60.015 s, past it at 180.015 s, removed at 240 s.
+        // The hit's replacement (10.015 s) goes at the check of 180 s.
         let claims = [(10_000, 100), (10_000, 100), (10_000, 100), (10_000, 100)];
         let outcome = simulate(
             &workload(&claims, 300),
@@ -1315,9 +1530,9 @@ mod tests {
             &Policy::OpenWhisk(rule),
         );
         assert_eq!((outcome.hits, outcome.cold_starts), (1, 3));
-        // ~1 container for 300 s, plus ~2 more from ~60 s to 180 s.
+        // 1 container for 300 s, plus 2 more from 60 s to 180 s and 1 more to 240 s.
         let extra = outcome.idle_container_secs - 300.0;
-        assert!((extra - 240.0).abs() < 3.0, "{extra}");
+        assert!((extra - 300.0).abs() < 3.0, "{extra}");
     }
 
     #[test]

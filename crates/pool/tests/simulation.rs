@@ -9,18 +9,13 @@ use warmpool_pool::sim::{
     synthetic_workloads, trace_settings, Comparison, Policy, SimOutcome, Workload, GOAL_HIT_RATE,
 };
 
-/// The fixture lives in `shared/`, beside the repository (`../shared` from its root),
-/// here as in CI. A missing fixture fails the tests: a skipped check would read as a
-/// passed one.
+/// The fixture trace, in the repository (`tests/fixtures/traces`, copied from the
+/// team's `shared/fixtures/traces` with its README: source and licence). A missing
+/// fixture fails the tests: a skipped check would read as a passed one.
 fn fixture_path() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/traces/orcbench-seed7-15fn.csv");
-    assert!(
-        path.is_file(),
-        "fixture trace missing: {} (expected the `shared` folder beside the repository, \
-         with fixtures/traces/orcbench-seed7-15fn.csv in it)",
-        path.display()
-    );
+        .join("../../tests/fixtures/traces/orcbench-seed7-15fn.csv");
+    assert!(path.is_file(), "fixture trace missing: {}", path.display());
     path
 }
 
@@ -66,11 +61,12 @@ fn the_fixture_has_its_twelve_functions() {
 }
 
 #[test]
-fn every_claim_is_a_hit_a_cold_start_or_queued() {
+fn every_claim_is_a_hit_a_cold_start_queued_or_refused() {
     for comparison in fixture_comparisons().iter().chain(synthetic_comparisons()) {
         for (policy, outcome) in &comparison.runs {
+            assert!(outcome.timed_out <= outcome.queued);
             assert_eq!(
-                outcome.hits + outcome.cold_starts + outcome.queued,
+                outcome.hits + outcome.cold_starts + outcome.queued + outcome.refused,
                 comparison.arrivals,
                 "{} under {}",
                 comparison.workload,

@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 use std::path::PathBuf;
+use std::time::Duration;
+use warmpool_pool::sim::Tuning;
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {
@@ -10,13 +12,27 @@ pub struct SimulateArgs {
     /// synthetic scenarios (bursty, diurnal, cold morning) run.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// The profile's max_idle instead of 8 (every policy is held to it).
+    #[arg(long)]
+    max_idle: Option<usize>,
+    /// The adaptive rule's idle_ttl instead of the default 10m (e.g. `2m`, `30s`).
+    #[arg(long, value_parser = warmpool_core::config::parse_duration)]
+    idle_ttl: Option<Duration>,
+    /// The adaptive rule's miss budget instead of the default 0.005.
+    #[arg(long)]
+    miss_budget: Option<f64>,
 }
 
 pub async fn run(args: SimulateArgs) -> anyhow::Result<u8> {
+    let tuning = Tuning {
+        max_idle: args.max_idle,
+        idle_ttl: args.idle_ttl,
+        miss_budget: args.miss_budget,
+    };
     let report = match &args.trace {
-        Some(path) => warmpool_pool::sim::run_trace_file(path)
+        Some(path) => warmpool_pool::sim::run_trace_file_tuned(path, &tuning)
             .with_context(|| format!("simulating {}", path.display()))?,
-        None => warmpool_pool::sim::run_synthetic(),
+        None => warmpool_pool::sim::run_synthetic_tuned(&tuning).context("simulating")?,
     };
     println!("{report}");
     Ok(0)
