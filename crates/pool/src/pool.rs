@@ -468,11 +468,13 @@ impl Pool {
         let started = Instant::now();
         enum Plan {
             Hit(Box<Parked>),
-            /// A cold start, or a place in the queue: the container comes here.
+            /// A cold start: the container this claim began comes here.
+            Cold(oneshot::Receiver<Result<Delivered, PoolError>>),
+            /// A place in the queue: the next container that frees comes here.
             Wait(oneshot::Receiver<Result<Delivered, PoolError>>),
         }
         let profile = self.profile();
-        let (plan, cold) = {
+        let plan = {
             let mut st = lock(&self.inner.state);
             if st.closed {
                 return Err(PoolError::ShuttingDown {
@@ -495,7 +497,7 @@ impl Pool {
                 ClaimAction::Hit => match st.idle.pop_front() {
                     Some(idle) => {
                         st.busy += 1;
-                        (Plan::Hit(Box::new(idle.parked)), false)
+                        Plan::Hit(Box::new(idle.parked))
                     }
                     // decide::claim says Hit only for a parked container.
                     None => unreachable!("a hit without a parked container"),
@@ -511,12 +513,12 @@ impl Pool {
                     self.inner
                         .tasks
                         .spawn(async move { pool.cold_start(profile, tx).await });
-                    (Plan::Wait(rx), true)
+                    Plan::Cold(rx)
                 }
                 ClaimAction::Queue => {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(Waiter { tx });
-                    (Plan::Wait(rx), false)
+                    Plan::Wait(rx)
                 }
                 ClaimAction::Full { queued } => {
                     return Err(PoolError::Full {
@@ -535,7 +537,7 @@ impl Pool {
                 add(&c.hits, 1);
                 (*parked, Slot::new(&self.inner), true)
             }
-            Plan::Wait(rx) if cold => {
+            Plan::Cold(rx) => {
                 add(&c.misses, 1);
                 // Bounded by the park's own timeout; an error is the park's.
                 match rx.await {

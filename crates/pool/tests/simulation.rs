@@ -248,3 +248,37 @@ fn a_missing_trace_file_names_the_path() {
         "{error}"
     );
 }
+
+#[test]
+fn beyond_the_engines_reach_the_shipped_queue_limits_hold() {
+    // The simulation runs the pool's own rules: fn10's bursts fill the queue to
+    // max_queue and the rest is refused at once, as the real pool answers "full";
+    // no claim waits longer than max_wait.
+    let limits = trace_settings().limits;
+    let fn10 = fixture_comparisons()
+        .iter()
+        .find(|c| c.workload == "fn10")
+        .expect("fn10 in the fixture");
+    for (policy, outcome) in &fn10.runs {
+        assert!(outcome.refused > 0, "{}: {outcome:?}", policy.label());
+        assert!(
+            outcome.max_claim_wait <= limits.max_wait,
+            "{}: {outcome:?}",
+            policy.label()
+        );
+    }
+    // Where the engine keeps up, nothing is refused and nothing times out.
+    for comparison in fixture_comparisons()
+        .iter()
+        .chain(synthetic_comparisons())
+        .filter(|c| c.within_engine_reach)
+    {
+        let ours = adaptive(comparison);
+        assert_eq!(
+            (ours.refused, ours.timed_out),
+            (0, 0),
+            "{}",
+            comparison.workload
+        );
+    }
+}
