@@ -27,8 +27,8 @@ pub const REDACTED: &[u8] = b"[redacted]";
 /// trailing `a` of a stream because a secret starts with `a` would be absurd).
 pub const MIN_HIDDEN_PREFIX: usize = 4;
 
-/// Redacts one output stream as it comes. Build one per stream (or build one and
-/// [`Clone`] it before use: the automaton is shared, the stream state is not).
+/// Redacts one output stream as it comes. Build one per stream, or build one and
+/// take [`fresh`](Redactor::fresh) ones from it (the automaton is shared).
 ///
 /// ```
 /// use warmpool_core::redact::Redactor;
@@ -39,7 +39,7 @@ pub const MIN_HIDDEN_PREFIX: usize = 4;
 /// r.finish(&mut out);
 /// assert_eq!(out, b"pass=[redacted]!");
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Redactor {
     matcher: Arc<Matcher>,
     /// The automaton's state: its string is exactly the held bytes.
@@ -66,8 +66,18 @@ impl Redactor {
         I: IntoIterator<Item = S>,
         S: AsRef<[u8]>,
     {
+        Redactor::start(Arc::new(Matcher::new(secrets)))
+    }
+
+    /// A redactor of the same secrets for a new stream (the automaton is shared;
+    /// nothing of this one's stream is).
+    pub fn fresh(&self) -> Redactor {
+        Redactor::start(self.matcher.clone())
+    }
+
+    fn start(matcher: Arc<Matcher>) -> Redactor {
         Redactor {
-            matcher: Arc::new(Matcher::new(secrets)),
+            matcher,
             state: ROOT,
             held: Vec::new(),
             base: 0,
@@ -75,6 +85,16 @@ impl Redactor {
             hide_until: 0,
             in_hidden: false,
         }
+    }
+
+    /// These secrets hidden in a whole text at once (an error message), as in a
+    /// stream that ends after it. This redactor's own stream is untouched.
+    pub fn redact_whole(&self, data: &[u8]) -> Vec<u8> {
+        let mut r = self.fresh();
+        let mut out = Vec::with_capacity(data.len());
+        r.push(data, &mut out);
+        r.finish(&mut out);
+        out
     }
 
     /// No secret to hide: output is passed through unchanged.
@@ -209,11 +229,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<[u8]>,
 {
-    let mut r = Redactor::new(secrets);
-    let mut out = Vec::with_capacity(data.len());
-    r.push(data, &mut out);
-    r.finish(&mut out);
-    out
+    Redactor::new(secrets).redact_whole(data)
 }
 
 const ROOT: usize = 0;
@@ -538,6 +554,20 @@ mod tests {
         r.push(b"r2 hunter2", &mut out);
         r.finish(&mut out);
         assert_eq!(out, b"x [redacted]|cut|r2 [redacted]");
+    }
+
+    #[test]
+    fn fresh_redactors_share_secrets_not_streams() {
+        let mut a = Redactor::new(["hunter2"]);
+        let mut out = Vec::new();
+        a.push(b"x hunt", &mut out);
+        let mut b = a.fresh();
+        b.push(b"er2", &mut out);
+        assert_eq!(out, b"x er2");
+        assert_eq!(a.redact_whole(b"e: hunter2"), b"e: [redacted]");
+        a.push(b"er2 y", &mut out);
+        a.finish(&mut out);
+        assert_eq!(out, b"x er2[redacted] y");
     }
 
     #[test]
