@@ -13,7 +13,8 @@
 //! How: an Aho–Corasick automaton over the secrets. Its state is the longest tail
 //! of the stream that is still a prefix of some secret; exactly those bytes are
 //! held back, everything before them can no longer become part of a match and is
-//! emitted. Memory is bounded by the longest secret, time is linear in the input.
+//! emitted, in runs, at the end of each push. Between pushes it keeps no more
+//! bytes than the longest secret; time is linear in the input.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,8 +27,8 @@ pub const REDACTED: &[u8] = b"[redacted]";
 /// trailing `a` of a stream because a secret starts with `a` would be absurd).
 pub const MIN_HIDDEN_PREFIX: usize = 4;
 
-/// Redacts one output stream as it comes. Build one per stream (or build one and
-/// [`Clone`] it before use: the automaton is shared, the stream state is not).
+/// Redacts one output stream as it comes. Build one per stream, or build one and
+/// take [`fresh`](Redactor::fresh) ones from it (the automaton is shared).
 ///
 /// ```
 /// use warmpool_core::redact::Redactor;
@@ -38,17 +39,20 @@ pub const MIN_HIDDEN_PREFIX: usize = 4;
 /// r.finish(&mut out);
 /// assert_eq!(out, b"pass=[redacted]!");
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Redactor {
     matcher: Arc<Matcher>,
     /// The automaton's state: its string is exactly the held bytes.
     state: usize,
-    /// Bytes seen but not yet emitted, each with the end (absolute, exclusive) of
-    /// the longest occurrence that starts there, 0 for none.
-    held: VecDeque<(u8, u64)>,
+    /// Bytes seen but not yet emitted: the longest tail of the stream that is a
+    /// prefix of a secret, so never longer than the longest secret.
+    held: Vec<u8>,
     /// Absolute position in the stream of the first held byte.
     base: u64,
-    /// Bytes before this position lie inside an occurrence already seen.
+    /// Occurrences not yet emitted, `[start, end)` in absolute positions, merged
+    /// where they overlap or touch: sorted, disjoint, with gaps between them.
+    spans: VecDeque<(u64, u64)>,
+    /// Bytes before this position lie inside an occurrence already being hidden.
     hide_until: u64,
     /// The last thing emitted was [`REDACTED`]: a hidden byte right after joins it.
     in_hidden: bool,
@@ -62,14 +66,35 @@ impl Redactor {
         I: IntoIterator<Item = S>,
         S: AsRef<[u8]>,
     {
+        Redactor::start(Arc::new(Matcher::new(secrets)))
+    }
+
+    /// A redactor of the same secrets for a new stream (the automaton is shared;
+    /// nothing of this one's stream is).
+    pub fn fresh(&self) -> Redactor {
+        Redactor::start(self.matcher.clone())
+    }
+
+    fn start(matcher: Arc<Matcher>) -> Redactor {
         Redactor {
-            matcher: Arc::new(Matcher::new(secrets)),
+            matcher,
             state: ROOT,
-            held: VecDeque::new(),
+            held: Vec::new(),
             base: 0,
+            spans: VecDeque::new(),
             hide_until: 0,
             in_hidden: false,
         }
+    }
+
+    /// These secrets hidden in a whole text at once (an error message), as in a
+    /// stream that ends after it. This redactor's own stream is untouched.
+    pub fn redact_whole(&self, data: &[u8]) -> Vec<u8> {
+        let mut r = self.fresh();
+        let mut out = Vec::with_capacity(data.len());
+        r.push(data, &mut out);
+        r.finish(&mut out);
+        out
     }
 
     /// No secret to hide: output is passed through unchanged.
@@ -81,25 +106,39 @@ impl Redactor {
     /// now (each occurrence replaced). Holds back only the tail that could still
     /// grow into a secret, never more than the longest secret.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.is_empty() {
+            out.extend_from_slice(data);
+            return;
+        }
+        // Positions are absolute; `data` starts right after the held bytes.
+        let data_base = self.base + self.held.len() as u64;
         let mut i = 0;
         while i < data.len() {
             if self.state == ROOT {
-                // Nothing held: bytes that start no secret go straight out.
-                let run = data[i..]
+                // Nothing can be under way: skip bytes that start no secret.
+                i += data[i..]
                     .iter()
                     .take_while(|&&b| !self.matcher.starts[b as usize])
                     .count();
-                if run > 0 {
-                    out.extend_from_slice(&data[i..i + run]);
-                    self.base += run as u64;
-                    self.in_hidden = false;
-                    i += run;
-                    continue;
+                if i == data.len() {
+                    break;
                 }
             }
-            self.step(data[i], out);
+            self.state = self.matcher.next(self.state, data[i]);
             i += 1;
+            let hit = self.matcher.nodes[self.state].hit;
+            if hit > 0 {
+                // The longest secret ending here; shorter ones ending here lie
+                // inside it. It starts no earlier than the held bytes do.
+                let end = data_base + i as u64;
+                self.add_span(end - hit as u64, end);
+            }
         }
+        // Everything before the state's string can no longer become part of an
+        // occurrence: emit it.
+        let depth = self.matcher.nodes[self.state].depth as u64;
+        let safe = data_base + data.len() as u64 - depth;
+        self.emit_until(safe, data, out);
     }
 
     /// The stream has ended (or was cut): emit what is held, hiding it if it is a
@@ -107,56 +146,79 @@ impl Redactor {
     /// is then ready for a new stream.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         // The held bytes are the automaton state's string: a prefix of a secret.
+        let end = self.base + self.held.len() as u64;
         if self.held.len() >= MIN_HIDDEN_PREFIX {
-            let end = self.base + self.held.len() as u64;
-            if let Some(front) = self.held.front_mut() {
-                front.1 = end;
-            }
+            self.add_span(self.base, end);
         }
-        while self.emit_front(out) {}
+        self.emit_until(end, &[], out);
         self.state = ROOT;
         self.in_hidden = false;
     }
 
-    fn step(&mut self, byte: u8, out: &mut Vec<u8>) {
-        self.state = self.matcher.next(self.state, byte);
-        self.held.push_back((byte, 0));
-        let node = &self.matcher.nodes[self.state];
-        let (depth, hit) = (node.depth, node.hit);
-        if hit > 0 {
-            // The longest secret ending here; shorter ones ending here lie inside
-            // it. It starts within the held bytes: hit <= depth <= held.len().
-            let end = self.base + self.held.len() as u64;
-            let start = self.held.len().saturating_sub(hit);
-            if let Some(h) = self.held.get_mut(start) {
-                // Any occurrence recorded there earlier ends sooner.
-                h.1 = end;
+    /// Record an occurrence. Ends come in increasing order, so only the last
+    /// spans can meet the new one.
+    fn add_span(&mut self, mut start: u64, end: u64) {
+        while let Some(&(s, e)) = self.spans.back() {
+            if e < start {
+                break;
             }
+            start = start.min(s);
+            self.spans.pop_back();
         }
-        // Whatever lies before the state's string can no longer start a match.
-        while self.held.len() > depth {
-            self.emit_front(out);
-        }
+        self.spans.push_back((start, end));
     }
 
-    /// Emit the first held byte, or the marker for it. False when nothing is held.
-    fn emit_front(&mut self, out: &mut Vec<u8>) -> bool {
-        let Some((byte, end)) = self.held.pop_front() else {
-            return false;
-        };
-        let pos = self.base;
-        self.base += 1;
-        self.hide_until = self.hide_until.max(end);
-        if pos < self.hide_until {
-            if !self.in_hidden {
-                out.extend_from_slice(REDACTED);
-                self.in_hidden = true;
+    /// Emit the stream (the held bytes, then `data`) up to the absolute position
+    /// `safe`, and hold the rest.
+    fn emit_until(&mut self, safe: u64, data: &[u8], out: &mut Vec<u8>) {
+        let mut at = self.base;
+        loop {
+            while let Some(&(s, e)) = self.spans.front() {
+                if s > at {
+                    break;
+                }
+                self.hide_until = self.hide_until.max(e);
+                self.spans.pop_front();
             }
-        } else {
-            out.push(byte);
-            self.in_hidden = false;
+            if at >= safe {
+                break;
+            }
+            if at < self.hide_until {
+                if !self.in_hidden {
+                    out.extend_from_slice(REDACTED);
+                    self.in_hidden = true;
+                }
+                at = self.hide_until.min(safe);
+            } else {
+                let next = self.spans.front().map_or(safe, |&(s, _)| s.min(safe));
+                self.copy(at, next, data, out);
+                self.in_hidden = false;
+                at = next;
+            }
         }
-        true
+        // Hold what is left: the held bytes and `data` from `safe` on.
+        let from = (safe - self.base) as usize;
+        if from >= self.held.len() {
+            let from = (from - self.held.len()).min(data.len());
+            self.held.clear();
+            self.held.extend_from_slice(&data[from..]);
+        } else {
+            self.held.drain(..from);
+            self.held.extend_from_slice(data);
+        }
+        self.base = safe;
+    }
+
+    /// Append the stream's bytes `[from, to)` (absolute) from the held bytes and `data`.
+    fn copy(&self, from: u64, to: u64, data: &[u8], out: &mut Vec<u8>) {
+        let held = self.held.len();
+        let (from, to) = ((from - self.base) as usize, (to - self.base) as usize);
+        if from < held {
+            out.extend_from_slice(&self.held[from..to.min(held)]);
+        }
+        if to > held {
+            out.extend_from_slice(&data[from.max(held) - held..to - held]);
+        }
     }
 }
 
@@ -167,11 +229,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<[u8]>,
 {
-    let mut r = Redactor::new(secrets);
-    let mut out = Vec::with_capacity(data.len());
-    r.push(data, &mut out);
-    r.finish(&mut out);
-    out
+    Redactor::new(secrets).redact_whole(data)
 }
 
 const ROOT: usize = 0;
@@ -182,6 +240,8 @@ struct Matcher {
     nodes: Vec<Node>,
     /// Bytes that start some secret (the root's children), for the fast path.
     starts: [bool; 256],
+    /// The root's transitions, dense: most failure chains end there.
+    from_root: [usize; 256],
     longest: usize,
 }
 
@@ -263,12 +323,15 @@ impl Matcher {
             }
         }
         let mut starts = [false; 256];
-        for &(b, _) in &nodes[ROOT].next {
+        let mut from_root = [ROOT; 256];
+        for &(b, n) in &nodes[ROOT].next {
             starts[b as usize] = true;
+            from_root[b as usize] = n;
         }
         Matcher {
             nodes,
             starts,
+            from_root,
             longest,
         }
     }
@@ -276,15 +339,13 @@ impl Matcher {
     /// The state after `byte`. Amortised O(1): each failure step drops depth,
     /// and each byte adds at most one.
     fn next(&self, mut state: usize, byte: u8) -> usize {
-        loop {
+        while state != ROOT {
             if let Some(n) = self.nodes[state].child(byte) {
                 return n;
             }
-            if state == ROOT {
-                return ROOT;
-            }
             state = self.nodes[state].fail;
         }
+        self.from_root[byte as usize]
     }
 }
 
@@ -429,7 +490,9 @@ mod tests {
             let mut chunks = Vec::new();
             let mut at = 0;
             while at < text.len() {
-                let n = (1 + rng.below(9)).min(text.len() - at);
+                // Small pieces, larger ones, and empty pushes now and then.
+                let most = if seed % 2 == 0 { 9 } else { 64 };
+                let n = rng.below(most + 1).min(text.len() - at);
                 chunks.push(&text[at..at + n]);
                 at += n;
             }
@@ -491,6 +554,20 @@ mod tests {
         r.push(b"r2 hunter2", &mut out);
         r.finish(&mut out);
         assert_eq!(out, b"x [redacted]|cut|r2 [redacted]");
+    }
+
+    #[test]
+    fn fresh_redactors_share_secrets_not_streams() {
+        let mut a = Redactor::new(["hunter2"]);
+        let mut out = Vec::new();
+        a.push(b"x hunt", &mut out);
+        let mut b = a.fresh();
+        b.push(b"er2", &mut out);
+        assert_eq!(out, b"x er2");
+        assert_eq!(a.redact_whole(b"e: hunter2"), b"e: [redacted]");
+        a.push(b"er2 y", &mut out);
+        a.finish(&mut out);
+        assert_eq!(out, b"x er2[redacted] y");
     }
 
     #[test]

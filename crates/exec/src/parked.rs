@@ -617,7 +617,7 @@ mod tests {
         fn new(secret: &str) -> Redacting {
             let r = Redactor::new([secret]);
             Redacting {
-                redactors: [r.clone(), r],
+                redactors: [r.fresh(), r],
                 out: [Vec::new(), Vec::new()],
             }
         }
