@@ -235,10 +235,10 @@ fn a_slow_follower_loses_no_byte() {
     let s = Server::start("", &[]);
     let id = submit(
         &s,
-        r#"{"profile":"bb","args":["sh","-c","seq 1 150000; echo done >&2"]}"#,
+        r#"{"profile":"bb","args":["sh","-c","seq 1 1000000; echo done >&2"]}"#,
     );
     let (code, followed) = s.curl(
-        &["-N", "--limit-rate", "400k"],
+        &["-N", "--limit-rate", "1500k"],
         &format!("/v1/jobs/{id}/output?follow=true"),
     );
     assert_eq!(code, 200);
@@ -247,14 +247,14 @@ fn a_slow_follower_loses_no_byte() {
     let (_, stored) = s.get(&format!("/v1/jobs/{id}/output"));
     assert_eq!(followed.len(), stored.len(), "the follower lost bytes");
     assert!(followed == stored, "the follower's bytes differ");
-    assert!(followed.ends_with("150000\n"));
+    assert!(followed.ends_with("\n1000000\n"));
 
     let id = submit(
         &s,
-        r#"{"profile":"bb","args":["sh","-c","seq 1 150000; seq 1 50000 >&2; exit 4"]}"#,
+        r#"{"profile":"bb","args":["sh","-c","seq 1 1000000; seq 1 50000 >&2; exit 4"]}"#,
     );
     let (_, events) = s.curl(
-        &["-N", "--limit-rate", "400k", "-H", "Accept: text/event-stream"],
+        &["-N", "--limit-rate", "1500k", "-H", "Accept: text/event-stream"],
         &format!("/v1/jobs/{id}/output?follow=true"),
     );
     let mut out = String::new();
