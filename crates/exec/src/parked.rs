@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use warmpool_core::job::compose;
 use warmpool_core::Job;
 use warmpool_gate::protocol::{ExitStatus, Frame, FrameDecoder};
-use warmpool_runtime::{Output, Runtime, RuntimeError};
+use warmpool_runtime::{Output, Runtime, RuntimeError, Signal};
 
 /// Where a job's output goes, chunk by chunk, as it arrives. Never handed the
 /// whole output: a job that writes gigabytes costs one chunk of memory.
@@ -32,13 +32,13 @@ pub trait OutputSink: Send {
 /// keeps the same source of signals.
 #[derive(Clone, Default)]
 pub struct RunControl {
-    signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
+    signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Signal>>>>,
     cancelled: Option<Arc<AtomicBool>>,
 }
 
 impl RunControl {
-    /// Pass on the signal names (`"SIGTERM"`, ...) received here to the job.
-    pub fn with_signals(rx: mpsc::UnboundedReceiver<&'static str>) -> RunControl {
+    /// Pass on the signals received here to the job.
+    pub fn with_signals(rx: mpsc::UnboundedReceiver<Signal>) -> RunControl {
         RunControl {
             signals: Some(Arc::new(tokio::sync::Mutex::new(rx))),
             cancelled: None,
@@ -383,7 +383,7 @@ impl Enforcer {
         id: String,
         deadline: tokio::time::Instant,
         grace: Duration,
-        signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
+        signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Signal>>>>,
     ) -> Enforcer {
         let killed = Arc::new(tokio::sync::Notify::new());
         let timed_out = Arc::new(AtomicBool::new(false));
@@ -401,12 +401,12 @@ impl Enforcer {
                         t.store(true, Ordering::SeqCst);
                         kill_at = Some(tokio::time::Instant::now() + grace);
                         // The gate forwards SIGTERM to the job's process group.
-                        if let Err(e) = runtime.kill(&id, "SIGTERM").await {
+                        if let Err(e) = runtime.kill(&id, Signal::Term).await {
                             tracing::debug!(container = %id, error = %e, "SIGTERM on timeout failed");
                         }
                     }
                     _ = sleep_until_some(kill_at) => {
-                        if let Err(e) = runtime.kill(&id, "SIGKILL").await {
+                        if let Err(e) = runtime.kill(&id, Signal::Kill).await {
                             if !e.is_not_found() {
                                 tracing::warn!(container = %id, error = %e, "killing a timed-out job failed");
                             }
@@ -448,8 +448,8 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 async fn recv_signal(
-    rx: &mut Option<tokio::sync::MutexGuard<'_, mpsc::UnboundedReceiver<&'static str>>>,
-) -> Option<&'static str> {
+    rx: &mut Option<tokio::sync::MutexGuard<'_, mpsc::UnboundedReceiver<Signal>>>,
+) -> Option<Signal> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

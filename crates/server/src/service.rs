@@ -26,7 +26,7 @@ pub struct Chunk {
 
 struct Live {
     output: broadcast::Sender<Chunk>,
-    cancel: mpsc::UnboundedSender<&'static str>,
+    cancel: mpsc::UnboundedSender<warmpool_exec::Signal>,
     cancelled: Arc<std::sync::atomic::AtomicBool>,
     done: watch::Receiver<bool>,
 }
@@ -344,7 +344,7 @@ impl Service {
         self: &Arc<Self>,
         q: QueuedJob,
         output: broadcast::Sender<Chunk>,
-        cancel_rx: mpsc::UnboundedReceiver<&'static str>,
+        cancel_rx: mpsc::UnboundedReceiver<warmpool_exec::Signal>,
         cancelled: Arc<std::sync::atomic::AtomicBool>,
     ) -> Option<JobState> {
         let id = q.id.clone();
@@ -536,7 +536,7 @@ impl Service {
             Some((tx, flag)) => {
                 flag.store(true, Ordering::SeqCst);
                 // The container goes, and with it the job (its run ends as lost).
-                let _ = tx.send("SIGKILL");
+                let _ = tx.send(warmpool_exec::Signal::Kill);
                 Ok(true)
             }
             None => Ok(false),
