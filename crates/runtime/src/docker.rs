@@ -83,9 +83,9 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker, endpoint })
     }
 
-    /// The bollard client, for callers that measure the engine directly (the bench's
-    /// `docker exec` and `docker run` baselines).
-    pub fn client(&self) -> &Docker {
+    /// The bollard client, for the baselines measured beside warmpool
+    /// (`crate::baseline`); never handed out of this crate.
+    pub(crate) fn client(&self) -> &Docker {
         &self.docker
     }
 
@@ -93,7 +93,7 @@ impl DockerRuntime {
         &self.endpoint
     }
 
-    fn err(&self, action: &str, e: BollardError) -> RuntimeError {
+    pub(crate) fn err(&self, action: &str, e: BollardError) -> RuntimeError {
         if is_connect_error(&e) {
             return RuntimeError::Unreachable {
                 endpoint: self.endpoint.clone(),
@@ -272,11 +272,18 @@ impl Runtime for DockerRuntime {
                 other => other,
             }
         })?;
+        let api_version = v.api_version.unwrap_or_default();
+        let (major, minor) = translate::OLDEST_TESTED_API;
+        let too_old = (!translate::api_at_least(&api_version, translate::OLDEST_TESTED_API))
+            .then(|| {
+                format!("the engine's API is older than {major}.{minor}, the oldest warmpool is tested with; upgrade Docker")
+            });
         Ok(EngineInfo {
             version: v.version.unwrap_or_default(),
-            api_version: v.api_version.unwrap_or_default(),
+            api_version,
             os: v.os.unwrap_or_default(),
-            arch: v.arch.unwrap_or_default(),
+            arch: translate::arch_from_docker(&v.arch.unwrap_or_default()),
+            too_old,
         })
     }
 

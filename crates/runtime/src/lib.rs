@@ -5,6 +5,7 @@
 //! attach stream; kill; remove; list by labels) and owns no policy: what to create
 //! and when is decided above it, in `warmpool-exec` and the pool.
 
+pub mod baseline;
 mod docker;
 mod vocab;
 
@@ -61,7 +62,11 @@ pub struct EngineInfo {
     pub version: String,
     pub api_version: String,
     pub os: String,
+    /// The engine's CPU architecture as Rust names it (`x86_64`, `aarch64`, ...),
+    /// to compare with `std::env::consts::ARCH`.
     pub arch: String,
+    /// Why this engine is older than warmpool is tested with, if it is.
+    pub too_old: Option<String>,
 }
 
 /// One container as listed by the engine.

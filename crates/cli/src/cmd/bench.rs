@@ -3,14 +3,6 @@
 //! approach) and `docker run` through the Engine API. Prints medians, p99s and
 //! the ratios; `--json` for machines.
 
-use anyhow::Context;
-use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
-};
-use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +11,7 @@ use std::time::{Duration, Instant};
 use warmpool_core::{labels, Job};
 use warmpool_exec::{OutputSink, ResolvedProfile, RunControl, StreamKind};
 use warmpool_pool::Pool;
+use warmpool_runtime::baseline;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -172,6 +165,13 @@ async fn burst(
     result
 }
 
+fn sample(t: &baseline::Timing) -> Sample {
+    Sample {
+        first_output_ms: t.first_output.map(ms).unwrap_or(f64::NAN),
+        exit_ms: ms(t.exit),
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -278,7 +278,6 @@ async fn measure(
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let docker = runtime.client().clone();
     let progress = |what: &str| {
         if !args.json {
             eprintln!("bench: {what} x {} ...", args.jobs);
@@ -341,41 +340,9 @@ async fn measure(
     let keeper_id = keeper.id().to_string();
     let mut exec = Vec::new();
     for _ in 0..args.jobs {
-        let t0 = Instant::now();
-        let created = docker
-            .create_exec(
-                &keeper_id,
-                CreateExecOptions {
-                    cmd: Some(argv.clone()),
-                    env: Some(env.clone()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("docker exec: create")?;
-        let mut first = None;
-        if let StartExecResults::Attached { mut output, .. } = docker
-            .start_exec(&created.id, None)
-            .await
-            .context("docker exec: start")?
-        {
-            while let Some(item) = output.next().await {
-                if item.is_ok() && first.is_none() {
-                    first = Some(t0.elapsed());
-                }
-            }
-        }
-        let inspected = docker
-            .inspect_exec(&created.id)
-            .await
-            .context("docker exec: inspect")?;
-        anyhow::ensure!(inspected.exit_code.is_some(), "docker exec: no exit code");
-        exec.push(Sample {
-            first_output_ms: first.map(ms).unwrap_or(f64::NAN),
-            exit_ms: ms(t0.elapsed()),
-        });
+        let t = baseline::docker_exec(runtime, &keeper_id, &argv, &env).await?;
+        anyhow::ensure!(t.exit_code.is_some(), "docker exec: no exit code");
+        exec.push(sample(&t));
     }
     drop(keeper);
     executor.drain().await;
@@ -391,79 +358,17 @@ async fn measure(
     ]);
     let mut run = Vec::new();
     for i in 0..args.jobs {
-        let t0 = Instant::now();
-        let name = format!("warmpool-bench-run-{}-{i}", std::process::id());
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                ContainerCreateBody {
-                    image: Some(profile.image.clone()),
-                    entrypoint: Some(vec![]),
-                    cmd: Some(argv.clone()),
-                    env: Some(env.clone()),
-                    user: profile.user.clone(),
-                    working_dir: profile.workdir.clone(),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    labels: Some(bench_labels.clone()),
-                    host_config: Some(HostConfig {
-                        init: Some(true),
-                        network_mode: profile.network.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("docker run: create")?;
-        // Attach, start, read, wait; the container is removed whatever happens.
-        let timed = async {
-            let attached = docker
-                .attach_container(
-                    &created.id,
-                    Some(
-                        AttachContainerOptionsBuilder::default()
-                            .stdout(true)
-                            .stderr(true)
-                            .stream(true)
-                            .build(),
-                    ),
-                )
-                .await
-                .context("docker run: attach")?;
-            docker
-                .start_container(&created.id, None)
-                .await
-                .context("docker run: start")?;
-            let mut output = attached.output;
-            let first = match tokio::time::timeout(Duration::from_secs(60), output.next()).await {
-                Ok(Some(Ok(_))) => Some(t0.elapsed()),
-                _ => None,
-            };
-            let mut wait = docker.wait_container(
-                &created.id,
-                Some(
-                    WaitContainerOptionsBuilder::default()
-                        .condition("not-running")
-                        .build(),
-                ),
-            );
-            let _ = wait.next().await;
-            anyhow::Ok(Sample {
-                first_output_ms: first.map(ms).unwrap_or(f64::NAN),
-                exit_ms: ms(t0.elapsed()),
-            })
-        }
-        .await;
-        let removed = docker
-            .remove_container(
-                &created.id,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await
-            .context("docker run: remove");
-        run.push(timed?);
-        removed?;
+        let one = baseline::OneShot {
+            name: format!("warmpool-bench-run-{}-{i}", std::process::id()),
+            image: profile.image.clone(),
+            argv: argv.clone(),
+            env: env.clone(),
+            user: profile.user.clone(),
+            workdir: profile.workdir.clone(),
+            network: profile.network.clone(),
+            labels: bench_labels.clone(),
+        };
+        run.push(sample(&baseline::docker_run(runtime, &one).await?));
     }
 
     let modes = vec![

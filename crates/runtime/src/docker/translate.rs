@@ -1,5 +1,5 @@
 //! Docker's strings to warmpool's words and back: event actions, container
-//! states, signal names. The only place these strings are spelled; everything
+//! states, signal names, architectures, API versions. The only place these strings are spelled; everything
 //! above the runtime crate sees the enums of `crate::vocab`.
 
 use crate::vocab::{ContainerAction, ContainerState, ImageAction, Signal};
@@ -86,6 +86,30 @@ pub(crate) fn signal_to_docker(signal: Signal) -> &'static str {
 /// some engines, a name.
 pub(crate) fn signal_from_docker(s: &str) -> Option<Signal> {
     s.parse().ok()
+}
+
+/// Lowest Engine API version warmpool is tested with (Docker 20.10).
+pub(crate) const OLDEST_TESTED_API: (u32, u32) = (1, 41);
+
+/// Whether an API version such as `"1.41"` is `min` or later; unreadable is not.
+pub(crate) fn api_at_least(version: &str, min: (u32, u32)) -> bool {
+    let parsed = version
+        .trim()
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+    parsed.is_some_and(|v| v >= min)
+}
+
+/// Docker names architectures as Go does; Rust as the target triple does.
+pub(crate) fn arch_from_docker(arch: &str) -> String {
+    match arch {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "386" => "x86",
+        "ppc64le" => "powerpc64",
+        other => other,
+    }
+    .to_string()
 }
 
 #[cfg(test)]
@@ -227,5 +251,24 @@ mod tests {
         assert_eq!(signal_to_docker(Signal::Term), "SIGTERM");
         assert_eq!(signal_to_docker(Signal::Kill), "SIGKILL");
         assert_eq!(signal_from_docker(""), None);
+    }
+
+    #[test]
+    fn architectures() {
+        assert_eq!(arch_from_docker("amd64"), "x86_64");
+        assert_eq!(arch_from_docker("arm64"), "aarch64");
+        assert_eq!(arch_from_docker("386"), "x86");
+        assert_eq!(arch_from_docker("s390x"), "s390x");
+    }
+
+    #[test]
+    fn api_versions() {
+        assert!(api_at_least("1.41", (1, 41)));
+        assert!(api_at_least("1.43", (1, 41)));
+        assert!(api_at_least("2.0", (1, 41)));
+        assert!(!api_at_least("1.40", (1, 41)));
+        assert!(!api_at_least("1.4", (1, 41)));
+        assert!(!api_at_least("", (1, 41)));
+        assert!(!api_at_least("one.two", (1, 41)));
     }
 }
