@@ -30,7 +30,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     burst: usize,
     /// Instead: time `POST /v1/jobs?wait=true` end to end on an in-process
-    /// service, a pool keeping one container parked vs one keeping none.
+    /// service, a pool keeping one container parked vs one keeping none, and the
+    /// same warm job without the service (its overhead is the difference).
     #[arg(long)]
     http: bool,
     /// Arguments of the job (replacing the image's CMD); default: the image's CMD.
@@ -223,7 +224,7 @@ async fn http(
 ) -> anyhow::Result<u8> {
     if !args.json {
         eprintln!(
-            "bench: POST /v1/jobs?wait=true, warm and cold, x {} ...",
+            "bench: POST /v1/jobs?wait=true, warm and cold, and the warm job direct, x {} ...",
             args.jobs
         );
     }
@@ -247,8 +248,16 @@ async fn http(
         "| cold (min_idle = 0) | {:.2} ms | {:.2} ms |",
         f.cold_p50_ms, f.cold_p99_ms
     );
+    println!(
+        "| direct warm exit, no HTTP (min_idle = 1) | {:.2} ms | {:.2} ms |",
+        f.direct_warm_exit_p50_ms, f.direct_warm_exit_p99_ms
+    );
     println!();
     println!("ratio cold p50 / warm p50: {:.1}x", f.cold_over_warm);
+    println!(
+        "service overhead p50: {:.2} ms (HTTP warm p50 {:.2} ms - direct warm exit p50 {:.2} ms)",
+        f.service_overhead_p50_ms, f.warm_p50_ms, f.direct_warm_exit_p50_ms
+    );
     for (goal, met) in &f.goals {
         println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
     }
