@@ -84,10 +84,7 @@ labels = { "warmpool-test-run" = "@LABEL@" }
     for id in &ids {
         let j = wait_final(&s, id);
         let state = j["state"].as_str().unwrap_or("");
-        assert!(
-            state == "cancelled" || state == "succeeded",
-            "{id}: {j}"
-        );
+        assert!(state == "cancelled" || state == "succeeded", "{id}: {j}");
     }
     // Every container of this server goes (min_idle = 0 and nothing runs): wait
     // for the engine to say so, and never see one stuck in `created`.
@@ -169,7 +166,10 @@ labels = { "warmpool-test-run" = "@LABEL@" }
             }
             Some("cancelled") => {
                 // Cancelled means it never reported an exit: killed, or never started.
-                assert_ne!(j["exit_code"], 0, "a job that exited 0 was recorded cancelled: {j}");
+                assert_ne!(
+                    j["exit_code"], 0,
+                    "a job that exited 0 was recorded cancelled: {j}"
+                );
                 cancelled += 1;
             }
             _ => panic!("unexpected end: {j}"),
@@ -196,7 +196,10 @@ labels = { "warmpool-test-run" = "@LABEL@" }
     );
     let prefix = &secret[..4];
     let check = |what: &str, text: &str| {
-        assert!(!text.contains(prefix), "{what} shows the secret or its prefix: {text:?}");
+        assert!(
+            !text.contains(prefix),
+            "{what} shows the secret or its prefix: {text:?}"
+        );
     };
     let scripts = [
         // Two writes.
@@ -254,15 +257,27 @@ fn a_slow_follower_loses_no_byte() {
         r#"{"profile":"bb","args":["sh","-c","seq 1 1000000; seq 1 50000 >&2; exit 4"]}"#,
     );
     let (_, events) = s.curl(
-        &["-N", "--limit-rate", "1500k", "-H", "Accept: text/event-stream"],
+        &[
+            "-N",
+            "--limit-rate",
+            "1500k",
+            "-H",
+            "Accept: text/event-stream",
+        ],
         &format!("/v1/jobs/{id}/output?follow=true"),
     );
     let mut out = String::new();
     let mut end = None;
     for block in events.split("\n\n").filter(|b| !b.is_empty()) {
         let mut lines = block.lines();
-        let event = lines.next().unwrap_or("").trim_start_matches("event: ").to_string();
-        let data: Vec<&str> = lines.map(|l| l.strip_prefix("data: ").unwrap_or(l)).collect();
+        let event = lines
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("event: ")
+            .to_string();
+        let data: Vec<&str> = lines
+            .map(|l| l.strip_prefix("data: ").unwrap_or(l))
+            .collect();
         match event.as_str() {
             "stdout" => out.push_str(&data.join("\n")),
             "stderr" => {}
@@ -300,7 +315,9 @@ labels = { "warmpool-test-run" = "@LABEL@" }
     let j = json(&body);
     assert_eq!(j["state"], "failed", "{j}");
     assert!(
-        j["error"].as_str().is_some_and(|e| e.contains("out-of-memory")),
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("out-of-memory")),
         "{j}"
     );
 

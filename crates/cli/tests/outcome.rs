@@ -98,7 +98,10 @@ async fn a_stop_from_outside_names_its_signal() {
     let id = running_job(&e, &p, "sleep 30").await;
     // What `docker stop` (or an engine shutdown) does first, sent by an outsider:
     // this test, not the run's own enforcer.
-    e.runtime.kill(&id, "SIGTERM").await.expect("SIGTERM");
+    e.runtime
+        .kill(&id, warmpool_runtime::Signal::Term)
+        .await
+        .expect("SIGTERM");
     let (out, o) = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .expect("the run ends when its job dies of the signal")
@@ -131,7 +134,7 @@ async fn the_timeouts_own_sigterm_is_not_outside() {
 /// through the run's `RunControl`, as `warmpool run` passes on its own.
 struct SignalOnReady {
     sink: CollectSink,
-    tx: Option<mpsc::UnboundedSender<&'static str>>,
+    tx: Option<mpsc::UnboundedSender<warmpool_runtime::Signal>>,
 }
 
 impl OutputSink for SignalOnReady {
@@ -139,7 +142,7 @@ impl OutputSink for SignalOnReady {
         self.sink.write(stream, data).await?;
         if self.sink.stdout.windows(5).any(|w| w == b"ready") {
             if let Some(tx) = self.tx.take() {
-                let _ = tx.send("SIGUSR1");
+                let _ = tx.send(warmpool_runtime::Signal::Usr1);
             }
         }
         Ok(())
@@ -185,7 +188,10 @@ async fn a_container_killed_under_a_living_engine_is_not_a_lost_engine() {
     let running = spawn_warm(&p, job(&["sh", "-c", "echo started; sleep 30"]));
     let id = running_job(&e, &p, "sleep 30").await;
     // SIGKILL: the gate never sees it, so nothing says whose it was.
-    e.runtime.kill(&id, "SIGKILL").await.expect("SIGKILL");
+    e.runtime
+        .kill(&id, warmpool_runtime::Signal::Kill)
+        .await
+        .expect("SIGKILL");
     let (out, o) = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .expect("the run ends when its container dies")

@@ -558,7 +558,7 @@ async fn on_engine(e: &Engine, label: &str) -> (Vec<String>, Vec<String>) {
     let mut running = Vec::new();
     let mut other = Vec::new();
     for c in list {
-        if c.state == "running" {
+        if c.state == warmpool_runtime::ContainerState::Running {
             running.push(c.id);
         } else {
             other.push(format!("{} {}", c.id, c.state));
@@ -645,7 +645,9 @@ async fn a_cold_start_whose_claim_is_dropped_serves_the_next_claim() {
     tokio::spawn(async move {
         while let Some(Ok(event)) = futures_util::StreamExt::next(&mut events).await {
             if let EngineEvent::Container { id, action } = event {
-                if action == "create" && created_tx.send(id).is_err() {
+                if action == warmpool_runtime::ContainerAction::Create
+                    && created_tx.send(id).is_err()
+                {
                     return;
                 }
             }

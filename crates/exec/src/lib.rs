@@ -14,6 +14,8 @@ mod spec;
 pub use outcome::{Outcome, ParkTimings, RunTimings, StreamKind};
 pub use parked::{cut_marker, OutputSink, Parked, RunControl};
 pub use spec::container_spec;
+/// The signals a [`RunControl`] passes on.
+pub use warmpool_runtime::Signal;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -134,30 +134,6 @@ impl SignalLedger {
     }
 }
 
-/// The Linux number of a signal named as the engine takes it (`SIGTERM`, `TERM`,
-/// `term` or `15`); `None` for a name this table does not know.
-pub(crate) fn signal_number(name: &str) -> Option<i32> {
-    if let Ok(n) = name.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let upper = name.to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    const NAMES: [&str; 31] = [
-        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
-        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
-        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
-    ];
-    NAMES
-        .iter()
-        .position(|n| *n == bare)
-        .map(|i| i as i32 + 1)
-        .or(match bare {
-            "IOT" => Some(6),
-            "POLL" => Some(29),
-            _ => None,
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,30 +185,5 @@ mod tests {
         l.sent(1000);
         l.received(200);
         assert_eq!(l.outside(), Some(200));
-    }
-
-    #[test]
-    fn signal_names_map_to_linux_numbers() {
-        for (name, n) in [
-            ("SIGTERM", Some(15)),
-            ("TERM", Some(15)),
-            ("sigterm", Some(15)),
-            ("15", Some(15)),
-            ("SIGHUP", Some(1)),
-            ("SIGINT", Some(2)),
-            ("SIGQUIT", Some(3)),
-            ("SIGKILL", Some(9)),
-            ("SIGUSR1", Some(10)),
-            ("SIGUSR2", Some(12)),
-            ("SIGWINCH", Some(28)),
-            ("SIGSYS", Some(31)),
-            ("SIGIOT", Some(6)),
-            ("SIGNOPE", None),
-            ("0", None),
-            ("65", None),
-            ("", None),
-        ] {
-            assert_eq!(signal_number(name), n, "{name}");
-        }
     }
 }

@@ -1,7 +1,7 @@
 //! A container parked at its gate, and the one path every job takes from there:
 //! hand over the spec, stream the frames, take the exit, remove the container.
 
-use crate::outcome::{signal_number, Outcome, ParkTimings, RunTimings, SignalLedger, StreamKind};
+use crate::outcome::{Outcome, ParkTimings, RunTimings, SignalLedger, StreamKind};
 use crate::{keep_tail, stderr_note, ExecError, Executor, ResolvedProfile};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use warmpool_core::job::compose;
 use warmpool_core::Job;
 use warmpool_gate::protocol::{ExitStatus, Frame, FrameDecoder};
-use warmpool_runtime::{Output, Runtime, RuntimeError};
+use warmpool_runtime::{Output, Runtime, RuntimeError, Signal};
 
 /// Where a job's output goes, chunk by chunk, as it arrives. Never handed the
 /// whole output: a job that writes gigabytes costs one chunk of memory.
@@ -64,13 +64,13 @@ pub fn cut_marker(stream: StreamKind, limit: u64) -> String {
 /// keeps the same source of signals.
 #[derive(Clone, Default)]
 pub struct RunControl {
-    signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
+    signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Signal>>>>,
     cancelled: Option<Arc<AtomicBool>>,
 }
 
 impl RunControl {
-    /// Pass on the signal names (`"SIGTERM"`, ...) received here to the job.
-    pub fn with_signals(rx: mpsc::UnboundedReceiver<&'static str>) -> RunControl {
+    /// Pass on the signals received here to the job.
+    pub fn with_signals(rx: mpsc::UnboundedReceiver<Signal>) -> RunControl {
         RunControl {
             signals: Some(Arc::new(tokio::sync::Mutex::new(rx))),
             cancelled: None,
@@ -460,7 +460,7 @@ impl Enforcer {
         id: String,
         deadline: tokio::time::Instant,
         grace: Duration,
-        signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<&'static str>>>>,
+        signals: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Signal>>>>,
         sent: Arc<Mutex<SignalLedger>>,
     ) -> Enforcer {
         let killed = Arc::new(tokio::sync::Notify::new());
@@ -479,14 +479,14 @@ impl Enforcer {
                         t.store(true, Ordering::SeqCst);
                         kill_at = Some(tokio::time::Instant::now() + grace);
                         // The gate forwards SIGTERM to the job's process group.
-                        lock(&sent).sent(15);
-                        if let Err(e) = runtime.kill(&id, "SIGTERM").await {
+                        lock(&sent).sent(Signal::Term.number());
+                        if let Err(e) = runtime.kill(&id, Signal::Term).await {
                             tracing::debug!(container = %id, error = %e, "SIGTERM on timeout failed");
                         }
                     }
                     _ = sleep_until_some(kill_at) => {
-                        lock(&sent).sent(9);
-                        if let Err(e) = runtime.kill(&id, "SIGKILL").await {
+                        lock(&sent).sent(Signal::Kill.number());
+                        if let Err(e) = runtime.kill(&id, Signal::Kill).await {
                             if !e.is_not_found() {
                                 tracing::warn!(container = %id, error = %e, "killing a timed-out job failed");
                             }
@@ -495,9 +495,7 @@ impl Enforcer {
                         return;
                     }
                     Some(sig) = recv_signal(&mut signals) => {
-                        if let Some(n) = signal_number(sig) {
-                            lock(&sent).sent(n);
-                        }
+                        lock(&sent).sent(sig.number());
                         if let Err(e) = runtime.kill(&id, sig).await {
                             tracing::debug!(container = %id, error = %e, "forwarding a signal failed");
                         }
@@ -531,8 +529,8 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 async fn recv_signal(
-    rx: &mut Option<tokio::sync::MutexGuard<'_, mpsc::UnboundedReceiver<&'static str>>>,
-) -> Option<&'static str> {
+    rx: &mut Option<tokio::sync::MutexGuard<'_, mpsc::UnboundedReceiver<Signal>>>,
+) -> Option<Signal> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

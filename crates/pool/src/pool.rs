@@ -20,7 +20,7 @@ use warmpool_core::{labels, Job, Profile};
 use warmpool_exec::{
     ExecError, Executor, Outcome, OutputSink, Parked, ResolvedProfile, RunControl,
 };
-use warmpool_runtime::{EngineEvent, Runtime};
+use warmpool_runtime::{ContainerAction, EngineEvent, Runtime};
 
 pub use crate::decide::MAX_PARALLEL_PARKS;
 /// How often the pool re-reads its image without an image event.
@@ -908,15 +908,18 @@ impl Pool {
                         };
                         match next {
                             Some(Ok(EngineEvent::Container { id, action })) => {
-                                if matches!(action.as_str(), "die" | "destroy" | "oom" | "stop") {
+                                if matches!(
+                                    action,
+                                    ContainerAction::Die { .. }
+                                        | ContainerAction::Destroy
+                                        | ContainerAction::Oom
+                                        | ContainerAction::Stop
+                                ) {
                                     self.drop_idle(&id);
                                 }
                             }
                             Some(Ok(EngineEvent::Image { action, .. })) => {
-                                if matches!(
-                                    action.as_str(),
-                                    "tag" | "untag" | "delete" | "load" | "import" | "pull"
-                                ) {
+                                if action.may_move_a_reference() {
                                     self.refresh_image().await;
                                 }
                             }
@@ -942,7 +945,7 @@ impl Pool {
             Ok(list) => {
                 let running: std::collections::HashSet<String> = list
                     .into_iter()
-                    .filter(|c| c.state == "running")
+                    .filter(|c| c.state.is_running())
                     .map(|c| c.id)
                     .collect();
                 for id in self.idle_ids() {

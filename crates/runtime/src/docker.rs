@@ -10,9 +10,11 @@
 //! the attach stream, so the engine keeps no second copy of it (and no copy of
 //! anything a job prints about its secrets).
 
+mod translate;
+
 use crate::{
-    Attachment, ContainerInfo, ContainerSpec, EngineEvent, EngineInfo, EventStream, ImageConfig,
-    Output, Runtime, RuntimeError,
+    Attachment, ContainerInfo, ContainerSpec, ContainerState, EngineEvent, EngineInfo, EventStream,
+    ImageConfig, Output, Runtime, RuntimeError, Signal,
 };
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
@@ -81,9 +83,9 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker, endpoint })
     }
 
-    /// The bollard client, for callers that measure the engine directly (the bench's
-    /// `docker exec` and `docker run` baselines).
-    pub fn client(&self) -> &Docker {
+    /// The bollard client, for the baselines measured beside warmpool
+    /// (`crate::baseline`); never handed out of this crate.
+    pub(crate) fn client(&self) -> &Docker {
         &self.docker
     }
 
@@ -91,7 +93,7 @@ impl DockerRuntime {
         &self.endpoint
     }
 
-    fn err(&self, action: &str, e: BollardError) -> RuntimeError {
+    pub(crate) fn err(&self, action: &str, e: BollardError) -> RuntimeError {
         if is_connect_error(&e) {
             return RuntimeError::Unreachable {
                 endpoint: self.endpoint.clone(),
@@ -240,6 +242,16 @@ impl DockerRuntime {
     }
 }
 
+/// The `since` of an events subscription made at `now`: a second earlier (room for
+/// an engine clock a little behind ours), as Unix seconds with nanoseconds.
+fn events_since(now: std::time::SystemTime) -> String {
+    let at = now
+        .checked_sub(std::time::Duration::from_secs(1))
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    format!("{}.{:09}", at.as_secs(), at.subsec_nanos())
+}
+
 fn none_logging() -> HostConfigLogConfig {
     HostConfigLogConfig {
         typ: Some("none".to_string()),
@@ -260,11 +272,18 @@ impl Runtime for DockerRuntime {
                 other => other,
             }
         })?;
+        let api_version = v.api_version.unwrap_or_default();
+        let (major, minor) = translate::OLDEST_TESTED_API;
+        let too_old = (!translate::api_at_least(&api_version, translate::OLDEST_TESTED_API))
+            .then(|| {
+                format!("the engine's API is older than {major}.{minor}, the oldest warmpool is tested with; upgrade Docker")
+            });
         Ok(EngineInfo {
             version: v.version.unwrap_or_default(),
-            api_version: v.api_version.unwrap_or_default(),
+            api_version,
             os: v.os.unwrap_or_default(),
-            arch: v.arch.unwrap_or_default(),
+            arch: translate::arch_from_docker(&v.arch.unwrap_or_default()),
+            too_old,
         })
     }
 
@@ -409,13 +428,13 @@ impl Runtime for DockerRuntime {
         result.map_err(|e| self.err("start the container", e))
     }
 
-    async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+    async fn kill(&self, id: &str, signal: Signal) -> Result<(), RuntimeError> {
         self.docker
             .kill_container(
                 id,
                 Some(
                     KillContainerOptionsBuilder::default()
-                        .signal(signal)
+                        .signal(translate::signal_to_docker(signal))
                         .build(),
                 ),
             )
@@ -508,7 +527,10 @@ impl Runtime for DockerRuntime {
                     .trim_start_matches('/')
                     .to_string(),
                 image_id: c.image_id.unwrap_or_default(),
-                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                state: c
+                    .state
+                    .map(|s| translate::container_state(s.as_ref()))
+                    .unwrap_or(ContainerState::Unknown),
                 labels: c.labels.unwrap_or_default(),
             })
             .collect())
@@ -535,15 +557,15 @@ impl Runtime for DockerRuntime {
                         let action = msg.action.unwrap_or_default();
                         let actor = msg.actor.unwrap_or_default();
                         let id = actor.id.unwrap_or_default();
+                        let attributes = actor.attributes.unwrap_or_default();
                         match msg.typ {
                             Some(bollard::models::EventMessageTypeEnum::CONTAINER) => {
+                                let action = translate::container_action(&action, &attributes);
                                 Some(Ok(EngineEvent::Container { id, action }))
                             }
                             Some(bollard::models::EventMessageTypeEnum::IMAGE) => {
-                                let name = actor
-                                    .attributes
-                                    .and_then(|a| a.get("name").cloned())
-                                    .unwrap_or(id);
+                                let name = attributes.get("name").cloned().unwrap_or(id);
+                                let action = translate::image_action(&action);
                                 Some(Ok(EngineEvent::Image { name, action }))
                             }
                             _ => None,
@@ -556,18 +578,39 @@ impl Runtime for DockerRuntime {
                 }
             }
         };
+        // bollard sends the request on the stream's first poll, not here: ask for
+        // the events since a moment before this call, so nothing that happens
+        // between the call and that poll is lost (an event may come twice).
+        let since = events_since(std::time::SystemTime::now());
         let a = self
             .docker
             .events(Some(
-                EventsOptionsBuilder::default().filters(&containers).build(),
+                EventsOptionsBuilder::default()
+                    .since(&since)
+                    .filters(&containers)
+                    .build(),
             ))
             .filter_map(convert.clone());
         let b = self
             .docker
             .events(Some(
-                EventsOptionsBuilder::default().filters(&images).build(),
+                EventsOptionsBuilder::default()
+                    .since(&since)
+                    .filters(&images)
+                    .build(),
             ))
             .filter_map(convert);
         Ok(futures_util::stream::select(a, b).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_since_is_a_second_back_in_engine_format() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_001, 5);
+        assert_eq!(events_since(now), "1700000000.000000005");
     }
 }

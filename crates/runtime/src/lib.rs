@@ -5,9 +5,12 @@
 //! attach stream; kill; remove; list by labels) and owns no policy: what to create
 //! and when is decided above it, in `warmpool-exec` and the pool.
 
+pub mod baseline;
 mod docker;
+mod vocab;
 
 pub use docker::DockerRuntime;
+pub use vocab::{ContainerAction, ContainerState, ImageAction, Signal, UnknownSignal, SIGNALS};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,7 +62,11 @@ pub struct EngineInfo {
     pub version: String,
     pub api_version: String,
     pub os: String,
+    /// The engine's CPU architecture as Rust names it (`x86_64`, `aarch64`, ...),
+    /// to compare with `std::env::consts::ARCH`.
     pub arch: String,
+    /// Why this engine is older than warmpool is tested with, if it is.
+    pub too_old: Option<String>,
 }
 
 /// One container as listed by the engine.
@@ -68,19 +75,18 @@ pub struct ContainerInfo {
     pub id: String,
     pub name: String,
     pub image_id: String,
-    /// created, running, exited, ...
-    pub state: String,
+    pub state: ContainerState,
     pub labels: HashMap<String, String>,
 }
 
 /// Something the engine reports happening.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineEvent {
-    /// A container's `action`: `start`, `die`, `oom`, `kill`, `destroy`, ...
-    Container { id: String, action: String },
-    /// An image's `action`: `tag`, `untag`, `delete`, ... `name` is the reference
-    /// the event names (a tag for `tag`, the image id for `delete`).
-    Image { name: String, action: String },
+    /// Something happened to a container (one carrying the subscribed labels).
+    Container { id: String, action: ContainerAction },
+    /// Something happened to an image. `name` is the reference the event names (a
+    /// tag for a tag, the image id for a delete).
+    Image { name: String, action: ImageAction },
 }
 
 pub type EventStream = BoxStream<'static, Result<EngineEvent, RuntimeError>>;
@@ -115,8 +121,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Attach to stdin, stdout and stderr; call before `start` to miss nothing.
     async fn attach(&self, id: &str) -> Result<Attachment, RuntimeError>;
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Send a signal (`SIGTERM`, `SIGKILL`, ...) to the container's PID 1 (the gate).
-    async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
+    /// Send a signal to the container's PID 1 (the gate).
+    async fn kill(&self, id: &str, signal: Signal) -> Result<(), RuntimeError>;
     /// Wait until the container is not running; its exit code.
     async fn wait(&self, id: &str) -> Result<i64, RuntimeError>;
     /// Remove the container, killing it if it runs. Removing a missing one is not an error.
@@ -124,6 +130,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Containers (any state) carrying all of these `key=value` labels.
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>, RuntimeError>;
     /// Events of containers carrying all of these labels, and of every image, from
-    /// now on. The stream ends or errors when the connection does; callers resubscribe.
+    /// the moment of the call on (none is lost between the call and the first poll;
+    /// one from just before the call may come too, and an event may come twice).
+    /// The stream ends or errors when the connection does; callers resubscribe.
     async fn events(&self, labels: &[(&str, &str)]) -> Result<EventStream, RuntimeError>;
 }

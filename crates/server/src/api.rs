@@ -2,11 +2,11 @@
 //! before anything touches the store or the engine, and the JSON views of jobs
 //! and pools. No I/O here.
 
-use warmpool_store::{ids::rfc3339, JobRecord, JobState, NewJob, StreamName};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use warmpool_core::config::{parse_duration, valid_env_name};
 use warmpool_core::Config;
+use warmpool_store::{ids::rfc3339, JobRecord, JobState, NewJob, StreamName};
 
 /// `POST /v1/jobs` as sent.
 #[derive(Debug, Deserialize)]

@@ -142,7 +142,12 @@ impl Follower {
         }
     }
 
-    async fn read(&self, stream: StreamName, offset: u64, max: usize) -> Result<Vec<u8>, StoreError> {
+    async fn read(
+        &self,
+        stream: StreamName,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StoreError> {
         if let Some((live, _)) = &self.live {
             if let Read::Here(bytes) = live.read(stream, offset, max) {
                 return Ok(bytes);

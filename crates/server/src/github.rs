@@ -4,7 +4,6 @@
 //! comment. The decisions live in `warmpool-github`; this module only wires them.
 
 use crate::service::{read_secret, JobHooks, Service};
-use warmpool_store::{JobState, NewJob};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -18,6 +17,7 @@ use warmpool_github::{
     answer_comment, authorized, failure_comment, unauthorized_comment, verify, BotName, Event,
     Failure, GitHubClient, Reaction, RepoName, Trigger,
 };
+use warmpool_store::{JobState, NewJob};
 
 /// GitHub refuses to send more; anything larger is not a real delivery.
 pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;

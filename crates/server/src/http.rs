@@ -301,7 +301,9 @@ async fn output(
     let body = Body::from_stream(futures_util::stream::unfold(follower, |mut f| async move {
         loop {
             return match f.next().await {
-                Ok(Some(Piece::Output { data, .. })) => Some((Ok::<Bytes, std::io::Error>(data), f)),
+                Ok(Some(Piece::Output { data, .. })) => {
+                    Some((Ok::<Bytes, std::io::Error>(data), f))
+                }
                 Ok(Some(Piece::End(_))) => continue,
                 Ok(None) => None,
                 Err(e) => Some((Err(std::io::Error::other(e.to_string())), f)),

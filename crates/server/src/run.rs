@@ -173,8 +173,10 @@ impl JobRun {
                 false
             }
             Err(e) => {
-                self.event(Event::NotStarted(format!("storing the job's start failed: {e}")))
-                    .await;
+                self.event(Event::NotStarted(format!(
+                    "storing the job's start failed: {e}"
+                )))
+                .await;
                 false
             }
         }
@@ -214,7 +216,7 @@ impl JobRun {
                         self.phase = next;
                         if action == Action::Kill {
                             cancelled.store(true, Ordering::SeqCst);
-                            let _ = signals.send("SIGKILL");
+                            let _ = signals.send(warmpool_runtime::Signal::Kill);
                         }
                     }
                 }

@@ -233,19 +233,25 @@ impl Service {
             (Some(p), Some(pool)) => p.max_containers.saturating_sub(pool.busy()) + p.max_queue,
             _ => 0,
         };
-        let ticket = self
-            .admission
-            .admit(&job.profile, room)
-            .map_err(|queued| ServiceError::QueueFull {
-                profile: job.profile.clone(),
-                queued,
-            })?;
+        let ticket =
+            self.admission
+                .admit(&job.profile, room)
+                .map_err(|queued| ServiceError::QueueFull {
+                    profile: job.profile.clone(),
+                    queued,
+                })?;
         let svc = self.clone();
         // Detached from the caller: a client that goes away mid-request must not
         // leave a stored job that never runs.
         tokio::spawn(async move {
             let id = svc.store.insert(&job).await?;
-            svc.accepted(QueuedJob { id: id.clone(), job }, ticket);
+            svc.accepted(
+                QueuedJob {
+                    id: id.clone(),
+                    job,
+                },
+                ticket,
+            );
             Ok(id)
         })
         .await
@@ -269,11 +275,21 @@ impl Service {
         let svc = self.clone();
         let (delivery, meta) = (delivery.to_string(), meta.to_string());
         tokio::spawn(async move {
-            let Some(id) = svc.store.insert_for_delivery(&delivery, &meta, &job).await? else {
+            let Some(id) = svc
+                .store
+                .insert_for_delivery(&delivery, &meta, &job)
+                .await?
+            else {
                 return Ok(None);
             };
             on_stored(&id);
-            svc.accepted(QueuedJob { id: id.clone(), job }, ticket);
+            svc.accepted(
+                QueuedJob {
+                    id: id.clone(),
+                    job,
+                },
+                ticket,
+            );
             Ok(Some(id))
         })
         .await

@@ -69,8 +69,8 @@ impl JobSink {
             .map(|s| s.as_bytes())
             .filter(|s| !s.is_empty())
             .collect();
-        let redactors = (!secrets.is_empty())
-            .then(|| [Redactor::new(&secrets), Redactor::new(&secrets)]);
+        let redactors =
+            (!secrets.is_empty()).then(|| [Redactor::new(&secrets), Redactor::new(&secrets)]);
         (
             JobSink {
                 live,

@@ -3,14 +3,6 @@
 //! approach) and `docker run` through the Engine API. Prints medians, p99s and
 //! the ratios; `--json` for machines.
 
-use anyhow::Context;
-use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
-};
-use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +11,7 @@ use std::time::{Duration, Instant};
 use warmpool_core::{labels, Job};
 use warmpool_exec::{OutputSink, ResolvedProfile, RunControl, StreamKind};
 use warmpool_pool::Pool;
+use warmpool_runtime::baseline;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -37,7 +30,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     burst: usize,
     /// Instead: time `POST /v1/jobs?wait=true` end to end on an in-process
-    /// service, a pool keeping one container parked vs one keeping none.
+    /// service, a pool keeping one container parked vs one keeping none, and the
+    /// same warm job without the service (its overhead is the difference).
     #[arg(long)]
     http: bool,
     /// Arguments of the job (replacing the image's CMD); default: the image's CMD.
@@ -172,6 +166,13 @@ async fn burst(
     result
 }
 
+fn sample(t: &baseline::Timing) -> Sample {
+    Sample {
+        first_output_ms: t.first_output.map(ms).unwrap_or(f64::NAN),
+        exit_ms: ms(t.exit),
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -223,7 +224,7 @@ async fn http(
 ) -> anyhow::Result<u8> {
     if !args.json {
         eprintln!(
-            "bench: POST /v1/jobs?wait=true, warm and cold, x {} ...",
+            "bench: POST /v1/jobs?wait=true, warm and cold, and the warm job direct, x {} ...",
             args.jobs
         );
     }
@@ -247,8 +248,16 @@ async fn http(
         "| cold (min_idle = 0) | {:.2} ms | {:.2} ms |",
         f.cold_p50_ms, f.cold_p99_ms
     );
+    println!(
+        "| direct warm exit, no HTTP (min_idle = 1) | {:.2} ms | {:.2} ms |",
+        f.direct_warm_exit_p50_ms, f.direct_warm_exit_p99_ms
+    );
     println!();
     println!("ratio cold p50 / warm p50: {:.1}x", f.cold_over_warm);
+    println!(
+        "service overhead p50: {:.2} ms (HTTP warm p50 {:.2} ms - direct warm exit p50 {:.2} ms)",
+        f.service_overhead_p50_ms, f.warm_p50_ms, f.direct_warm_exit_p50_ms
+    );
     for (goal, met) in &f.goals {
         println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
     }
@@ -278,7 +287,6 @@ async fn measure(
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let docker = runtime.client().clone();
     let progress = |what: &str| {
         if !args.json {
             eprintln!("bench: {what} x {} ...", args.jobs);
@@ -341,41 +349,9 @@ async fn measure(
     let keeper_id = keeper.id().to_string();
     let mut exec = Vec::new();
     for _ in 0..args.jobs {
-        let t0 = Instant::now();
-        let created = docker
-            .create_exec(
-                &keeper_id,
-                CreateExecOptions {
-                    cmd: Some(argv.clone()),
-                    env: Some(env.clone()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("docker exec: create")?;
-        let mut first = None;
-        if let StartExecResults::Attached { mut output, .. } = docker
-            .start_exec(&created.id, None)
-            .await
-            .context("docker exec: start")?
-        {
-            while let Some(item) = output.next().await {
-                if item.is_ok() && first.is_none() {
-                    first = Some(t0.elapsed());
-                }
-            }
-        }
-        let inspected = docker
-            .inspect_exec(&created.id)
-            .await
-            .context("docker exec: inspect")?;
-        anyhow::ensure!(inspected.exit_code.is_some(), "docker exec: no exit code");
-        exec.push(Sample {
-            first_output_ms: first.map(ms).unwrap_or(f64::NAN),
-            exit_ms: ms(t0.elapsed()),
-        });
+        let t = baseline::docker_exec(runtime, &keeper_id, &argv, &env).await?;
+        anyhow::ensure!(t.exit_code.is_some(), "docker exec: no exit code");
+        exec.push(sample(&t));
     }
     drop(keeper);
     executor.drain().await;
@@ -391,79 +367,17 @@ async fn measure(
     ]);
     let mut run = Vec::new();
     for i in 0..args.jobs {
-        let t0 = Instant::now();
-        let name = format!("warmpool-bench-run-{}-{i}", std::process::id());
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                ContainerCreateBody {
-                    image: Some(profile.image.clone()),
-                    entrypoint: Some(vec![]),
-                    cmd: Some(argv.clone()),
-                    env: Some(env.clone()),
-                    user: profile.user.clone(),
-                    working_dir: profile.workdir.clone(),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    labels: Some(bench_labels.clone()),
-                    host_config: Some(HostConfig {
-                        init: Some(true),
-                        network_mode: profile.network.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("docker run: create")?;
-        // Attach, start, read, wait; the container is removed whatever happens.
-        let timed = async {
-            let attached = docker
-                .attach_container(
-                    &created.id,
-                    Some(
-                        AttachContainerOptionsBuilder::default()
-                            .stdout(true)
-                            .stderr(true)
-                            .stream(true)
-                            .build(),
-                    ),
-                )
-                .await
-                .context("docker run: attach")?;
-            docker
-                .start_container(&created.id, None)
-                .await
-                .context("docker run: start")?;
-            let mut output = attached.output;
-            let first = match tokio::time::timeout(Duration::from_secs(60), output.next()).await {
-                Ok(Some(Ok(_))) => Some(t0.elapsed()),
-                _ => None,
-            };
-            let mut wait = docker.wait_container(
-                &created.id,
-                Some(
-                    WaitContainerOptionsBuilder::default()
-                        .condition("not-running")
-                        .build(),
-                ),
-            );
-            let _ = wait.next().await;
-            anyhow::Ok(Sample {
-                first_output_ms: first.map(ms).unwrap_or(f64::NAN),
-                exit_ms: ms(t0.elapsed()),
-            })
-        }
-        .await;
-        let removed = docker
-            .remove_container(
-                &created.id,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await
-            .context("docker run: remove");
-        run.push(timed?);
-        removed?;
+        let one = baseline::OneShot {
+            name: format!("warmpool-bench-run-{}-{i}", std::process::id()),
+            image: profile.image.clone(),
+            argv: argv.clone(),
+            env: env.clone(),
+            user: profile.user.clone(),
+            workdir: profile.workdir.clone(),
+            network: profile.network.clone(),
+            labels: bench_labels.clone(),
+        };
+        run.push(sample(&baseline::docker_run(runtime, &one).await?));
     }
 
     let modes = vec![

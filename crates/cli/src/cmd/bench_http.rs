@@ -2,7 +2,10 @@
 //! process on 127.0.0.1 with two copies of the profile, one keeping a container
 //! parked (`min_idle = 1`) and one keeping none (`min_idle = 0`), and times
 //! `POST /v1/jobs?wait=true` for a trivial job on each, over one keep-alive
-//! connection, in one run.
+//! connection, in one run. Beside them, the same job handed straight to the warm
+//! pool (no HTTP, no store, as plain `warmpool bench` times it): the difference of
+//! the medians is what the service adds. Every timed job starts on a quiet engine:
+//! the warm pool back at its idle target and the used containers removed.
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -10,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use warmpool_core::{Config, Profile};
-use warmpool_exec::Executor;
+use warmpool_core::{Config, Job, Profile};
+use warmpool_exec::{Executor, OutputSink, RunControl, StreamKind};
 use warmpool_pool::Pools;
-use warmpool_store::{SqliteStore, SystemClock};
 use warmpool_server::Service;
+use warmpool_store::{SqliteStore, SystemClock};
 
 #[derive(Serialize)]
 pub struct HttpFigures {
@@ -24,7 +27,21 @@ pub struct HttpFigures {
     pub cold_p50_ms: f64,
     pub cold_p99_ms: f64,
     pub cold_over_warm: f64,
+    /// The same job on the warm pool without the service: hand-over to exit.
+    pub direct_warm_exit_p50_ms: f64,
+    pub direct_warm_exit_p99_ms: f64,
+    /// `warm_p50_ms - direct_warm_exit_p50_ms`: what HTTP and the store add.
+    pub service_overhead_p50_ms: f64,
     pub goals: Vec<(String, bool)>,
+}
+
+/// Drops a job's output: only its end is timed.
+struct Discard;
+
+impl OutputSink for Discard {
+    async fn write(&mut self, _: StreamKind, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A minimal HTTP/1.1 client over one kept-alive connection: enough to time
@@ -95,7 +112,8 @@ pub async fn measure(
             .insert(name.to_string(), variant(profile, name, keep));
     }
     let config = Arc::new(config);
-    let store = SqliteStore::open(&dir, Arc::new(SystemClock)).context("opening a job store for the bench")?;
+    let store = SqliteStore::open(&dir, Arc::new(SystemClock))
+        .context("opening a job store for the bench")?;
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     let svc = Service::new(config.clone(), Arc::new(store), pools.clone());
     svc.start_checkpoints();
@@ -115,19 +133,41 @@ pub async fn measure(
             reader: BufReader::new(TcpStream::connect(addr).await?),
         };
         let body_for = |p: &str| serde_json::json!({"profile": p, "args": args}).to_string();
-        let (mut warm, mut cold) = (Vec::new(), Vec::new());
+        let warm_pool = pools.get("warm").context("warm pool")?;
+        // Before each timed job: the warm pool parked again and the used
+        // containers removed, so no background engine work overlaps the figure.
+        let quiet = || async {
+            if !warm_pool.wait_idle(1, Duration::from_secs(60)).await {
+                bail!(
+                    "the warm pool did not park a container: {:?}",
+                    warm_pool.stats().last_error
+                );
+            }
+            executor.drain().await;
+            anyhow::Ok(())
+        };
+        let (mut warm, mut cold, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..jobs {
+            quiet().await?;
+            let job = Job {
+                args: args.to_vec(),
+                ..Job::default()
+            };
+            let t0 = Instant::now();
+            let r = warm_pool
+                .run(job, &mut Discard, RunControl::default())
+                .await?;
+            let took = t0.elapsed();
+            if !r.hit || r.outcome.exit_code() != 0 {
+                bail!(
+                    "direct warm job: hit {}, exit code {}",
+                    r.hit,
+                    r.outcome.exit_code()
+                );
+            }
+            direct.push(took.as_secs_f64() * 1000.0);
             for (name, samples) in [("warm", &mut warm), ("cold", &mut cold)] {
-                if name == "warm" {
-                    // The warm pool re-parks between jobs, off the measured time.
-                    let pool = pools.get("warm").context("warm pool")?;
-                    if !pool.wait_idle(1, Duration::from_secs(60)).await {
-                        bail!(
-                            "the warm pool did not park a container: {:?}",
-                            pool.stats().last_error
-                        );
-                    }
-                }
+                quiet().await?;
                 let t0 = Instant::now();
                 let (status, body) = conn.post("/v1/jobs?wait=true", &body_for(name)).await?;
                 let took = t0.elapsed();
@@ -144,6 +184,8 @@ pub async fn measure(
             p(&cold, 50.0),
             p(&cold, 99.0),
         );
+        let (d50, d99) = (p(&direct, 50.0), p(&direct, 99.0));
+        let overhead = w50 - d50;
         Ok(HttpFigures {
             jobs,
             warm_p50_ms: w50,
@@ -151,11 +193,18 @@ pub async fn measure(
             cold_p50_ms: c50,
             cold_p99_ms: c99,
             cold_over_warm: c50 / w50,
+            direct_warm_exit_p50_ms: d50,
+            direct_warm_exit_p99_ms: d99,
+            service_overhead_p50_ms: overhead,
             goals: vec![
                 (format!("warm p50 {w50:.2} ms <= 10 ms"), w50 <= 10.0),
                 (
                     format!("cold p50 / warm p50 = {:.1} >= 20", c50 / w50),
                     c50 / w50 >= 20.0,
+                ),
+                (
+                    format!("service overhead p50 {overhead:.2} ms <= 1 ms"),
+                    overhead <= 1.0,
                 ),
             ],
         })

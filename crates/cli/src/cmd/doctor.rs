@@ -9,24 +9,6 @@ pub struct DoctorArgs {
     config: PathBuf,
 }
 
-/// Lowest Engine API version warmpool is tested with (Docker 20.10).
-const MIN_API: (u32, u32) = (1, 41);
-
-/// Docker names architectures as Go does; Rust as the target triple does.
-fn go_arch(arch: &str) -> &str {
-    match arch {
-        "amd64" => "x86_64",
-        "arm64" => "aarch64",
-        "386" => "x86",
-        other => other,
-    }
-}
-
-fn parse_api(v: &str) -> Option<(u32, u32)> {
-    let (a, b) = v.split_once('.')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
 pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let config = match super::load_config(&args.config) {
         Ok(c) => {
@@ -53,7 +35,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     let mut failed = 0;
     match warmpool_runtime::Runtime::info(runtime.as_ref()).await {
         Ok(info) => {
-            let api_ok = parse_api(&info.api_version).is_some_and(|v| v >= MIN_API);
+            let api_ok = info.too_old.is_none();
             println!(
                 "{}engine at {}: Docker {} (API {}, {}/{})",
                 if api_ok { "ok    " } else { "WARN  " },
@@ -64,7 +46,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
                 info.arch
             );
             // The gate is built for this build's architecture; the engine must run it.
-            if go_arch(&info.arch) != std::env::consts::ARCH {
+            if info.arch != std::env::consts::ARCH {
                 println!(
                     "FAIL  the engine runs {} but this warmpool's gate is built for {}; build warmpool for {} (cargo build --target ...)",
                     info.arch,
@@ -73,11 +55,8 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
                 );
                 failed += 1;
             }
-            if !api_ok {
-                println!(
-                    "      the engine's API is older than {}.{}, the oldest warmpool is tested with; upgrade Docker",
-                    MIN_API.0, MIN_API.1
-                );
+            if let Some(why) = &info.too_old {
+                println!("      {why}");
             }
         }
         Err(e) => {

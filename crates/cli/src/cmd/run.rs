@@ -7,7 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use warmpool_core::config::{parse_duration, valid_env_name};
 use warmpool_core::Job;
-use warmpool_exec::{Outcome, OutputSink, RunControl, StreamKind};
+use warmpool_exec::{Outcome, OutputSink, RunControl, Signal, StreamKind};
 use warmpool_pool::Pool;
 
 #[derive(clap::Args)]
@@ -124,19 +124,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     // Our signals go to the job, as `docker run` proxies them.
     let (tx, rx) = mpsc::unbounded_channel();
     let mut forwarders = Vec::new();
-    for (kind, name) in [
-        (SignalKind::interrupt(), "SIGINT"),
-        (SignalKind::terminate(), "SIGTERM"),
-        (SignalKind::hangup(), "SIGHUP"),
-        (SignalKind::quit(), "SIGQUIT"),
-        (SignalKind::user_defined1(), "SIGUSR1"),
-        (SignalKind::user_defined2(), "SIGUSR2"),
+    for (kind, forwarded) in [
+        (SignalKind::interrupt(), Signal::Int),
+        (SignalKind::terminate(), Signal::Term),
+        (SignalKind::hangup(), Signal::Hup),
+        (SignalKind::quit(), Signal::Quit),
+        (SignalKind::user_defined1(), Signal::Usr1),
+        (SignalKind::user_defined2(), Signal::Usr2),
     ] {
         let mut s = signal(kind).context("installing signal handlers")?;
         let tx = tx.clone();
         forwarders.push(tokio::spawn(async move {
             while s.recv().await.is_some() {
-                if tx.send(name).is_err() {
+                if tx.send(forwarded).is_err() {
                     break;
                 }
             }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use warmpool_pool::Pools;
 use warmpool_server::github::GithubBot;
-use warmpool_store::{SqliteStore, SystemClock};
 use warmpool_server::Service;
+use warmpool_store::{SqliteStore, SystemClock};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -53,12 +53,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let (_runtime, executor) = super::connect(&config)?;
-    let store = SqliteStore::open(&config.server.data_dir, Arc::new(SystemClock)).with_context(|| {
-        format!(
-            "opening the job store in {}",
-            config.server.data_dir.display()
-        )
-    })?;
+    let store =
+        SqliteStore::open(&config.server.data_dir, Arc::new(SystemClock)).with_context(|| {
+            format!(
+                "opening the job store in {}",
+                config.server.data_dir.display()
+            )
+        })?;
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
     let svc = Service::new(config.clone(), Arc::new(store), pools.clone());
