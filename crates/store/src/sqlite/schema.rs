@@ -20,6 +20,10 @@ pub(super) const APPLICATION_ID: i64 = 0x7770_6a73;
 /// How long a connection waits for another (a checkpoint waits for readers).
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements kept per connection: more than the store's distinct
+/// statements, so none is prepared twice (rusqlite keeps 16 by default).
+const STATEMENT_CACHE: usize = 64;
+
 /// Version 1: jobs, the input of queued jobs, output chunks. Kept verbatim: a
 /// new file is created by running every step from version 0.
 pub(super) const V1: &str = "
@@ -109,6 +113,7 @@ UPDATE jobs SET
 /// Sets the write connection up; returns the journal mode SQLite settled on.
 pub(super) fn configure_writer(db: &Connection) -> rusqlite::Result<String> {
     db.busy_timeout(BUSY_TIMEOUT)?;
+    db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     db.pragma_update(None, "synchronous", Durability::Fsync.pragma())?;
     // Deleted content (wiped env and stdin, pruned jobs) is overwritten with
@@ -122,6 +127,7 @@ pub(super) fn configure_writer(db: &Connection) -> rusqlite::Result<String> {
 
 pub(super) fn configure_reader(db: &Connection) -> rusqlite::Result<()> {
     db.busy_timeout(BUSY_TIMEOUT)?;
+    db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     db.pragma_update(None, "query_only", "ON")
 }
 

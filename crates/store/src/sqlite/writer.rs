@@ -160,18 +160,37 @@ pub(super) fn checkpoint(db: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One transaction for the group, one savepoint per operation.
+/// Commits what was waiting: output appends in one transaction, the others in
+/// a second one.
 pub(super) fn commit_group(
     db: &Connection,
     level: &mut Durability,
     group: Vec<WriteOp>,
     counters: &Counters,
 ) {
-    let needed = if group.iter().any(|op| op.durability == Durability::Fsync) {
-        Durability::Fsync
-    } else {
-        Durability::Deferred
-    };
+    // The operations of a group were all in flight at once (each caller waits
+    // for its own), so any order among them is one the callers could have seen.
+    // Appends commit first without an fsync and are answered at once, instead
+    // of waiting for the fsync of durable operations beside them.
+    let (deferred, durable): (Vec<WriteOp>, Vec<WriteOp>) = group
+        .into_iter()
+        .partition(|op| op.durability == Durability::Deferred);
+    if !deferred.is_empty() {
+        commit(db, level, Durability::Deferred, deferred, counters);
+    }
+    if !durable.is_empty() {
+        commit(db, level, Durability::Fsync, durable, counters);
+    }
+}
+
+/// Commits `group` in one transaction at `needed`, a savepoint per operation.
+fn commit(
+    db: &Connection,
+    level: &mut Durability,
+    needed: Durability,
+    group: Vec<WriteOp>,
+    counters: &Counters,
+) {
     let fail_all = |group: Vec<WriteOp>, message: String| {
         for op in group {
             let (_, complete) = (op.work)(None);
