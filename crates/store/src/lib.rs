@@ -217,7 +217,11 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Appends `data` to a stream at byte `offset` (the stream's length so far,
     /// as the caller counts it). Appending at an offset that is already stored
-    /// stores nothing (a retried append is harmless).
+    /// stores nothing (a retried append is harmless); of an append that reaches
+    /// past the stored length only the new part is stored. An offset past the
+    /// stored length (a gap: an append was lost) is refused (`Backend`);
+    /// `NoSuchJob` for an unknown job. Output may be appended after the job's
+    /// end, but a follower is only sure to see what was stored before it.
     async fn append_output(
         &self,
         id: &str,

@@ -42,7 +42,7 @@ use crate::{
 };
 use output::{append, read_range};
 use rows::{read_queued, record_from_row, text, RECORD_COLUMNS};
-use schema::{configure_reader, configure_writer, migrate};
+use schema::{configure_reader, configure_writer, migrate, BUSY_TIMEOUT};
 pub use writer::WriterStats;
 use writer::{run_writer, write_op, Counters, Durability, Op};
 
@@ -51,6 +51,10 @@ pub const FILE_NAME: &str = "jobs.sqlite3";
 
 /// The file whose OS lock says which process owns the data directory.
 pub const LOCK_FILE_NAME: &str = "jobs.lock";
+
+/// How long `open` waits for another process (an old warmpool) to let go of
+/// the file before it says the store is in use.
+const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reader connections (get, list, read_output, queued, deliveries).
 const READERS: usize = 3;
@@ -167,6 +171,15 @@ impl SqliteStore {
     /// A second open of the same directory, in this process or another, is
     /// refused while this store lives.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(data_dir, clock, OPEN_BUSY_TIMEOUT)
+    }
+
+    /// `open`, waiting at most `busy` for another process to let go of the file.
+    fn open_with(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        busy: Duration,
+    ) -> Result<SqliteStore, StoreError> {
         create_private_dir(data_dir).map_err(|e| {
             StoreError::Open(format!(
                 "could not create the data directory {}: {e}; check [server] data_dir and \
@@ -210,7 +223,7 @@ impl SqliteStore {
             }
         };
         let mut db = Connection::open(&path).map_err(open_error)?;
-        let mode = configure_writer(&db).map_err(open_error)?;
+        let mode = configure_writer(&db, busy).map_err(open_error)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Open(format!(
                 "the job store {} cannot use a write-ahead log (SQLite chose journal mode \
@@ -219,6 +232,7 @@ impl SqliteStore {
             )));
         }
         migrate(&mut db, &path, open_error)?;
+        db.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
         let mut idle = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = Connection::open(&path).map_err(open_error)?;

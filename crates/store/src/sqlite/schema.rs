@@ -20,6 +20,10 @@ pub(super) const APPLICATION_ID: i64 = 0x7770_6a73;
 /// How long a connection waits for another (a checkpoint waits for readers).
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The WAL's size kept across checkpoints: a bit more than the automatic
+/// checkpoint lets it grow to (1000 pages of 4 KiB).
+const WAL_KEEP_BYTES: i64 = 8 << 20;
+
 /// Prepared statements kept per connection: more than the store's distinct
 /// statements, so none is prepared twice (rusqlite keeps 16 by default).
 const STATEMENT_CACHE: usize = 64;
@@ -111,8 +115,9 @@ UPDATE jobs SET
 ";
 
 /// Sets the write connection up; returns the journal mode SQLite settled on.
-pub(super) fn configure_writer(db: &Connection) -> rusqlite::Result<String> {
-    db.busy_timeout(BUSY_TIMEOUT)?;
+/// `busy`: how long to wait for another process holding the file.
+pub(super) fn configure_writer(db: &Connection, busy: Duration) -> rusqlite::Result<String> {
+    db.busy_timeout(busy)?;
     db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     db.pragma_update(None, "synchronous", Durability::Fsync.pragma())?;
@@ -120,8 +125,11 @@ pub(super) fn configure_writer(db: &Connection) -> rusqlite::Result<String> {
     // zeros, not left in free space.
     db.pragma_update(None, "secure_delete", "ON")?;
     db.pragma_update(None, "foreign_keys", "ON")?;
-    // Cut the WAL back whenever it restarts, so stale frames do not linger.
-    db.pragma_update_and_check(None, "journal_size_limit", 0, |_| Ok(()))?;
+    // Keep the WAL file's size when it restarts after a checkpoint: commits
+    // then overwrite it in place, and an fsync of a file that did not grow is
+    // much cheaper. Stale frames (wiped input among them) are overwritten by
+    // the next writes or cut away by `scrub` (a TRUNCATE checkpoint).
+    db.pragma_update_and_check(None, "journal_size_limit", WAL_KEEP_BYTES, |_| Ok(()))?;
     Ok(mode)
 }
 

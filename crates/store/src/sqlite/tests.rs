@@ -106,7 +106,11 @@ fn a_file_held_by_an_old_warmpool_is_refused() {
         .expect("exclusive");
     old.execute_batch("BEGIN EXCLUSIVE; COMMIT;").expect("lock");
     old.busy_timeout(Duration::ZERO).expect("busy");
-    let message = open_error(SqliteStore::open(&dir.0, Arc::new(ManualClock::new())));
+    let message = open_error(SqliteStore::open_with(
+        &dir.0,
+        Arc::new(ManualClock::new()),
+        Duration::from_millis(50),
+    ));
     assert!(
         message.contains("in use by another warmpool server"),
         "{message}"
@@ -253,7 +257,7 @@ fn one_failing_operation_in_a_group_rolls_back_alone() {
     let dir = TempDir::new();
     drop(open(&dir));
     let mut db = raw(&dir);
-    configure_writer(&db).expect("configure");
+    configure_writer(&db, BUSY_TIMEOUT).expect("configure");
     migrate(&mut db, &dir.0.join(FILE_NAME), |e| {
         StoreError::Open(e.to_string())
     })
