@@ -274,3 +274,33 @@ pub trait JobStore: Send + Sync + 'static {
     /// files too (SQLite: a WAL checkpoint). Called off every job's path.
     async fn scrub(&self) -> Result<(), StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_new_job_hides_env_values_and_stdin() {
+        let new = NewJob {
+            profile: "py".into(),
+            env: vec![("TOKEN".into(), "hunter2".into())],
+            stdin: Some(b"private".to_vec()),
+            ..NewJob::default()
+        };
+        let shown = format!("{new:?}");
+        assert!(
+            shown.contains("TOKEN") && shown.contains("stdin_len: Some(7)"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("private"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn streams_have_names_and_indexes() {
+        assert_eq!(StreamName::BOTH.map(StreamName::index), [0, 1]);
+        assert_eq!(StreamName::Stderr.to_string(), "stderr");
+    }
+}

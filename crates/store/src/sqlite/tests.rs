@@ -81,6 +81,14 @@ fn open_error(result: Result<SqliteStore, StoreError>) -> String {
     }
 }
 
+#[tokio::test]
+async fn the_service_can_hold_it_as_a_dyn_job_store() {
+    let dir = TempDir::new();
+    let store: Arc<dyn JobStore> = Arc::new(open(&dir));
+    let id = store.insert(&job("py")).await.expect("insert");
+    assert!(store.start(&id, "n1", true).await.expect("start"));
+}
+
 #[test]
 fn a_second_open_of_the_same_store_is_refused_until_the_first_is_dropped() {
     let dir = TempDir::new();
