@@ -339,6 +339,47 @@ fn one_failing_operation_in_a_group_rolls_back_alone() {
     assert_eq!(sync, 1, "NORMAL");
 }
 
+#[test]
+fn a_panicking_operation_rolls_back_alone_and_the_writer_goes_on() {
+    let dir = TempDir::new();
+    drop(open(&dir));
+    let mut db = raw(&dir);
+    configure_writer(&db, BUSY_TIMEOUT).expect("configure");
+    migrate(&mut db, &dir.0.join(FILE_NAME), |e| {
+        StoreError::Open(e.to_string())
+    })
+    .expect("migrate");
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new());
+    let (r1, r2) = (
+        JobRow::encode(&job("py")).expect("encode"),
+        JobRow::encode(&job("py")).expect("encode"),
+    );
+    let (op1, a1) = write_op(
+        Durability::Fsync,
+        "t",
+        Arc::clone(&clock),
+        move |db, now| -> Result<String, StoreError> {
+            r1.insert(db, now)?;
+            panic!("a bug in an operation")
+        },
+    );
+    let (op2, a2) = write_op(Durability::Fsync, "t", clock, move |db, now| {
+        r2.insert(db, now)
+    });
+    let counters = Counters::default();
+    commit_group(&db, &mut Durability::Fsync, vec![op1, op2], &counters);
+    assert!(
+        a1.blocking_recv().is_err(),
+        "its caller sees the store closed"
+    );
+    let id2 = a2.blocking_recv().expect("answer").expect("op2");
+    let ids: Vec<String> = db
+        .prepare("SELECT id FROM jobs")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("ids");
+    assert_eq!(ids, vec![id2]);
+}
+
 /// What a warmpool before schema 3 wrote (the server's `store.rs`): jobs in
 /// each state, input, output chunks, a delivery for version 2.
 fn write_old_file(dir: &TempDir, version: i64) -> [String; 3] {

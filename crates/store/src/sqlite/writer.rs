@@ -3,6 +3,7 @@
 //! each so that one failing rolls back alone. What an operation does is its
 //! caller's; this only runs, groups, commits and answers.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
@@ -219,8 +220,19 @@ fn commit(
             completes.push(complete);
             continue;
         }
-        let (ok, complete) = (op.work)(Some(db));
-        completes.push(complete);
+        // A panic in an operation (a bug) must not take the writer, and with it
+        // the whole store, down: roll it back; its caller sees the store closed.
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| (op.work)(Some(db))));
+        let ok = match ran {
+            Ok((ok, complete)) => {
+                completes.push(complete);
+                ok
+            }
+            Err(_) => {
+                tracing::error!("a job store operation panicked; it was rolled back");
+                false
+            }
+        };
         let closed = if ok {
             run(db, "RELEASE op")
         } else {
@@ -243,8 +255,14 @@ fn commit(
             counters.fsync_commits.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if outcome.is_err() && !db.is_autocommit() {
-        let _ = run(db, "ROLLBACK");
+    if let Err(message) = &outcome {
+        tracing::warn!(
+            operations = completes.len(),
+            "a job store commit failed: {message}"
+        );
+        if !db.is_autocommit() {
+            let _ = run(db, "ROLLBACK");
+        }
     }
     let outcome =
         outcome.map_err(|m| format!("{m}; check free space and permissions in [server] data_dir"));
