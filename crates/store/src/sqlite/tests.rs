@@ -9,6 +9,7 @@ use super::writer::{commit_group, write_op, Counters, Durability};
 use super::*;
 use crate::clock::{ManualClock, SystemClock};
 use crate::conformance::{exited, job, Harness};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -378,6 +379,94 @@ fn a_panicking_operation_rolls_back_alone_and_the_writer_goes_on() {
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .expect("ids");
     assert_eq!(ids, vec![id2]);
+}
+
+/// Set for the child process of the SIGKILL test: its data directory.
+const CRASH_DIR_ENV: &str = "WARMPOOL_STORE_CRASH_CHILD_DIR";
+
+/// The child of `a_sigkill_never_loses_an_acknowledged_job_nor_runs_one_twice`:
+/// stores and starts jobs as fast as it can, printing each acknowledged step,
+/// until it is killed. Does nothing when run on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of the SIGKILL test"]
+async fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let store = SqliteStore::open(Path::new(&dir), Arc::new(SystemClock)).expect("open");
+    for n in 0u64.. {
+        let id = store.insert(&job("py")).await.expect("insert");
+        println!("queued {id}");
+        if n % 2 == 0 {
+            assert!(store.start(&id, "n1", true).await.expect("start"));
+            println!("started {id}");
+            store
+                .append_output(&id, StreamName::Stdout, 0, b"out")
+                .await
+                .expect("append");
+        }
+    }
+}
+
+#[test]
+fn a_sigkill_never_loses_an_acknowledged_job_nor_runs_one_twice() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "sqlite::tests::crash_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CRASH_DIR_ENV, &dir.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut queued = Vec::new();
+    let mut started = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read the child");
+        if let Some(id) = line.strip_prefix("queued ") {
+            queued.push(id.to_owned());
+        } else if let Some(id) = line.strip_prefix("started ") {
+            started.push(id.to_owned());
+        }
+        if started.len() == 200 {
+            break;
+        }
+    }
+    // SIGKILL, in the middle of whatever the child was doing.
+    child.kill().expect("kill the child");
+    child.wait().expect("reap the child");
+    assert_eq!(started.len(), 200, "the child stopped early");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        // The lock went with the process: the directory opens at once.
+        let store = open(&dir);
+        let recovered = store.recover("n1", "killed").await.expect("recover");
+        let requeued: HashSet<&String> = recovered.queued.iter().collect();
+        for id in &started {
+            assert!(
+                !requeued.contains(id),
+                "{id} was started and is queued again"
+            );
+            let record = store
+                .get(id)
+                .await
+                .expect("get")
+                .expect("a started job is stored");
+            assert_eq!(record.state, JobState::Interrupted, "{id}");
+        }
+        let started: HashSet<&String> = started.iter().collect();
+        for id in queued.iter().filter(|id| !started.contains(id)) {
+            assert!(store.get(id).await.expect("get").is_some(), "{id} was lost");
+        }
+    });
 }
 
 /// What a warmpool before schema 3 wrote (the server's `store.rs`): jobs in
