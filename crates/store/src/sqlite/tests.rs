@@ -471,9 +471,13 @@ fn a_sigkill_never_loses_an_acknowledged_job_nor_runs_one_twice() {
 
 /// What a warmpool before schema 3 wrote (the server's `store.rs`): jobs in
 /// each state, input, output chunks, a delivery for version 2.
-fn write_old_file(dir: &TempDir, version: i64) -> [String; 3] {
+fn write_old_file(dir: &TempDir, version: i64) -> (Connection, [String; 3]) {
     fs::create_dir_all(&dir.0).expect("mkdir");
     let db = raw(dir);
+    // As old warmpools opened it.
+    db.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .expect("exclusive");
+    db.pragma_update(None, "journal_mode", "WAL").expect("wal");
     db.execute_batch(V1).expect("v1");
     if version >= 2 {
         db.execute_batch(V2).expect("v2");
@@ -532,11 +536,33 @@ fn write_old_file(dir: &TempDir, version: i64) -> [String; 3] {
         )
         .expect("delivery");
     }
-    [queued, running, done]
+    (db, [queued, running, done])
 }
 
-async fn check_migrated(dir: &TempDir, version: i64) {
-    let [queued, running, done] = write_old_file(dir, version);
+/// `crashed`: the old warmpool was killed: what it wrote is still in its WAL
+/// (never checkpointed), and its `-shm` never existed (exclusive mode).
+async fn check_migrated(version: i64, crashed: bool) {
+    let dir = &TempDir::new();
+    if crashed {
+        let old = TempDir::new();
+        let (db, ids) = write_old_file(&old, version);
+        fs::create_dir_all(&dir.0).expect("mkdir");
+        let wal = format!("{FILE_NAME}-wal");
+        assert!(old.0.join(&wal).exists(), "the old file has a WAL");
+        for name in [FILE_NAME, wal.as_str()] {
+            fs::copy(old.0.join(name), dir.0.join(name)).expect("copy");
+        }
+        drop(db);
+        check_migrated_files(dir, version, ids).await;
+    } else {
+        let (db, ids) = write_old_file(dir, version);
+        drop(db);
+        check_migrated_files(dir, version, ids).await;
+    }
+}
+
+async fn check_migrated_files(dir: &TempDir, version: i64, ids: [String; 3]) {
+    let [queued, running, done] = ids;
     let store = open(dir);
     let record = store.get(&running).await.expect("get").expect("running");
     assert_eq!(record.state, JobState::Running);
@@ -609,12 +635,17 @@ async fn check_migrated(dir: &TempDir, version: i64) {
 
 #[tokio::test]
 async fn a_version_1_file_is_migrated() {
-    check_migrated(&TempDir::new(), 1).await;
+    check_migrated(1, false).await;
 }
 
 #[tokio::test]
 async fn a_version_2_file_is_migrated() {
-    check_migrated(&TempDir::new(), 2).await;
+    check_migrated(2, false).await;
+}
+
+#[tokio::test]
+async fn a_version_2_file_left_by_a_killed_warmpool_is_migrated() {
+    check_migrated(2, true).await;
 }
 
 fn rss_kib() -> u64 {
