@@ -753,6 +753,39 @@ async fn measure(label: &str, dir: &Path) {
         after.commits - before.commits,
     );
 
+    // Reads beside the writer: `get` of known jobs from 8 tasks.
+    let some: Vec<String> = store
+        .list(&ListQuery {
+            state: None,
+            profile: None,
+            limit: 1_000,
+        })
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let some = Arc::new(some);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (store, some) = (Arc::clone(&store), Arc::clone(&some));
+            tokio::spawn(async move {
+                for id in some.iter().skip(t).step_by(tasks) {
+                    store.get(id).await.expect("get").expect("stored");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("task");
+    }
+    println!(
+        "  gets: {} from {tasks} tasks = {:.0}/s",
+        some.len(),
+        some.len() as f64 / started.elapsed().as_secs_f64()
+    );
+
     let all = ListQuery {
         state: None,
         profile: None,
