@@ -7,8 +7,9 @@
 //! - `writer`: one thread owning the write connection, committing in groups.
 //! - `output`: output by byte offset; `rows`: reading rows back, checked.
 //!
-//! Writes go to the writer as closures; `synchronous=FULL` (an fsync) for a
-//! commit that carries any durable operation, `NORMAL` for output appends only.
+//! Writes go to the writer as closures; of what is waiting, output appends
+//! commit first with `synchronous=NORMAL` (no fsync), the rest in one commit
+//! with `FULL` (one fsync).
 //! Reads run on reader connections in `spawn_blocking` (WAL: they never wait for
 //! the writer). One server owns the directory: an OS lock on `jobs.lock`.
 
@@ -107,7 +108,7 @@ static CANCEL_ASK_SQL: LazyLock<String> = LazyLock::new(|| {
 static FINAL_STATES: LazyLock<String> = LazyLock::new(|| states_where(JobState::is_final));
 
 /// Adds what the store was doing to a SQLite error.
-pub(super) trait Context<T> {
+trait Context<T> {
     fn ctx(self, action: &'static str) -> Result<T, StoreError>;
 }
 
@@ -117,7 +118,7 @@ impl<T> Context<T> for rusqlite::Result<T> {
     }
 }
 
-pub(super) fn backend(action: &'static str, e: &dyn fmt::Display) -> StoreError {
+fn backend(action: &'static str, e: &dyn fmt::Display) -> StoreError {
     StoreError::Backend {
         action,
         message: format!("{e}; check free space and permissions in [server] data_dir"),
@@ -371,7 +372,7 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
 }
 
-pub(super) fn to_i64(n: u64) -> i64 {
+fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

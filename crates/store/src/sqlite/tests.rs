@@ -82,6 +82,26 @@ fn open_error(result: Result<SqliteStore, StoreError>) -> String {
     }
 }
 
+#[test]
+fn conditional_updates_are_the_cores_rules() {
+    assert_eq!(states_where(JobState::can_start), "'queued'");
+    assert_eq!(states_where(JobState::can_finish), "'queued', 'running'");
+    assert!(
+        CANCEL_NOW_SQL.ends_with("IN ('queued')"),
+        "{}",
+        *CANCEL_NOW_SQL
+    );
+    assert!(
+        CANCEL_ASK_SQL.ends_with("IN ('running')"),
+        "{}",
+        *CANCEL_ASK_SQL
+    );
+    assert_eq!(
+        *FINAL_STATES,
+        "'succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted'"
+    );
+}
+
 #[tokio::test]
 async fn the_service_can_hold_it_as_a_dyn_job_store() {
     let dir = TempDir::new();
