@@ -9,6 +9,23 @@
 //! - [`clock`]: time, injected (tests move it by hand, no back-dated rows).
 //! - [`ids`]: job ids and RFC 3339 timestamps.
 //! - [`conformance`]: the suite, generic over the trait, that every backend runs.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use warmpool_store::{JobStore, NewJob, SqliteStore, SystemClock};
+//!
+//! # async fn serve(data_dir: &std::path::Path) -> Result<(), warmpool_store::StoreError> {
+//! // Blocking, once at start-up; a second server on the same directory is refused.
+//! let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(data_dir, Arc::new(SystemClock))?);
+//! let recovered = store.recover("node-a", "warmpool restarted").await?;
+//! let id = store.insert(&NewJob { profile: "py".into(), ..NewJob::default() }).await?;
+//! if store.start(&id, "node-a", true).await? {
+//!     // Only now hand the job to a container.
+//! }
+//! # let _ = recovered;
+//! # Ok(())
+//! # }
+//! ```
 
 use async_trait::async_trait;
 use std::fmt;
