@@ -1,6 +1,6 @@
 //! The conformance suite: what every [`JobStore`] backend must do, written once
 //! against the trait only (no SQL, no files), with time driven by a
-//! [`ManualClock`]. A backend runs it through [`conformance_tests!`] and a
+//! [`ManualClock`]. A backend runs it through [`conformance_tests!`](crate::conformance_tests) and a
 //! [`Harness`] that opens its storage; backend-specific checks (damaged rows,
 //! files on disk) stay with the backend.
 //!
@@ -180,6 +180,9 @@ pub async fn insert_then_get_round_trips<H: Harness>(h: H) {
     let record = get(&store, &bare).await;
     assert_eq!((record.timeout_ms, record.args.len()), (None, 0));
     assert_ne!(bare, id);
+    // Scrubbing changes nothing that can be read.
+    store.scrub().await.expect("scrub");
+    assert_eq!(get(&store, &bare).await, record);
 }
 
 pub async fn empty_stdin_stays_apart_from_no_stdin<H: Harness>(h: H) {

@@ -9,6 +9,23 @@
 //! - [`clock`]: time, injected (tests move it by hand, no back-dated rows).
 //! - [`ids`]: job ids and RFC 3339 timestamps.
 //! - [`conformance`]: the suite, generic over the trait, that every backend runs.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use warmpool_store::{JobStore, NewJob, SqliteStore, SystemClock};
+//!
+//! # async fn serve(data_dir: &std::path::Path) -> Result<(), warmpool_store::StoreError> {
+//! // Blocking, once at start-up; a second server on the same directory is refused.
+//! let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(data_dir, Arc::new(SystemClock))?);
+//! let recovered = store.recover("node-a", "warmpool restarted").await?;
+//! let id = store.insert(&NewJob { profile: "py".into(), ..NewJob::default() }).await?;
+//! if store.start(&id, "node-a", true).await? {
+//!     // Only now hand the job to a container.
+//! }
+//! # let _ = recovered;
+//! # Ok(())
+//! # }
+//! ```
 
 use async_trait::async_trait;
 use std::fmt;
@@ -217,7 +234,11 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Appends `data` to a stream at byte `offset` (the stream's length so far,
     /// as the caller counts it). Appending at an offset that is already stored
-    /// stores nothing (a retried append is harmless).
+    /// stores nothing (a retried append is harmless); of an append that reaches
+    /// past the stored length only the new part is stored. An offset past the
+    /// stored length (a gap: an append was lost) is refused (`Backend`);
+    /// `NoSuchJob` for an unknown job. Output may be appended after the job's
+    /// end, but a follower is only sure to see what was stored before it.
     async fn append_output(
         &self,
         id: &str,
@@ -269,4 +290,34 @@ pub trait JobStore: Send + Sync + 'static {
     /// Makes wiped input (env values, stdin) unrecoverable from the store's
     /// files too (SQLite: a WAL checkpoint). Called off every job's path.
     async fn scrub(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_new_job_hides_env_values_and_stdin() {
+        let new = NewJob {
+            profile: "py".into(),
+            env: vec![("TOKEN".into(), "hunter2".into())],
+            stdin: Some(b"private".to_vec()),
+            ..NewJob::default()
+        };
+        let shown = format!("{new:?}");
+        assert!(
+            shown.contains("TOKEN") && shown.contains("stdin_len: Some(7)"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("private"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn streams_have_names_and_indexes() {
+        assert_eq!(StreamName::BOTH.map(StreamName::index), [0, 1]);
+        assert_eq!(StreamName::Stderr.to_string(), "stderr");
+    }
 }
