@@ -18,7 +18,7 @@ use warmpool_core::lifecycle::{transition, Action, Event, Finish, Phase, RunEnd}
 use warmpool_core::{ExitStatus, Job};
 use warmpool_exec::{Outcome, RunControl};
 use warmpool_pool::{Claimed, Pool, PoolError};
-use warmpool_store::QueuedJob;
+use warmpool_store::{NewJob, QueuedJob};
 
 /// One job's run. Owns the job's phase: nothing else changes it.
 pub(crate) struct JobRun {
@@ -34,7 +34,7 @@ pub(crate) struct JobRun {
 }
 
 /// What the job needs to run, gathered before it claims a container.
-struct Prepared {
+pub(crate) struct Prepared {
     pool: Pool,
     job: Job,
     secrets: Vec<String>,
@@ -51,6 +51,31 @@ impl JobRun {
             claimed: None,
             output_lost: false,
         }
+    }
+
+    /// The run of a job stored as running already, on the container it holds.
+    pub(crate) fn started(
+        svc: Arc<Service>,
+        id: String,
+        live: Arc<LiveJob>,
+        claimed: Claimed,
+    ) -> JobRun {
+        JobRun {
+            svc,
+            id,
+            live,
+            phase: Phase::Running,
+            ticket: None,
+            claimed: Some(claimed),
+            output_lost: false,
+        }
+    }
+
+    /// Run a job that holds its container and is stored as running.
+    pub(crate) async fn drive_started(mut self, prepared: Prepared) {
+        let end = self.execute(prepared).await;
+        let stopping = self.svc.stopping().is_cancelled();
+        self.event(Event::Ended { run: end, stopping }).await;
     }
 
     /// Run the job to its stored end (or, at a shutdown before it started, leave
@@ -104,40 +129,11 @@ impl JobRun {
     }
 
     async fn prepare(&mut self, q: QueuedJob) -> Result<Prepared, String> {
-        let name = &q.job.profile;
-        let pool = self
-            .svc
-            .pools
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("no pool for profile \"{name}\""))?;
-        let profile = pool.profile().profile.clone();
-        // Secrets come from the server's environment, now; they are never stored.
-        let mut secrets = Vec::new();
-        let mut env = q.job.env;
-        for name in &profile.secret_env {
-            let value = read_secret(name)?;
-            secrets.push(value.clone());
-            env.push((name.clone(), value));
-        }
+        let mut front = Vec::new();
         if let Some(h) = self.svc.hooks() {
-            // Front-end env first, secrets last (a front end cannot override one).
-            let mut front = Vec::new();
             h.before_start(&self.id, &mut front).await?;
-            let n = env.len() - secrets.len();
-            env.splice(n..n, front);
         }
-        Ok(Prepared {
-            pool,
-            job: Job {
-                args: q.job.args,
-                env,
-                unset: Vec::new(),
-                stdin: q.job.stdin,
-                timeout: q.job.timeout_ms.map(Duration::from_millis),
-            },
-            secrets,
-        })
+        prepared(&self.svc, q.job, front)
     }
 
     /// A container, or the event that ends the wait for one.
@@ -261,6 +257,42 @@ impl JobRun {
         }
         self.svc.ended(&self.id, state, &self.live).await;
     }
+}
+
+/// What the job needs to run: its pool, the secrets read now from the server's
+/// environment (never stored), and the job as the gate gets it: its own env,
+/// then a front end's (`front`), then the secrets (which nothing overrides).
+pub(crate) fn prepared(
+    svc: &Service,
+    job: NewJob,
+    front: Vec<(String, String)>,
+) -> Result<Prepared, String> {
+    let name = &job.profile;
+    let pool = svc
+        .pools
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("no pool for profile \"{name}\""))?;
+    let profile = pool.profile().profile.clone();
+    let mut secrets = Vec::new();
+    let mut env = job.env;
+    env.extend(front);
+    for name in &profile.secret_env {
+        let value = read_secret(name)?;
+        secrets.push(value.clone());
+        env.push((name.clone(), value));
+    }
+    Ok(Prepared {
+        pool,
+        job: Job {
+            args: job.args,
+            env,
+            unset: Vec::new(),
+            stdin: job.stdin,
+            timeout: job.timeout_ms.map(Duration::from_millis),
+        },
+        secrets,
+    })
 }
 
 /// How the exec layer's outcome reads as the core's run end.

@@ -224,6 +224,9 @@ impl Service {
             return Err(ServiceError::ShuttingDown);
         }
         self.validate(&job)?;
+        if let Some(id) = self.start_now(&job).await? {
+            return Ok(id);
+        }
         // Jobs not yet holding a container may fill what the pool can start now
         // plus its queue (`max_queue`); beyond that the answer is 429.
         let room = match (
@@ -253,6 +256,40 @@ impl Service {
                 ticket,
             );
             Ok(id)
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?
+    }
+
+    /// The fast path: a container is parked right now and no front end has to
+    /// be asked first, so the job is stored as running (one durable commit,
+    /// its env never stored) and handed over at once. `None`: take the queue.
+    async fn start_now(self: &Arc<Self>, job: &NewJob) -> Result<Option<String>, ServiceError> {
+        if self.hooks().is_some() {
+            return Ok(None);
+        }
+        let Some(pool) = self.pools.get(&job.profile) else {
+            return Ok(None);
+        };
+        let Some(claimed) = pool.try_claim() else {
+            return Ok(None);
+        };
+        // A missing secret fails the job on the ordinary path, where it is stored.
+        let Ok(prepared) = crate::run::prepared(self, job.clone(), Vec::new()) else {
+            return Ok(None);
+        };
+        let svc = self.clone();
+        let job = job.clone();
+        // Detached from the caller, like `submit`.
+        tokio::spawn(async move {
+            // On an error the container goes back with `claimed`.
+            let id = svc.store.insert_started(&job, &svc.node, true).await?;
+            svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
+            let live = Arc::new(LiveJob::new());
+            lock(&svc.live).insert(id.clone(), live.clone());
+            let run = JobRun::started(svc.clone(), id.clone(), live, claimed);
+            svc.tasks.spawn(run.drive_started(prepared));
+            Ok(Some(id))
         })
         .await
         .map_err(|e| ServiceError::Task(e.to_string()))?

@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             empty_stdin_stays_apart_from_no_stdin,
             list_filters_newest_first_with_a_limit,
             start_only_from_queued_and_once,
+            a_job_inserted_started_runs_at_once_without_its_input,
             finish_only_from_open_states_and_never_twice,
             request_cancel_in_each_state,
             output_offsets_and_ranges,
@@ -309,6 +310,44 @@ pub async fn start_only_from_queued_and_once<H: Harness>(h: H) {
     let cold = insert(&store, &job("py")).await;
     assert!(store.start(&cold, "node-b", false).await.expect("start"));
     assert_eq!(get(&store, &cold).await.warm, Some(false));
+}
+
+pub async fn a_job_inserted_started_runs_at_once_without_its_input<H: Harness>(h: H) {
+    let (store, clock) = open(&h).await;
+    let id = store
+        .insert_started(
+            &NewJob {
+                stdin: Some(b"secret input".to_vec()),
+                ..job("py")
+            },
+            "node-a",
+            true,
+        )
+        .await
+        .expect("insert started");
+    let record = get(&store, &id).await;
+    assert_eq!(record.state, JobState::Running);
+    assert_eq!(record.node.as_deref(), Some("node-a"));
+    assert_eq!(record.warm, Some(true));
+    assert_eq!(record.started_ms, Some(clock.now_ms()));
+    assert_eq!(record.created_ms, clock.now_ms());
+    assert_eq!(record.args, job("py").args);
+    // Never queued: no input, no second start, not recovered as queued.
+    assert_eq!(store.queued(&id).await.expect("queued"), None);
+    assert!(!store.start(&id, "node-a", true).await.expect("start"));
+    assert_eq!(
+        store.request_cancel(&id).await.expect("cancel"),
+        CancelOutcome::Requested
+    );
+    let recovered = store.recover("node-b", "lost").await.expect("recover");
+    assert!(!recovered.queued.contains(&id));
+    assert_eq!(
+        state(&store, &id).await,
+        JobState::Running,
+        "another node's job"
+    );
+    assert!(store.finish(&id, &exited(0)).await.expect("finish"));
+    assert_eq!(state(&store, &id).await, JobState::Succeeded);
 }
 
 pub async fn finish_only_from_open_states_and_never_twice<H: Harness>(h: H) {

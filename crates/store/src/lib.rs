@@ -225,6 +225,16 @@ pub trait JobStore: Send + Sync + 'static {
         job: &NewJob,
     ) -> Result<Option<String>, StoreError>;
 
+    /// Stores a new job that already holds a container, as running on `node`
+    /// (one commit instead of `insert` + `start`; its env and stdin are never
+    /// stored). Durable when it returns, before the hand-over.
+    async fn insert_started(
+        &self,
+        job: &NewJob,
+        node: &str,
+        warm: bool,
+    ) -> Result<String, StoreError>;
+
     /// The job with its input (env, stdin) if it is queued; `None` otherwise.
     async fn queued(&self, id: &str) -> Result<Option<QueuedJob>, StoreError>;
 

@@ -402,6 +402,24 @@ impl JobRow {
 
     /// Inserts the job (queued) and its input; its new id.
     fn insert(&self, db: &Connection, now: i64) -> Result<String, StoreError> {
+        let id = self.insert_row(db, now, None)?;
+        db.prepare_cached("INSERT INTO job_input (job_id, env, stdin) VALUES (?1, ?2, ?3)")
+            .and_then(|mut stmt| stmt.execute(params![id, self.env, self.stdin]))
+            .ctx("store a new job's input")?;
+        Ok(id)
+    }
+
+    /// Inserts the job's row: queued, or running on `(node, warm)` from now.
+    fn insert_row(
+        &self,
+        db: &Connection,
+        now: i64,
+        started: Option<(&str, bool)>,
+    ) -> Result<String, StoreError> {
+        let (state, node, warm, started_at) = match started {
+            Some((node, warm)) => (JobState::Running, Some(node), Some(warm), Some(now)),
+            None => (JobState::Queued, None, None, None),
+        };
         // A clash needs two jobs in the same millisecond drawing the same 32
         // random bits; draw again rather than fail the request.
         let mut attempt = 0;
@@ -409,17 +427,21 @@ impl JobRow {
             let id = new_id(now);
             let inserted = db
                 .prepare_cached(
-                    "INSERT INTO jobs (id, profile, state, args, timeout_ms, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO jobs (id, profile, state, args, timeout_ms, created_at,
+                                       node, warm, started_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .and_then(|mut stmt| {
                     stmt.execute(params![
                         id,
                         self.profile,
-                        JobState::Queued.as_str(),
+                        state.as_str(),
                         self.args,
                         self.timeout_ms,
-                        now
+                        now,
+                        node,
+                        warm,
+                        started_at
                     ])
                 });
             match inserted {
@@ -428,9 +450,6 @@ impl JobRow {
                 Err(e) => return Err(e).ctx("store a new job"),
             }
         };
-        db.prepare_cached("INSERT INTO job_input (job_id, env, stdin) VALUES (?1, ?2, ?3)")
-            .and_then(|mut stmt| stmt.execute(params![id, self.env, self.stdin]))
-            .ctx("store a new job's input")?;
         Ok(id)
     }
 }
@@ -495,6 +514,20 @@ impl JobStore for SqliteStore {
             .and_then(|mut stmt| stmt.execute(params![delivery, id, meta, now]))
             .ctx("store a delivery")?;
             Ok(Some(id))
+        })
+        .await
+    }
+
+    async fn insert_started(
+        &self,
+        job: &NewJob,
+        node: &str,
+        warm: bool,
+    ) -> Result<String, StoreError> {
+        let row = JobRow::encode(job)?;
+        let node = node.to_owned();
+        self.write(Durability::Fsync, "store a started job", move |db, now| {
+            row.insert_row(db, now, Some((&node, warm)))
         })
         .await
     }
