@@ -309,7 +309,8 @@ fn sigterm_goes_to_the_jobs_process_group() {
             }
         }
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // "ready" comes after both traps are set (the parent's before it starts the
+    // child, the child's before it prints): the signal can go now.
     unsafe { kill(child.id() as i32, 15) };
     'rest: loop {
         let n = out.read(&mut buf).unwrap();
@@ -481,7 +482,35 @@ fn the_gate_waits_for_the_host_to_read_the_exit() {
             got_exit |= matches!(f, Frame::Exit(_));
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // After the exit frame the gate's only reads are of its stdin, waiting for
+    // the host to close it. Send it a few bytes and wait until it has read them
+    // (its read count, /proc/<pid>/io): it is in that wait, not gone.
+    let pid = child.id();
+    let read_so_far = || -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar in /proc/<pid>/io")
+    };
+    let before = read_so_far();
+    let ping = b"not an ack";
+    child.stdin.as_mut().unwrap().write_all(ping).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before the acknowledgement"
+        );
+        if read_so_far() >= before + ping.len() as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate never read its stdin after the exit frame"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         child.try_wait().unwrap().is_none(),
         "exited before the acknowledgement"
