@@ -57,7 +57,8 @@ fn follow_output_live_and_cancel() {
     let (code, body) = s.post("/v1/jobs", r#"{"profile":"bb","args":["sleep","30"]}"#);
     assert_eq!(code, 201);
     let id = json(&body)["id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(500));
+    // Cancel a job that runs, not one still queued.
+    s.wait_state(&id, "running");
     let (code, body) = s.post(&format!("/v1/jobs/{id}/cancel"), "");
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["state"], "cancelled");
@@ -344,14 +345,27 @@ fn sigterm_with_a_follower_attached_stops_within_the_grace() {
     assert_eq!(code, 201);
     let id = json(&body)["id"].as_str().unwrap().to_string();
     s.wait_state(&id, "running");
-    // A follower and a waiter hold connections open.
+    // A follower holds a connection open: signal only once it is attached, that
+    // is once the job's first line has reached it.
     let mut follower = Command::new("curl")
         .args(["-s", "-N"])
         .arg(format!("{}/v1/jobs/{id}/output?follow=true", s.base))
-        .stdout(std::process::Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut followed = std::io::BufReader::new(follower.stdout.take().unwrap());
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut followed, &mut line);
+        let _ = line_tx.send(line);
+        // Keep reading so the follower never blocks on a full pipe.
+        let _ = std::io::copy(&mut followed, &mut std::io::sink());
+    });
+    let first = line_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the follower never received the job's first line");
+    assert_eq!(first, "up\n", "the follower's first line");
     let started = Instant::now();
     let status = s.signal(15);
     // shutdown_grace is 5 s in these tests; the job outlives it and is killed.
