@@ -40,6 +40,19 @@ async fn find_container(e: &Engine, p: &warmpool_core::Profile) -> String {
     panic!("no container appeared for {label}");
 }
 
+/// Wait (bounded) until `needle` is in the container's process list (`docker
+/// top`): the job runs.
+async fn wait_in_top(id: &str, needle: &str) {
+    for _ in 0..400 {
+        let top = Command::new("docker").args(["top", id]).output().unwrap();
+        if String::from_utf8_lossy(&top.stdout).contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{needle:?} never ran in container {id}");
+}
+
 /// Run `job` warm on an engine handle of its own, in the background, its
 /// container removed before the handle resolves.
 fn spawn_warm(
@@ -74,7 +87,7 @@ async fn secrets_stay_out_of_container_config_and_logs() {
     let running = spawn_warm(&p, job);
     let id = find_container(&e, &p).await;
     // Inspect while the job runs, when the secret is in the container's process.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_in_top(&id, "sleep 1.5").await;
     let inspect = docker_inspect(&id);
     assert!(
         inspect.contains("PUBLIC_SETTING=visible"),
@@ -274,13 +287,7 @@ async fn container_killed_from_outside_is_reported() {
     let running = spawn_warm(&p, job(&["sh", "-c", "echo started; sleep 30"]));
     let id = find_container(&e, &p).await;
     // Kill it only once the job runs (its sleep is in the container's process list).
-    for _ in 0..400 {
-        let top = Command::new("docker").args(["top", &id]).output().unwrap();
-        if String::from_utf8_lossy(&top.stdout).contains("sleep 30") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_in_top(&id, "sleep 30").await;
     let killed = Command::new("docker").args(["kill", &id]).output().unwrap();
     assert!(
         killed.status.success(),
