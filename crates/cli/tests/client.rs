@@ -318,20 +318,42 @@ fn status_shows_the_pools() {
     assert_eq!(hits + misses, 1, "{table}");
     assert!(row[9].ends_with('%'), "{table}");
 
-    // --watch, not on a terminal: a new table each interval, until Ctrl-C.
-    let child = s
+    // --watch, not on a terminal: a new table each interval, until Ctrl-C. Stop
+    // it once it has printed three tables.
+    let mut child = s
         .command(&["status", "--watch", "--interval", "200ms"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let mut stdout = child.stdout.take().unwrap();
+    let (chunk_tx, chunk_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+            if chunk_tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut watched = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while text(&watched).matches("PROFILE").count() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match chunk_rx.recv_timeout(left) {
+            Ok(chunk) => watched.extend(chunk),
+            Err(_) => panic!(
+                "status --watch never printed three tables:\n{}",
+                text(&watched)
+            ),
+        }
+    }
     unsafe { kill(child.id() as i32, 2) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let tables = text(&out.stdout).matches("PROFILE").count();
-    assert!(tables >= 3, "{tables} tables:\n{}", text(&out.stdout));
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    watched.extend(chunk_rx.try_iter().flatten());
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends the watch cleanly");
     assert!(
-        !text(&out.stdout).contains('\x1b'),
+        !text(&watched).contains('\x1b'),
         "no escapes off a terminal"
     );
 }
