@@ -367,8 +367,26 @@ fn signatures_authors_and_bad_bodies() {
     let big = vec![b' '; 30 * 1024 * 1024];
     let (code, _) = bot.deliver("issue_comment", "d-big", &big, None);
     assert_eq!(code, 413);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(bot.jobs().is_empty(), "no job from any of these");
+    // Then one the bot must act on, from the authorized author: once its job has
+    // run and been answered, the bot has handled every delivery before it, and
+    // its job is the only one.
+    let mut allowed = example("issue_comment", "created");
+    allowed["comment"]["body"] = "@ClaudeBot the one that counts".into();
+    allowed["comment"]["user"]["login"] = "someone-else".into();
+    let (code, resp) = bot.deliver(
+        "issue_comment",
+        "d-ok",
+        &serde_json::to_vec(&allowed).unwrap(),
+        None,
+    );
+    assert_eq!(code, 202, "{resp}");
+    let job = json(&resp)["job"].as_str().unwrap().to_string();
+    bot.github
+        .wait_for("answer to the authorized mention", 1, |r| {
+            r.method == "POST" && r.body.contains("the one that counts")
+        });
+    let jobs: Vec<_> = bot.jobs().iter().map(|j| j["id"].clone()).collect();
+    assert_eq!(jobs, [job.as_str()], "no job from any of the others");
 }
 
 #[test]
