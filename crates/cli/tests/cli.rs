@@ -7,7 +7,7 @@ use common::*;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warmpool");
 
@@ -358,25 +358,40 @@ fn a_reader_that_does_not_read_does_not_stop_the_timeout() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Read nothing for a while: the job blocks on its full output pipe, and the
-    // timeout must still stop it, long before we read.
-    std::thread::sleep(Duration::from_secs(6));
-    // The job's own processes, by how their command lines start (warmpool's own
-    // command line contains the script too, but does not start with it).
-    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    let job_alive: Vec<String> = text(&ps.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&format!("sleep {marker}")) || l.starts_with("head -c 50000000"))
-        .map(str::to_string)
-        .collect();
+    // The job's own processes: busybox's shell runs `yes` and `head` as forks of
+    // itself, so each shows the script's command line (with its unique marker).
+    // Warmpool's own command line holds the script too, but starts with its path.
+    let job_processes = || -> Vec<String> {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        text(&ps.stdout)
+            .lines()
+            .filter(|l| l.starts_with("sh -c ") && l.contains(&marker))
+            .map(str::to_string)
+            .collect()
+    };
+    // Read nothing: the job blocks on its full output pipe, and the timeout must
+    // still stop it. First see it run, then see it gone, all before we read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_processes().is_empty() {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job_alive = job_processes();
+        if job_alive.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out job still runs while its output is not read: {job_alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut stdout = child.stdout.take().unwrap();
     let mut sink = Vec::new();
     std::io::Read::read_to_end(&mut stdout, &mut sink).unwrap();
     let status = child.wait().unwrap();
-    assert!(
-        job_alive.is_empty(),
-        "the timed-out job still runs while its output is not read: {job_alive:?}"
-    );
     assert!(matches!(status.code(), Some(137) | Some(143)), "{status:?}");
     assert_no_containers(&label);
 }
