@@ -8,6 +8,30 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A curl follower of the job's output, returned once it has received the job's
+/// first line (bounded), with that line. Its output is read on until it ends,
+/// so it never blocks on a full pipe.
+fn attach_follower(s: &Server, id: &str) -> (std::process::Child, String) {
+    let mut follower = Command::new("curl")
+        .args(["-s", "-N"])
+        .arg(format!("{}/v1/jobs/{id}/output?follow=true", s.base))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut followed = std::io::BufReader::new(follower.stdout.take().unwrap());
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut followed, &mut line);
+        let _ = line_tx.send(line);
+        let _ = std::io::copy(&mut followed, &mut std::io::sink());
+    });
+    let first = line_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the follower never received the job's first line");
+    (follower, first)
+}
+
 #[test]
 fn submit_wait_and_read_a_job() {
     let s = Server::start("", &[]);
@@ -316,12 +340,12 @@ fn a_follower_that_disconnects_does_not_disturb_the_job() {
     );
     assert_eq!(code, 201);
     let id = json(&body)["id"].as_str().unwrap().to_string();
-    // curl gives up after half a second, mid-stream.
-    let _ = Command::new("curl")
-        .args(["-s", "-N", "--max-time", "0.5"])
-        .arg(format!("{}/v1/jobs/{id}/output?follow=true", s.base))
-        .output()
-        .unwrap();
+    // The follower goes away mid-stream: once it has the first line, while the
+    // job still runs.
+    let (mut follower, first) = attach_follower(&s, &id);
+    assert_eq!(first, "start\n", "the follower's first line");
+    let _ = follower.kill();
+    let _ = follower.wait();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let j = json(&s.get(&format!("/v1/jobs/{id}")).1);
@@ -347,24 +371,7 @@ fn sigterm_with_a_follower_attached_stops_within_the_grace() {
     s.wait_state(&id, "running");
     // A follower holds a connection open: signal only once it is attached, that
     // is once the job's first line has reached it.
-    let mut follower = Command::new("curl")
-        .args(["-s", "-N"])
-        .arg(format!("{}/v1/jobs/{id}/output?follow=true", s.base))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut followed = std::io::BufReader::new(follower.stdout.take().unwrap());
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut followed, &mut line);
-        let _ = line_tx.send(line);
-        // Keep reading so the follower never blocks on a full pipe.
-        let _ = std::io::copy(&mut followed, &mut std::io::sink());
-    });
-    let first = line_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the follower never received the job's first line");
+    let (mut follower, first) = attach_follower(&s, &id);
     assert_eq!(first, "up\n", "the follower's first line");
     let started = Instant::now();
     let status = s.signal(15);
