@@ -179,10 +179,13 @@ async fn submit(
     let req: SubmitRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
     let job = api::parse_submit(req, &svc.config)?;
+    let began = std::time::Instant::now();
     let id = svc.submit(job).await?;
     if q.wait {
-        svc.wait(&id).await;
-        return Ok((StatusCode::OK, Json(load(&svc, &id, true).await?)).into_response());
+        let stored = began.elapsed();
+        let (record, output) = svc.wait_view(&id).await?.ok_or_else(|| no_job(&id))?;
+        tracing::debug!(job = %id, ?stored, ended = ?began.elapsed(), "submit and wait");
+        return Ok((StatusCode::OK, Json(JobView::new(record, output))).into_response());
     }
     Ok((
         StatusCode::CREATED,

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use warmpool_store::{JobState, StreamName};
+use warmpool_store::{JobRecord, JobState, StreamName};
 
 /// Stored bytes kept in memory behind the newest, for followers a little behind.
 const WINDOW: u64 = 64 * 1024;
@@ -42,6 +42,8 @@ pub struct LiveJob {
     pub cancel: CancellationToken,
     tails: [Mutex<Tail>; 2],
     progress: watch::Sender<Progress>,
+    /// The job as its end was stored (what a waiter answers with).
+    ended: Mutex<Option<JobRecord>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,6 +62,7 @@ impl LiveJob {
             cancel: CancellationToken::new(),
             tails: [Mutex::default(), Mutex::default()],
             progress: watch::Sender::new(Progress::default()),
+            ended: Mutex::new(None),
         }
     }
 
@@ -111,9 +114,26 @@ impl LiveJob {
         Read::Here(out)
     }
 
-    /// The job's end is stored: followers finish.
-    pub fn end(&self, state: JobState) {
+    /// The job's end is stored (as `record`, when the store answered with it):
+    /// followers and waiters finish.
+    pub fn end(&self, state: JobState, record: Option<JobRecord>) {
+        *lock(&self.ended) = record;
         self.progress.send_modify(|p| p.ended = Some(state));
+    }
+
+    /// The job as its end was stored, and its whole output if memory still
+    /// holds all of it; `None` otherwise (then the store has it).
+    pub fn ended_view(&self) -> Option<(JobRecord, [Vec<u8>; 2])> {
+        let record = lock(&self.ended).clone()?;
+        let mut output = [Vec::new(), Vec::new()];
+        for stream in StreamName::BOTH {
+            let len = usize::try_from(record.output_len[stream.index()]).ok()?;
+            match self.read(stream, 0, len) {
+                Read::Here(bytes) if bytes.len() == len => output[stream.index()] = bytes,
+                _ => return None,
+            }
+        }
+        Some((record, output))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
@@ -186,7 +206,7 @@ mod tests {
     async fn followers_see_the_end() {
         let live = LiveJob::new();
         let mut rx = live.subscribe();
-        live.end(JobState::Succeeded);
+        live.end(JobState::Succeeded, None);
         rx.changed().await.expect("changed");
         assert_eq!(rx.borrow().ended, Some(JobState::Succeeded));
     }

@@ -31,6 +31,8 @@ pub(crate) struct JobRun {
     claimed: Option<Claimed>,
     /// Some output could not be stored (the end says so).
     output_lost: bool,
+    /// Where this run's time went (debug log at its end).
+    phases: Vec<(&'static str, Duration)>,
 }
 
 /// What the job needs to run, gathered before it claims a container.
@@ -50,6 +52,7 @@ impl JobRun {
             ticket: Some(ticket),
             claimed: None,
             output_lost: false,
+            phases: Vec::new(),
         }
     }
 
@@ -68,6 +71,7 @@ impl JobRun {
             ticket: None,
             claimed: Some(claimed),
             output_lost: false,
+            phases: Vec::new(),
         }
     }
 
@@ -193,6 +197,7 @@ impl JobRun {
         let (signals, rx) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
         let control = RunControl::with_signals(rx).with_cancel_flag(cancelled.clone());
+        let began = std::time::Instant::now();
         let outcome = {
             let run = p.pool.run_claimed(claimed, p.job, &mut sink, control);
             tokio::pin!(run);
@@ -218,8 +223,11 @@ impl JobRun {
                 }
             }
         };
+        self.phases.push(("run", began.elapsed()));
+        let drain = std::time::Instant::now();
         sink.finish().await;
         let stored = pump.drained().await;
+        self.phases.push(("output stored", drain.elapsed()));
         let mut end = match outcome {
             Ok(run) => {
                 let h = &self.svc.histograms;
@@ -251,11 +259,17 @@ impl JobRun {
             });
         }
         let state = f.state;
-        match self.svc.store().finish(&self.id, &f).await {
-            Ok(_) => {}
-            Err(e) => tracing::error!(job = %self.id, error = %e, "storing a job's end failed"),
-        }
-        self.svc.ended(&self.id, state, &self.live).await;
+        let storing = std::time::Instant::now();
+        let record = match self.svc.store().finish(&self.id, &f).await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::error!(job = %self.id, error = %e, "storing a job's end failed");
+                None
+            }
+        };
+        self.phases.push(("end stored", storing.elapsed()));
+        tracing::debug!(job = %self.id, phases = ?self.phases, "job run");
+        self.svc.ended(&self.id, state, record, &self.live).await;
     }
 }
 

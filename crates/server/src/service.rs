@@ -346,8 +346,14 @@ impl Service {
     }
 
     /// A job's end is stored: followers and waiters finish, front ends answer.
-    pub(crate) async fn ended(&self, id: &str, state: JobState, live: &LiveJob) {
-        live.end(state);
+    pub(crate) async fn ended(
+        &self,
+        id: &str,
+        state: JobState,
+        record: Option<JobRecord>,
+        live: &LiveJob,
+    ) {
+        live.end(state, record);
         lock(&self.live).remove(id);
         *lock(&self.outcomes.by_state)
             .entry(state.as_str())
@@ -387,6 +393,28 @@ impl Service {
             _ = rx.wait_for(|p| p.ended.is_some()) => {}
             _ = self.stopping.cancelled() => {}
         }
+    }
+
+    /// Wait until a job's end is stored, then the job with its output (what
+    /// `?wait=true` answers): from memory when the job ended on this node and
+    /// memory holds all of its output, else from the store. A shutdown ends
+    /// the wait (the job is then shown as it is).
+    pub async fn wait_view(
+        &self,
+        id: &str,
+    ) -> Result<Option<(JobRecord, [Vec<u8>; 2])>, ServiceError> {
+        let live = lock(&self.live).get(id).cloned();
+        if let Some(live) = live {
+            let mut rx = live.subscribe();
+            tokio::select! {
+                _ = rx.wait_for(|p| p.ended.is_some()) => {}
+                _ = self.stopping.cancelled() => {}
+            }
+            if let Some(view) = live.ended_view() {
+                return Ok(Some(view));
+            }
+        }
+        self.view(id, true).await
     }
 
     /// A job, with its stored output when `with_output`; `None` if unknown.

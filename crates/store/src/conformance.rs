@@ -216,7 +216,11 @@ pub async fn list_filters_newest_first_with_a_limit<H: Harness>(h: H) {
     clock.advance(Duration::from_millis(1));
     let e = insert(&store, &job("py")).await;
     assert!(store.start(&c, "n1", false).await.expect("start"));
-    assert!(store.finish(&e, &exited(0)).await.expect("finish"));
+    assert!(store
+        .finish(&e, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
 
     assert_eq!(
         ids(&store, query(None, None, 10)).await,
@@ -302,7 +306,11 @@ pub async fn start_only_from_queued_and_once<H: Harness>(h: H) {
     assert_eq!(get(&store, &cancelled).await.node, None);
 
     let failed = insert(&store, &job("py")).await;
-    assert!(store.finish(&failed, &exited(1)).await.expect("finish"));
+    assert!(store
+        .finish(&failed, &exited(1))
+        .await
+        .expect("finish")
+        .is_some());
     assert!(!store.start(&failed, "node-a", false).await.expect("start"));
     assert!(!store.start("jnope", "node-a", false).await.expect("start"));
 
@@ -346,7 +354,11 @@ pub async fn a_job_inserted_started_runs_at_once_without_its_input<H: Harness>(h
         JobState::Running,
         "another node's job"
     );
-    assert!(store.finish(&id, &exited(0)).await.expect("finish"));
+    assert!(store
+        .finish(&id, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
     assert_eq!(state(&store, &id).await, JobState::Succeeded);
 }
 
@@ -362,7 +374,14 @@ pub async fn finish_only_from_open_states_and_never_twice<H: Harness>(h: H) {
         error: Some("timed out after 5s".into()),
         truncated: true,
     };
-    assert!(store.finish(&id, &timed_out).await.expect("finish"));
+    let ended = store
+        .finish(&id, &timed_out)
+        .await
+        .expect("finish")
+        .expect("it was open");
+    // The record it answers with is the one stored.
+    assert_eq!(ended, get(&store, &id).await);
+    assert_eq!(ended.state, JobState::TimedOut);
     let record = get(&store, &id).await;
     assert_eq!(record.state, JobState::TimedOut);
     assert_eq!((record.exit_code, record.signal), (Some(143), Some(15)));
@@ -373,7 +392,11 @@ pub async fn finish_only_from_open_states_and_never_twice<H: Harness>(h: H) {
 
     // A final job never changes: not by a second finish, nor a cancel.
     clock.advance(Duration::from_secs(1));
-    assert!(!store.finish(&id, &exited(0)).await.expect("finish again"));
+    assert!(store
+        .finish(&id, &exited(0))
+        .await
+        .expect("finish again")
+        .is_none());
     assert_eq!(
         store.request_cancel(&id).await.expect("cancel"),
         CancelOutcome::AlreadyEnded(JobState::TimedOut)
@@ -384,7 +407,11 @@ pub async fn finish_only_from_open_states_and_never_twice<H: Harness>(h: H) {
     // input goes with it.
     let never = insert(&store, &job("py")).await;
     let failed = Finish::without_exit(JobState::Failed, "image gone");
-    assert!(store.finish(&never, &failed).await.expect("finish"));
+    assert!(store
+        .finish(&never, &failed)
+        .await
+        .expect("finish")
+        .is_some());
     assert_eq!(store.queued(&never).await.expect("queued"), None);
     let record = get(&store, &never).await;
     assert_eq!(record.state, JobState::Failed);
@@ -401,7 +428,10 @@ pub async fn finish_only_from_open_states_and_never_twice<H: Harness>(h: H) {
         let id = insert(&store, &job("py")).await;
         let end = Finish::without_exit(state, "why");
         if state.is_final() {
-            assert!(store.finish(&id, &end).await.expect("finish"), "{state}");
+            assert!(
+                store.finish(&id, &end).await.expect("finish").is_some(),
+                "{state}"
+            );
             assert_eq!(self::state(&store, &id).await, state);
         } else {
             match store.finish(&id, &end).await {
@@ -412,7 +442,11 @@ pub async fn finish_only_from_open_states_and_never_twice<H: Harness>(h: H) {
             assert!(store.queued(&id).await.expect("queued").is_some());
         }
     }
-    assert!(!store.finish("jnope", &exited(1)).await.expect("finish"));
+    assert!(store
+        .finish("jnope", &exited(1))
+        .await
+        .expect("finish")
+        .is_none());
 }
 
 pub async fn request_cancel_in_each_state<H: Harness>(h: H) {
@@ -454,7 +488,11 @@ pub async fn request_cancel_in_each_state<H: Harness>(h: H) {
         store.request_cancel(&running).await.expect("cancel twice"),
         CancelOutcome::Requested
     );
-    assert!(store.finish(&running, &exited(0)).await.expect("finish"));
+    assert!(store
+        .finish(&running, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
     let record = get(&store, &running).await;
     assert_eq!(record.state, JobState::Succeeded);
     assert_eq!(record.exit_code, Some(0));
@@ -469,7 +507,8 @@ pub async fn request_cancel_in_each_state<H: Harness>(h: H) {
         assert!(store
             .finish(&id, &Finish::without_exit(state, "ended"))
             .await
-            .expect("finish"));
+            .expect("finish")
+            .is_some());
         let before = get(&store, &id).await;
         assert_eq!(
             store.request_cancel(&id).await.expect("cancel"),
@@ -555,7 +594,11 @@ pub async fn output_offsets_and_ranges<H: Harness>(h: H) {
     }
 
     // Output stays readable after the job's end.
-    assert!(store.finish(&id, &exited(0)).await.expect("finish"));
+    assert!(store
+        .finish(&id, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
     assert_eq!(output(&store, &id, StreamName::Stdout).await, whole);
     // Binary output is kept byte for byte.
     let bytes: Vec<u8> = (0..=255u8).collect();
@@ -695,7 +738,11 @@ pub async fn recover_touches_only_its_own_nodes_running_jobs<H: Harness>(h: H) {
     assert!(store.start(&mine, "a", true).await.expect("start"));
     assert!(store.start(&theirs, "b", true).await.expect("start"));
     assert!(store.start(&done, "a", false).await.expect("start"));
-    assert!(store.finish(&done, &exited(0)).await.expect("finish"));
+    assert!(store
+        .finish(&done, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
     store
         .append_output(&mine, StreamName::Stdout, 0, b"partial")
         .await
@@ -755,8 +802,16 @@ pub async fn prune_goes_by_the_clock_and_spares_open_jobs<H: Harness>(h: H) {
             .await
             .expect("append");
     }
-    assert!(store.finish(&old, &exited(0)).await.expect("finish"));
-    assert!(store.finish(&delivered, &exited(0)).await.expect("finish"));
+    assert!(store
+        .finish(&old, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
+    assert!(store
+        .finish(&delivered, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
 
     // Ended exactly an hour ago counts as older than an hour; a millisecond
     // less does not.
@@ -764,7 +819,11 @@ pub async fn prune_goes_by_the_clock_and_spares_open_jobs<H: Harness>(h: H) {
     assert_eq!(store.prune(hour).await.expect("prune"), 0);
     assert!(store.get(&old).await.expect("get").is_some());
     clock.advance(Duration::from_millis(1));
-    assert!(store.finish(&recent, &exited(1)).await.expect("finish"));
+    assert!(store
+        .finish(&recent, &exited(1))
+        .await
+        .expect("finish")
+        .is_some());
     assert_eq!(store.prune(hour).await.expect("prune"), 2);
     assert_eq!(store.get(&old).await.expect("get"), None);
     assert_eq!(store.get(&delivered).await.expect("get"), None);
@@ -821,7 +880,11 @@ pub async fn concurrent_use_from_many_tasks<H: Harness>(h: H) {
                         offset += data.len() as u64;
                         expected.push_str(&data);
                     }
-                    assert!(store.finish(&id, &exited(0)).await.expect("finish"));
+                    assert!(store
+                        .finish(&id, &exited(0))
+                        .await
+                        .expect("finish")
+                        .is_some());
                     store.list(&query(None, None, 5)).await.expect("list");
                     jobs.push((id, expected));
                 }
@@ -867,7 +930,11 @@ pub async fn a_started_job_is_never_queued_again_after_a_reopen<H: Harness>(h: H
             .await
             .expect("append");
         assert!(store.start(&ended, "a", true).await.expect("start"));
-        assert!(store.finish(&ended, &exited(3)).await.expect("finish"));
+        assert!(store
+            .finish(&ended, &exited(3))
+            .await
+            .expect("finish")
+            .is_some());
         assert_eq!(
             store.request_cancel(&cancelled).await.expect("cancel"),
             CancelOutcome::Cancelled

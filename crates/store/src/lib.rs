@@ -257,9 +257,10 @@ pub trait JobStore: Send + Sync + 'static {
         data: &[u8],
     ) -> Result<(), StoreError>;
 
-    /// Ends a queued or running job; its input is wiped. `false` if it had ended
-    /// already (a final job never changes). `NotFinal` for a non-final state.
-    async fn finish(&self, id: &str, finish: &Finish) -> Result<bool, StoreError>;
+    /// Ends a queued or running job; its input is wiped. The job as it ended, or
+    /// `None` if it had ended already (a final job never changes) or is unknown.
+    /// `NotFinal` for a non-final state.
+    async fn finish(&self, id: &str, finish: &Finish) -> Result<Option<JobRecord>, StoreError>;
 
     /// A cancel, as `JobState::on_cancel` says: a queued job ends `cancelled`
     /// (input wiped), a running one is marked `cancel_requested`.

@@ -573,7 +573,7 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn finish(&self, id: &str, finish: &Finish) -> Result<bool, StoreError> {
+    async fn finish(&self, id: &str, finish: &Finish) -> Result<Option<JobRecord>, StoreError> {
         if !finish.state.is_final() {
             return Err(StoreError::NotFinal(finish.state));
         }
@@ -596,10 +596,18 @@ impl JobStore for SqliteStore {
                 })
                 .ctx(action)?;
             if changed == 0 {
-                return Ok(false);
+                return Ok(None);
             }
             wipe_input(db, &id)?;
-            Ok(true)
+            // The row as it ended, read in the same transaction: the caller
+            // answers with it without another read.
+            let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
+            let mut stmt = db.prepare_cached(&sql).ctx(action)?;
+            let mut rows = stmt.query(params![id]).ctx(action)?;
+            match rows.next().ctx(action)? {
+                Some(row) => record_from_row(row).map(Some),
+                None => Err(StoreError::NoSuchJob(id.clone())),
+            }
         })
         .await
     }

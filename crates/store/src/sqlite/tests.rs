@@ -199,7 +199,11 @@ async fn start_wipes_env_and_stdin_from_the_files() {
     assert!(contains(&before, stdin_marker.as_bytes()));
 
     assert!(store.start(&id, "n1", true).await.expect("start"));
-    assert!(store.finish(&ended, &exited(1)).await.expect("finish"));
+    assert!(store
+        .finish(&ended, &exited(1))
+        .await
+        .expect("finish")
+        .is_some());
     store.scrub().await.expect("scrub");
     let after = file_bytes(&store);
     assert!(
