@@ -447,3 +447,30 @@ fn the_openapi_document_is_valid() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
 }
+
+#[test]
+fn a_job_that_cannot_start_costs_no_parked_container() {
+    // A secret the server does not have: every job of this profile fails before
+    // it starts, and must leave the parked container to the next job.
+    let missing = unique("WP_MISSING").replace('-', "_").to_uppercase();
+    let s = Server::start(
+        &format!("min_idle = 1\nmax_idle = 1\nsecret_env = [\"{missing}\"]\n"),
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json(&s.get("/v1/pools").1)[0]["idle"] != 1 {
+        assert!(Instant::now() < deadline, "nothing parked:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, body) = s.post("/v1/jobs?wait=true", r#"{"profile":"bb","args":["true"]}"#);
+    assert_eq!(code, 200, "{body}\n{}", s.log());
+    let j = json(&body);
+    assert_eq!(j["state"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains(&missing), "{j}");
+    let pools = json(&s.get("/v1/pools").1);
+    assert_eq!(
+        pools[0]["hits"], 0,
+        "a parked container was claimed: {pools}"
+    );
+    assert_eq!(pools[0]["idle"], 1, "{pools}");
+}
