@@ -688,6 +688,18 @@ impl Pool {
         add(&self.inner.counters.retried, 1);
         tracing::info!(profile = %self.inner.name, "a claimed container died before its job started; running the job on another");
         let again = self.claim().await?;
+        if control.is_cancelled() {
+            // Cancelled while the second container was claimed: the job must not
+            // start there. The first run's end is the job's (its container died
+            // under it, which the cancel now explains); `again` is removed.
+            drop(again);
+            return Ok(PoolRun {
+                outcome: first.map_err(exec)?,
+                hit,
+                retried: false,
+                claim_time,
+            });
+        }
         let outcome = again.run(job, sink, control).await.map_err(exec)?;
         Ok(PoolRun {
             outcome,
