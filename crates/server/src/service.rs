@@ -404,6 +404,11 @@ impl Service {
         if with_output {
             for s in StreamName::BOTH {
                 let len = usize::try_from(record.output_len[s.index()]).unwrap_or(usize::MAX);
+                // Nothing stored: no read (the `?wait=true` answer is on the hot
+                // path, and most jobs write one stream or none).
+                if len == 0 {
+                    continue;
+                }
                 output[s.index()] = self
                     .store
                     .read_output(id, s, 0, len)
