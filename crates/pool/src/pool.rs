@@ -205,7 +205,7 @@ impl Claimed {
     /// Run the job on this container: `Parked::run`, the only path a job takes.
     pub async fn run<S: OutputSink>(
         self,
-        job: Job,
+        job: impl std::borrow::Borrow<Job> + Send,
         sink: &mut S,
         control: RunControl,
     ) -> Result<Outcome, ExecError> {
@@ -667,7 +667,7 @@ impl Pool {
             profile: self.err_profile(),
             source,
         };
-        let first = claimed.run(job.clone(), sink, control.clone()).await;
+        let first = claimed.run(&job, sink, control.clone()).await;
         let never_started = match &first {
             Ok(o) => o.lost.is_some() && !o.started,
             Err(ExecError::StreamLost { .. }) => true,
