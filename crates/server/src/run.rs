@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warmpool_core::lifecycle::{transition, Action, Event, Finish, Phase, RunEnd};
-use warmpool_core::{ExitStatus, Job};
+use warmpool_core::{ExitStatus, Job, JobState};
 use warmpool_exec::{Outcome, RunControl};
 use warmpool_pool::{Claimed, Pool, PoolError};
 use warmpool_store::{NewJob, QueuedJob};
@@ -109,15 +109,17 @@ impl JobRun {
                 return;
             }
         };
+        // A job stored as queued still has its input (env, stdin) in the store.
+        let input_stored = self.phase.stored() == JobState::Queued;
         self.phase = next;
         match action {
             Action::Nothing => {}
             Action::Release => self.release(),
             Action::Kill => {} // done by `execute`, which owns the run
-            Action::Store(f) => self.conclude(f).await,
+            Action::Store(f) => self.conclude(f, input_stored).await,
             Action::ReleaseAndStore(f) => {
                 self.release();
-                self.conclude(f).await;
+                self.conclude(f, input_stored).await;
             }
         }
     }
@@ -241,8 +243,9 @@ impl JobRun {
         end
     }
 
-    /// Store the job's end, then tell followers and front ends.
-    async fn conclude(&mut self, mut f: Finish) {
+    /// Store the job's end, then tell followers and front ends. `input_stored`:
+    /// it ends before it started, so the end wipes its input from the store.
+    async fn conclude(&mut self, mut f: Finish, input_stored: bool) {
         if self.output_lost {
             let note = "some of the job's output could not be stored";
             f.error = Some(match f.error.take() {
@@ -252,6 +255,9 @@ impl JobRun {
         }
         let state = f.state;
         match self.svc.store().finish(&self.id, &f).await {
+            // Its env and stdin left the store with it: scrub old copies soon,
+            // as for a job that starts.
+            Ok(true) if input_stored => self.svc.input_wiped(),
             Ok(_) => {}
             Err(e) => tracing::error!(job = %self.id, error = %e, "storing a job's end failed"),
         }
