@@ -142,6 +142,10 @@ impl JobRun {
     async fn claim(&mut self, pool: &Pool) -> Result<Claimed, Event> {
         let claim = pool.claim();
         tokio::select! {
+            // A cancel that came first (during `prepare`) is seen before the
+            // claim is tried, so it never takes a parked container only for the
+            // start to find the job cancelled and remove that container.
+            biased;
             // A cancel drops the claim: a queued claim leaves the queue; a cold
             // park in flight finishes on its own and its container goes to the
             // pool (the pool's rule), so nothing is left half-created.
