@@ -468,3 +468,62 @@ fn the_openapi_document_is_valid() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
 }
+
+#[test]
+fn a_job_that_cannot_start_costs_no_parked_container() {
+    // A secret the server does not have: every job of this profile fails before
+    // it starts, and must leave the parked container to the next job.
+    let missing = unique("WP_MISSING").replace('-', "_").to_uppercase();
+    let s = Server::start(
+        &format!("min_idle = 1\nmax_idle = 1\nsecret_env = [\"{missing}\"]\n"),
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json(&s.get("/v1/pools").1)[0]["idle"] != 1 {
+        assert!(Instant::now() < deadline, "nothing parked:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, body) = s.post("/v1/jobs?wait=true", r#"{"profile":"bb","args":["true"]}"#);
+    assert_eq!(code, 200, "{body}\n{}", s.log());
+    let j = json(&body);
+    assert_eq!(j["state"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains(&missing), "{j}");
+    let pools = json(&s.get("/v1/pools").1);
+    assert_eq!(
+        pools[0]["hits"], 0,
+        "a parked container was claimed: {pools}"
+    );
+    assert_eq!(pools[0]["idle"], 1, "{pools}");
+}
+
+#[test]
+fn the_env_of_a_job_that_never_started_is_scrubbed_from_the_store() {
+    let missing = unique("WP_MISSING").replace('-', "_").to_uppercase();
+    let s = Server::start(&format!("secret_env = [\"{missing}\"]\n"), &[]);
+    let private = unique("private-value");
+    let (code, body) = s.post(
+        "/v1/jobs?wait=true",
+        &format!(r#"{{"profile":"bb","args":["true"],"env":{{"MINE":"{private}"}}}}"#),
+    );
+    assert_eq!(code, 200, "{body}\n{}", s.log());
+    assert_eq!(json(&body)["state"], "failed", "{body}");
+    // Within a second or so of its end, no file under data_dir (the database,
+    // its WAL) holds the job's env value any more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::fs::read_dir(s.dir.join("data")).unwrap().any(|entry| {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+            bytes
+                .windows(private.len())
+                .any(|w| w == private.as_bytes())
+        });
+        if !found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the env value of an ended job is still in the store's files"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

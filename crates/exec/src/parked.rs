@@ -182,15 +182,17 @@ impl Parked {
     }
 
     /// Run `job` here: the only way any job runs. Consumes the container; it is
-    /// removed in the background once the job has ended.
+    /// removed in the background once the job has ended. The job is only read
+    /// (a caller that may run it again lends it instead of copying its stdin).
     pub async fn run<S: OutputSink>(
         mut self,
-        job: Job,
+        job: impl std::borrow::Borrow<Job> + Send,
         sink: &mut S,
         control: RunControl,
     ) -> Result<Outcome, ExecError> {
+        let job = job.borrow();
         let id = self.id().to_string();
-        let spec = compose(&self.profile.image, &self.profile.profile, &job)?;
+        let spec = compose(&self.profile.image, &self.profile.profile, job)?;
         let profile = &self.profile.profile;
         let timeout = job.timeout.unwrap_or(profile.job_timeout);
         let limit = profile.output_limit;

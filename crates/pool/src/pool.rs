@@ -205,7 +205,7 @@ impl Claimed {
     /// Run the job on this container: `Parked::run`, the only path a job takes.
     pub async fn run<S: OutputSink>(
         self,
-        job: Job,
+        job: impl std::borrow::Borrow<Job> + Send,
         sink: &mut S,
         control: RunControl,
     ) -> Result<Outcome, ExecError> {
@@ -667,7 +667,7 @@ impl Pool {
             profile: self.err_profile(),
             source,
         };
-        let first = claimed.run(job.clone(), sink, control.clone()).await;
+        let first = claimed.run(&job, sink, control.clone()).await;
         let never_started = match &first {
             Ok(o) => o.lost.is_some() && !o.started,
             Err(ExecError::StreamLost { .. }) => true,
@@ -688,6 +688,18 @@ impl Pool {
         add(&self.inner.counters.retried, 1);
         tracing::info!(profile = %self.inner.name, "a claimed container died before its job started; running the job on another");
         let again = self.claim().await?;
+        if control.is_cancelled() {
+            // Cancelled while the second container was claimed: the job must not
+            // start there. The first run's end is the job's (its container died
+            // under it, which the cancel now explains); `again` is removed.
+            drop(again);
+            return Ok(PoolRun {
+                outcome: first.map_err(exec)?,
+                hit,
+                retried: false,
+                claim_time,
+            });
+        }
         let outcome = again.run(job, sink, control).await.map_err(exec)?;
         Ok(PoolRun {
             outcome,

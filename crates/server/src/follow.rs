@@ -133,6 +133,14 @@ impl Follower {
                     self.done = true;
                     return Ok(Some(Piece::End(Box::new(record))));
                 }
+                if self.live.is_some() {
+                    // The run is over but its end could not be stored (the run
+                    // logged why): no `end` to give, and nothing will change
+                    // any more (this follower holds the job's progress itself,
+                    // so waiting on it would never return).
+                    self.done = true;
+                    return Ok(None);
+                }
             }
             self.wait().await;
             if self.stopping.is_cancelled() {
@@ -182,5 +190,49 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warmpool_store::{JobState, NewJob, SqliteStore, SystemClock};
+
+    #[tokio::test]
+    async fn a_run_whose_end_could_not_be_stored_does_not_hang_its_follower() {
+        let dir = std::env::temp_dir().join(format!(
+            "warmpool-follow-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let store: Arc<dyn JobStore> =
+            Arc::new(SqliteStore::open(&dir, Arc::new(SystemClock)).expect("store"));
+        let id = store
+            .insert_started(&NewJob::default(), "node", true)
+            .await
+            .expect("insert");
+        let live = Arc::new(LiveJob::new());
+        live.append(StreamName::Stdout, b"out");
+        // The run ended, but storing its end failed: the store says running.
+        live.end(JobState::Succeeded, None);
+        let mut f = Follower::new(
+            store.clone(),
+            id,
+            Some(live),
+            [true, true],
+            CancellationToken::new(),
+        );
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut pieces = Vec::new();
+            while let Some(p) = f.next().await.expect("next") {
+                pieces.push(p);
+            }
+            pieces
+        })
+        .await
+        .expect("the follower hung");
+        assert!(matches!(&read[..], [Piece::Output { data, .. }] if data.as_ref() == b"out"));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warmpool_core::lifecycle::{transition, Action, Event, Finish, Phase, RunEnd};
-use warmpool_core::{ExitStatus, Job};
+use warmpool_core::{ExitStatus, Job, JobState};
 use warmpool_exec::{Outcome, RunControl};
 use warmpool_pool::{Claimed, Pool, PoolError};
 use warmpool_store::{NewJob, QueuedJob};
@@ -113,15 +113,17 @@ impl JobRun {
                 return;
             }
         };
+        // A job stored as queued still has its input (env, stdin) in the store.
+        let input_stored = self.phase.stored() == JobState::Queued;
         self.phase = next;
         match action {
             Action::Nothing => {}
             Action::Release => self.release(),
             Action::Kill => {} // done by `execute`, which owns the run
-            Action::Store(f) => self.conclude(f).await,
+            Action::Store(f) => self.conclude(f, input_stored).await,
             Action::ReleaseAndStore(f) => {
                 self.release();
-                self.conclude(f).await;
+                self.conclude(f, input_stored).await;
             }
         }
     }
@@ -144,6 +146,10 @@ impl JobRun {
     async fn claim(&mut self, pool: &Pool) -> Result<Claimed, Event> {
         let claim = pool.claim();
         tokio::select! {
+            // A cancel that came first (during `prepare`) is seen before the
+            // claim is tried, so it never takes a parked container only for the
+            // start to find the job cancelled and remove that container.
+            biased;
             // A cancel drops the claim: a queued claim leaves the queue; a cold
             // park in flight finishes on its own and its container goes to the
             // pool (the pool's rule), so nothing is left half-created.
@@ -249,8 +255,9 @@ impl JobRun {
         end
     }
 
-    /// Store the job's end, then tell followers and front ends.
-    async fn conclude(&mut self, mut f: Finish) {
+    /// Store the job's end, then tell followers and front ends. `input_stored`:
+    /// it ends before it started, so the end wipes its input from the store.
+    async fn conclude(&mut self, mut f: Finish, input_stored: bool) {
         if self.output_lost {
             let note = "some of the job's output could not be stored";
             f.error = Some(match f.error.take() {
@@ -261,7 +268,14 @@ impl JobRun {
         let state = f.state;
         let storing = std::time::Instant::now();
         let record = match self.svc.store().finish(&self.id, &f).await {
-            Ok(record) => record,
+            Ok(record) => {
+                // Its env and stdin left the store with it: scrub old copies
+                // soon, as for a job that starts.
+                if record.is_some() && input_stored {
+                    self.svc.input_wiped();
+                }
+                record
+            }
             Err(e) => {
                 tracing::error!(job = %self.id, error = %e, "storing a job's end failed");
                 None

@@ -271,18 +271,20 @@ impl Service {
         let Some(pool) = self.pools.get(&job.profile) else {
             return Ok(None);
         };
-        let Some(claimed) = pool.try_claim() else {
+        // Before the claim: a job that cannot run (a missing secret) fails on the
+        // ordinary path, where it is stored, and must not cost a parked container
+        // (a claimed one is removed when dropped, not given back).
+        let Ok(prepared) = crate::run::prepared(self, job.clone(), Vec::new()) else {
             return Ok(None);
         };
-        // A missing secret fails the job on the ordinary path, where it is stored.
-        let Ok(prepared) = crate::run::prepared(self, job.clone(), Vec::new()) else {
+        let Some(claimed) = pool.try_claim() else {
             return Ok(None);
         };
         let svc = self.clone();
         let job = job.clone();
         // Detached from the caller, like `submit`.
         tokio::spawn(async move {
-            // On an error the container goes back with `claimed`.
+            // On an error `claimed` is dropped: its container is removed.
             let id = svc.store.insert_started(&job, &svc.node, true).await?;
             svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
             let live = Arc::new(LiveJob::new());
@@ -430,6 +432,11 @@ impl Service {
         if with_output {
             for s in StreamName::BOTH {
                 let len = usize::try_from(record.output_len[s.index()]).unwrap_or(usize::MAX);
+                // Nothing stored: no read (the `?wait=true` answer is on the hot
+                // path, and most jobs write one stream or none).
+                if len == 0 {
+                    continue;
+                }
                 output[s.index()] = self
                     .store
                     .read_output(id, s, 0, len)

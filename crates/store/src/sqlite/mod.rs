@@ -376,6 +376,13 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+fn encode_error(e: serde_json::Error) -> StoreError {
+    StoreError::Backend {
+        action: "encode a new job",
+        message: e.to_string(),
+    }
+}
+
 /// A new job's columns, encoded before they go to the writer.
 struct JobRow {
     profile: String,
@@ -387,15 +394,20 @@ struct JobRow {
 
 impl JobRow {
     fn encode(job: &NewJob) -> Result<JobRow, StoreError> {
-        let encode = |e: serde_json::Error| StoreError::Backend {
-            action: "encode a new job",
-            message: e.to_string(),
-        };
+        Ok(JobRow {
+            env: serde_json::to_string(&job.env).map_err(encode_error)?,
+            stdin: job.stdin.clone(),
+            ..JobRow::encode_without_input(job)?
+        })
+    }
+
+    /// The job's row only, for a job whose input is never stored.
+    fn encode_without_input(job: &NewJob) -> Result<JobRow, StoreError> {
         Ok(JobRow {
             profile: job.profile.clone(),
-            args: serde_json::to_string(&job.args).map_err(encode)?,
-            env: serde_json::to_string(&job.env).map_err(encode)?,
-            stdin: job.stdin.clone(),
+            args: serde_json::to_string(&job.args).map_err(encode_error)?,
+            env: String::new(),
+            stdin: None,
             timeout_ms: job.timeout_ms.map(to_i64),
         })
     }
@@ -524,7 +536,8 @@ impl JobStore for SqliteStore {
         node: &str,
         warm: bool,
     ) -> Result<String, StoreError> {
-        let row = JobRow::encode(job)?;
+        // Its input is never stored: not encoded (nor stdin copied) either.
+        let row = JobRow::encode_without_input(job)?;
         let node = node.to_owned();
         self.write(Durability::Fsync, "store a started job", move |db, now| {
             row.insert_row(db, now, Some((&node, warm)))
