@@ -228,8 +228,32 @@ impl Executor {
     /// Remove a container in the background (errors are logged, never raised: a
     /// container that is already gone is the goal).
     pub fn remove_later(&self, id: String) {
+        self.remove_after(id, Duration::ZERO, None);
+    }
+
+    /// Remove a container in the background after `delay`, first acknowledging
+    /// its gate's exit (closing `ack`) when given. A delay keeps the container's
+    /// teardown (disk work on the engine's side) from competing with what the
+    /// caller does right after a job's end (storing it).
+    pub(crate) fn remove_after(
+        &self,
+        id: String,
+        delay: Duration,
+        ack: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    ) {
         let runtime = self.runtime.clone();
         let task = async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(mut ack) = ack {
+                // The gate exits once it sees EOF on its stdin.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::io::AsyncWriteExt::shutdown(&mut ack),
+                )
+                .await;
+            }
             if let Err(e) = runtime.remove(&id).await {
                 tracing::warn!(container = %id, error = %e, "removing a used container failed");
             }

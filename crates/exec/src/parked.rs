@@ -94,8 +94,10 @@ impl RunControl {
 /// How long the stream may still deliver frames after the engine says the
 /// container has stopped.
 const AFTER_STOP_GRACE: Duration = Duration::from_secs(5);
-/// How long to wait for the acknowledgement (closing the gate's stdin) to go out.
-const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after a job's exit its container is acknowledged and removed: the
+/// caller stores the job's end first (a commit takes well under this), and the
+/// container's teardown does not compete with it for the disk.
+const RETIRE_DELAY: Duration = Duration::from_millis(20);
 /// How long the engine may take to answer "are you there" after a run ended
 /// without an exit frame; no answer by then counts as the engine gone.
 const ENGINE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -352,10 +354,12 @@ impl Parked {
         let outside_signal = lock(&signals).outside();
         let mut lost_engine = false;
 
+        let mut ack = None;
         let exit = match exit {
+            // The gate waits for the acknowledgement (EOF) before it exits; it goes
+            // out with the removal, a moment after the caller has the outcome.
             Some(status) => {
-                // The acknowledgement the gate waits for: it exits once it sees EOF.
-                let _ = tokio::time::timeout(ACK_TIMEOUT, self.input.shutdown()).await;
+                ack = Some(std::mem::replace(&mut self.input, Box::pin(tokio::io::sink())));
                 status
             }
             None => {
@@ -398,7 +402,7 @@ impl Parked {
 
         // The container served its one job: remove it off the job's path.
         if let Some(id) = self.id.take() {
-            self.executor.remove_later(id);
+            self.executor.remove_after(id, RETIRE_DELAY, ack);
         }
         Ok(Outcome {
             container: id,
