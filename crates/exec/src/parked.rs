@@ -359,7 +359,10 @@ impl Parked {
             // The gate waits for the acknowledgement (EOF) before it exits; it goes
             // out with the removal, a moment after the caller has the outcome.
             Some(status) => {
-                ack = Some(std::mem::replace(&mut self.input, Box::pin(tokio::io::sink())));
+                ack = Some(std::mem::replace(
+                    &mut self.input,
+                    Box::pin(tokio::io::sink()),
+                ));
                 status
             }
             None => {

@@ -473,37 +473,58 @@ impl Pool {
             if st.closed {
                 return None;
             }
-            let now = self.now();
-            let counts = st.counts();
-            let decided = decide::claim(
-                now,
-                st.idle_views(&profile.image.id),
-                counts,
-                &self.inner.limits,
-            );
-            if decided.action != ClaimAction::Hit {
+            let (now, action) = self.plan_claim(&mut st, &profile);
+            if action != ClaimAction::Hit {
                 return None;
             }
             st.demand.on_arrival(now);
-            // Dropping a parked container removes it.
-            st.idle.drain(..decided.remove);
-            add(&self.inner.counters.replaced, decided.remove as u64);
-            let idle = st.idle.pop_front()?;
-            st.busy += 1;
-            idle.parked
+            self.take_parked(&mut st)
         };
         self.inner.wake.notify_one();
+        add(&self.inner.counters.hits, 1);
+        Some(self.claimed(parked, Slot::new(&self.inner), true, started))
+    }
+
+    /// The claim rule, now: its action, after dropping the parked containers it
+    /// says are stale or too old (dropping a parked container removes it).
+    fn plan_claim(&self, st: &mut State, profile: &ResolvedProfile) -> (Duration, ClaimAction) {
+        let now = self.now();
+        let counts = st.counts();
+        let decided = decide::claim(
+            now,
+            st.idle_views(&profile.image.id),
+            counts,
+            &self.inner.limits,
+        );
+        st.idle.drain(..decided.remove);
+        add(&self.inner.counters.replaced, decided.remove as u64);
+        (now, decided.action)
+    }
+
+    /// The front parked container, now busy (the claim rule said Hit).
+    fn take_parked(&self, st: &mut State) -> Parked {
+        match st.idle.pop_front() {
+            Some(idle) => {
+                st.busy += 1;
+                idle.parked
+            }
+            // decide::claim says Hit only for a parked container.
+            None => unreachable!("a hit without a parked container"),
+        }
+    }
+
+    /// A claim served: counted, timed, handed over with its slot.
+    fn claimed(&self, parked: Parked, slot: Slot, hit: bool, started: Instant) -> Claimed {
         let c = &self.inner.counters;
-        add(&c.hits, 1);
         let claim_time = started.elapsed();
         add(&c.claims, 1);
         add(&c.claim_time_us, micros(claim_time));
-        Some(Claimed {
+        Claimed {
             parked,
-            hit: true,
+            hit,
             claim_time,
-            _slot: Slot::new(&self.inner),
-        })
+            _slot: slot,
+        }
     }
 
     /// A container for one job: parked already (a hit), else parked now for this
@@ -526,27 +547,10 @@ impl Pool {
                     profile: self.err_profile(),
                 });
             }
-            let now = self.now();
+            let (now, action) = self.plan_claim(&mut st, &profile);
             st.demand.on_arrival(now);
-            let counts = st.counts();
-            let decided = decide::claim(
-                now,
-                st.idle_views(&profile.image.id),
-                counts,
-                &self.inner.limits,
-            );
-            // Dropping a parked container removes it.
-            st.idle.drain(..decided.remove);
-            add(&self.inner.counters.replaced, decided.remove as u64);
-            match decided.action {
-                ClaimAction::Hit => match st.idle.pop_front() {
-                    Some(idle) => {
-                        st.busy += 1;
-                        Plan::Hit(Box::new(idle.parked))
-                    }
-                    // decide::claim says Hit only for a parked container.
-                    None => unreachable!("a hit without a parked container"),
-                },
+            match action {
+                ClaimAction::Hit => Plan::Hit(Box::new(self.take_parked(&mut st))),
                 ClaimAction::Cold => {
                     st.cold += 1;
                     let (tx, rx) = oneshot::channel();
@@ -630,15 +634,7 @@ impl Pool {
                 }
             }
         };
-        let claim_time = started.elapsed();
-        add(&c.claims, 1);
-        add(&c.claim_time_us, micros(claim_time));
-        Ok(Claimed {
-            parked,
-            hit,
-            claim_time,
-            _slot: slot,
-        })
+        Ok(self.claimed(parked, slot, hit, started))
     }
 
     /// Claim a container and run `job` on it. If the container turns out dead

@@ -66,20 +66,8 @@ pub(crate) fn container_state(state: &str) -> ContainerState {
 
 /// The `signal` parameter of the kill endpoint.
 pub(crate) fn signal_to_docker(signal: Signal) -> &'static str {
-    match signal {
-        Signal::Hup => "SIGHUP",
-        Signal::Int => "SIGINT",
-        Signal::Quit => "SIGQUIT",
-        Signal::Kill => "SIGKILL",
-        Signal::Usr1 => "SIGUSR1",
-        Signal::Usr2 => "SIGUSR2",
-        Signal::Pipe => "SIGPIPE",
-        Signal::Alrm => "SIGALRM",
-        Signal::Term => "SIGTERM",
-        Signal::Cont => "SIGCONT",
-        Signal::Stop => "SIGSTOP",
-        Signal::Winch => "SIGWINCH",
-    }
+    // The engine takes the conventional names.
+    signal.name()
 }
 
 /// A signal as the engine writes it in events: a number (`"15"`), or, from
