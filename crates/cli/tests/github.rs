@@ -146,7 +146,7 @@ fn serve_conn(
 /// An example payload of `event` with `action` from GitHub's documented examples.
 fn example(event: &str, action: &str) -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/github-webhooks/api.github.com.json");
+        .join("../../tests/fixtures/github-webhooks/api.github.com.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "the webhook fixtures are missing at {}: {e}",

@@ -1,4 +1,4 @@
-//! GitHub's own example deliveries (shared/fixtures/github-webhooks) through the
+//! GitHub's own example deliveries (tests/fixtures/github-webhooks) through the
 //! signature check and the event decision, with the bot mentioned in their text.
 
 use serde_json::{json, Value};
@@ -9,7 +9,7 @@ use warmpool_github::{
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/github-webhooks/api.github.com.json"
+    "/../../tests/fixtures/github-webhooks/api.github.com.json"
 );
 const MENTION: &str = "@ClaudeBot please fix the test";
 
