@@ -3,6 +3,7 @@
 //! refused with 429. A place is held by a [`Ticket`] and given back when the
 //! ticket drops, whatever path the job takes. Counts only; no policy of its own.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -19,11 +20,7 @@ pub struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut w = self
-            .admission
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.admission.waiting);
         if let Some(n) = w.get_mut(&self.profile) {
             *n = n.saturating_sub(1);
         }
@@ -33,7 +30,7 @@ impl Drop for Ticket {
 impl Admission {
     /// Take a place if fewer than `room` jobs of `profile` wait; else how many wait.
     pub fn admit(self: &Arc<Self>, profile: &str, room: usize) -> Result<Ticket, usize> {
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.waiting);
         let n = w.entry(profile.to_string()).or_default();
         if *n >= room {
             return Err(*n);
@@ -47,7 +44,7 @@ impl Admission {
 
     /// A place that is always given (jobs already stored: recovered, deliveries).
     pub fn force(self: &Arc<Self>, profile: &str) -> Ticket {
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.waiting);
         *w.entry(profile.to_string()).or_default() += 1;
         Ticket {
             admission: self.clone(),
@@ -57,7 +54,7 @@ impl Admission {
 
     #[cfg(test)]
     fn waiting(&self, profile: &str) -> usize {
-        let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let w = lock(&self.waiting);
         w.get(profile).copied().unwrap_or(0)
     }
 }

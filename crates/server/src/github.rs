@@ -3,6 +3,7 @@
 //! job runs through the service like any other; its end is answered with a
 //! comment. The decisions live in `warmpool-github`; this module only wires them.
 
+use crate::lock;
 use crate::service::{read_secret, JobHooks, Service};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -40,10 +41,6 @@ pub struct GithubBot {
     svc: Weak<Service>,
     /// Jobs of this bot not answered yet, by job id: (delivery id, meta).
     jobs: Mutex<HashMap<String, (String, Meta)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl GithubBot {

@@ -28,9 +28,15 @@ pub mod service;
 mod sink;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use service::Service;
+
+/// A lock that a panic elsewhere did not make unusable: what it guards here
+/// (maps, counters, buffers) stays sound across a panicking holder.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Serve the API on `listener` until `shutdown` resolves; then stop taking
 /// requests (in-flight ones finish). The caller shuts the service down after.

@@ -4,6 +4,7 @@
 //! here first and from the store for anything older; nothing is ever dropped.
 //! It decides nothing about the job's life (that is `run` with the core's rules).
 
+use crate::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::watch;
@@ -44,10 +45,6 @@ pub struct LiveJob {
     progress: watch::Sender<Progress>,
     /// The job as its end was stored (what a waiter answers with).
     ended: Mutex<Option<JobRecord>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for LiveJob {

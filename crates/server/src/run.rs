@@ -98,24 +98,32 @@ impl JobRun {
         if !self.start().await {
             return;
         }
-        let end = self.execute(prepared).await;
-        let stopping = self.svc.stopping().is_cancelled();
-        self.event(Event::Ended { run: end, stopping }).await;
+        self.drive_started(prepared).await;
+    }
+
+    /// Apply an event to the phase: what the core says to do, and whether the
+    /// job was stored as queued before it (its input, env and stdin, is then
+    /// still in the store). `None` for an illegal event: a driver bug must not
+    /// wedge the job, so it is logged and nothing is done.
+    fn advance(&mut self, event: Event) -> Option<(Action, bool)> {
+        match transition(&self.phase, event) {
+            Ok((next, action)) => {
+                let input_stored = self.phase.stored() == JobState::Queued;
+                self.phase = next;
+                Some((action, input_stored))
+            }
+            Err(illegal) => {
+                tracing::error!(job = %self.id, error = %illegal, "an illegal job transition");
+                None
+            }
+        }
     }
 
     /// Apply an event and carry out what the core says to do.
     async fn event(&mut self, event: Event) {
-        let (next, action) = match transition(&self.phase, event) {
-            Ok(t) => t,
-            Err(illegal) => {
-                // A driver bug must not wedge the job: say so, and store nothing.
-                tracing::error!(job = %self.id, error = %illegal, "an illegal job transition");
-                return;
-            }
+        let Some((action, input_stored)) = self.advance(event) else {
+            return;
         };
-        // A job stored as queued still has its input (env, stdin) in the store.
-        let input_stored = self.phase.stored() == JobState::Queued;
-        self.phase = next;
         match action {
             Action::Nothing => {}
             Action::Release => self.release(),
@@ -213,15 +221,8 @@ impl JobRun {
                     r = &mut run => break r,
                     _ = self.live.cancel.cancelled(), if !cancel_seen => {
                         cancel_seen = true;
-                        let (next, action) = match transition(&self.phase, Event::CancelRequested) {
-                            Ok(t) => t,
-                            Err(e) => {
-                                tracing::error!(job = %self.id, error = %e, "an illegal job transition");
-                                continue;
-                            }
-                        };
-                        self.phase = next;
-                        if action == Action::Kill {
+                        // The run is borrowed here, so the kill is done here.
+                        if let Some((Action::Kill, _)) = self.advance(Event::CancelRequested) {
                             cancelled.store(true, Ordering::SeqCst);
                             let _ = signals.send(warmpool_runtime::Signal::Kill);
                         }

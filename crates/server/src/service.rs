@@ -6,6 +6,7 @@
 use crate::admission::{Admission, Ticket};
 use crate::follow::Follower;
 use crate::live::LiveJob;
+use crate::lock;
 use crate::run::JobRun;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,10 +83,6 @@ pub struct Service {
     wiped: AtomicBool,
     tasks: TaskTracker,
     stopping: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Service {
