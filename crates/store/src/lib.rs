@@ -172,6 +172,70 @@ pub struct Delivery {
     pub meta: String,
 }
 
+/// Something that changed in the store that a node acts on, from this process
+/// or (PostgreSQL: `LISTEN/NOTIFY`) from another node. Events are hints, sent
+/// after their commit: a receiver re-reads the store, and after a `Resync`
+/// (events may have been missed: a reconnect, a lagging receiver) re-checks
+/// everything it waits on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A job of this profile was queued (or queued again): a node claims it.
+    Queued { profile: String },
+    /// A cancel was recorded for a job running on `node`.
+    CancelRequested { id: String, node: String },
+    /// A job's end is stored.
+    Ended { id: String },
+    /// Events may have been missed: re-check what you wait on.
+    Resync,
+}
+
+/// What a node says of itself at [`JobStore::join`] and every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeBeat {
+    /// `[server] instance`.
+    pub node: String,
+    /// Where its API is reached (`[cluster] address`, else `[server] listen`).
+    pub address: String,
+    /// Its pools now, as JSON (the service's own format; the store keeps it whole).
+    pub pools: String,
+}
+
+/// A node as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node: String,
+    pub address: String,
+    pub pools: String,
+    /// Bumped by every `join`: a job started by a node carries its generation.
+    pub generation: i64,
+    /// Milliseconds since the Unix epoch (the store's clock).
+    pub joined_ms: i64,
+    pub last_seen_ms: i64,
+    /// Its heartbeat lapsed and another node took its jobs over; it must join again.
+    pub lost: bool,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// This node's lease is renewed.
+    Alive,
+    /// Another node declared this one lost (or a newer `join` of the same name
+    /// happened): its running jobs are no longer its own. Kill their containers
+    /// (every write for them is refused) and `join` again.
+    Fenced,
+}
+
+/// The jobs of one lost node, as [`JobStore::take_over`] left them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakenOver {
+    pub node: String,
+    /// Running jobs now `interrupted`, their error naming the lost node.
+    pub interrupted: Vec<String>,
+    /// Running jobs of a `retry_interrupted` profile, queued again.
+    pub requeued: Vec<String>,
+}
+
 /// What can go wrong in a store. Each message says what failed and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -198,6 +262,13 @@ pub enum StoreError {
     NotFinal(JobState),
     #[error("the job store has stopped (warmpool is shutting down)")]
     Closed,
+    /// A write for a job this node no longer owns: its lease was taken (the node
+    /// was declared lost) or the node joined again since it started the job.
+    #[error(
+        "job {id} is no longer this node's (its lease was taken over by another node); \
+         nothing was written"
+    )]
+    Fenced { id: String },
 }
 
 /// The job store. Every call is async and cheap to issue from any task: no
@@ -301,6 +372,68 @@ pub trait JobStore: Send + Sync + 'static {
     /// Makes wiped input (env values, stdin) unrecoverable from the store's
     /// files too (SQLite: a WAL checkpoint). Called off every job's path.
     async fn scrub(&self) -> Result<(), StoreError>;
+
+    // ---- The shared queue and the nodes (several nodes on one store). ----
+
+    /// Events from this store (every node's, where the backend shares them).
+    fn events(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
+
+    /// The oldest queued job of `profile` becomes running on `node`, in one
+    /// commit, and is returned with its input; `None` if none is queued. Two
+    /// nodes claiming at once never get the same job. The input is wiped in the
+    /// same commit unless `keep_input` (a `retry_interrupted` profile: it may be
+    /// queued again by [`JobStore::take_over`]; wiped at its end).
+    async fn claim_next(
+        &self,
+        profile: &str,
+        node: &str,
+        warm: bool,
+        keep_input: bool,
+    ) -> Result<Option<QueuedJob>, StoreError>;
+
+    /// How many jobs of `profile` are queued (on every node).
+    async fn queued_count(&self, profile: &str) -> Result<usize, StoreError>;
+
+    /// Queued jobs of `profile` created more than `max_wait` ago (the store's
+    /// clock) end `failed` with `error` (input wiped); returns their ids.
+    async fn expire_queued(
+        &self,
+        profile: &str,
+        max_wait: Duration,
+        error: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// This node starts (or starts again after `Beat::Fenced`): its row is
+    /// written (not lost, seen now) with a new generation. From now on the jobs
+    /// this store makes running on `beat.node` carry that generation, and
+    /// `append_output`/`finish` of a running job carrying another generation of
+    /// this node return `StoreError::Fenced` and write nothing. Before any
+    /// `join`, nothing is fenced.
+    async fn join(&self, beat: &NodeBeat) -> Result<(), StoreError>;
+
+    /// Renews this node's lease (last seen now, its pools); `Fenced` if it was
+    /// declared lost or joined again elsewhere since.
+    async fn heartbeat(&self, beat: &NodeBeat) -> Result<Beat, StoreError>;
+
+    /// Every node, by name.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Nodes other than `by` not seen for `timeout` (the store's clock) and not
+    /// lost yet become lost, once (two nodes taking over at once do it once);
+    /// their running jobs end `interrupted` with an error naming the lost node,
+    /// or, for a profile in `requeue` whose input was kept, are queued again
+    /// (node, start and output cleared: the next run starts from nothing).
+    /// Returns what was done, per lost node.
+    async fn take_over(
+        &self,
+        by: &str,
+        timeout: Duration,
+        requeue: &[String],
+    ) -> Result<Vec<TakenOver>, StoreError>;
+
+    /// Jobs running on `node` with a cancel recorded (a node that missed the
+    /// event finds them here).
+    async fn cancels_requested(&self, node: &str) -> Result<Vec<String>, StoreError>;
 }
 
 #[cfg(test)]

@@ -868,4 +868,50 @@ impl JobStore for SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
+
+    // PLACEHOLDERS on the cluster-base branch only: replaced by the real
+    // implementation before anything merges to main.
+    fn events(&self) -> tokio::sync::broadcast::Receiver<crate::StoreEvent> {
+        todo!("cluster-base placeholder")
+    }
+    async fn claim_next(
+        &self,
+        _p: &str,
+        _n: &str,
+        _w: bool,
+        _k: bool,
+    ) -> Result<Option<QueuedJob>, StoreError> {
+        todo!("cluster-base placeholder")
+    }
+    async fn queued_count(&self, _p: &str) -> Result<usize, StoreError> {
+        todo!("cluster-base placeholder")
+    }
+    async fn expire_queued(
+        &self,
+        _p: &str,
+        _m: Duration,
+        _e: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        todo!("cluster-base placeholder")
+    }
+    async fn join(&self, _b: &crate::NodeBeat) -> Result<(), StoreError> {
+        todo!("cluster-base placeholder")
+    }
+    async fn heartbeat(&self, _b: &crate::NodeBeat) -> Result<crate::Beat, StoreError> {
+        todo!("cluster-base placeholder")
+    }
+    async fn nodes(&self) -> Result<Vec<crate::NodeRecord>, StoreError> {
+        todo!("cluster-base placeholder")
+    }
+    async fn take_over(
+        &self,
+        _b: &str,
+        _t: Duration,
+        _r: &[String],
+    ) -> Result<Vec<crate::TakenOver>, StoreError> {
+        todo!("cluster-base placeholder")
+    }
+    async fn cancels_requested(&self, _n: &str) -> Result<Vec<String>, StoreError> {
+        todo!("cluster-base placeholder")
+    }
 }
