@@ -68,6 +68,104 @@ pub struct Config {
     pub profiles: BTreeMap<String, Profile>,
     /// The GitHub @mention bot, when configured.
     pub github: Option<GithubConfig>,
+    /// Where jobs are stored: SQLite under `data_dir`, or a shared PostgreSQL.
+    pub store: StoreConfig,
+    /// How the nodes sharing one store watch each other.
+    pub cluster: ClusterConfig,
+}
+
+/// `[store]`: the job store. Unset `url`: the embedded SQLite file under
+/// `[server] data_dir` (one node). A `postgres://` URL: a database shared by
+/// every node of a cluster. `WARMPOOL_STORE_URL` (or the file named by
+/// `WARMPOOL_STORE_URL_FILE`) overrides it at start (see the CLI).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub url: Option<String>,
+}
+
+/// Default time without a heartbeat after which a node is declared lost.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `[cluster]`: liveness of the nodes sharing a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// A node not seen for this long is lost: another node ends or re-queues its
+    /// running jobs, and its late writes are refused.
+    pub node_timeout: Duration,
+    /// How often a node renews its lease (default: a sixth of `node_timeout`).
+    pub heartbeat: Duration,
+    /// Where other nodes and `GET /v1/nodes` say this node's API is (default:
+    /// `http://<[server] listen>`).
+    pub address: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+            heartbeat: DEFAULT_NODE_TIMEOUT / 6,
+            address: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+
+impl RawStore {
+    fn validate(self) -> Result<StoreConfig, String> {
+        if let Some(url) = &self.url {
+            check_store_url(url)?;
+        }
+        Ok(StoreConfig { url: self.url })
+    }
+}
+
+/// A store URL is `postgres://` or `postgresql://` (SQLite needs none).
+pub fn check_store_url(url: &str) -> Result<(), String> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    if url.contains("://") && matches!(scheme, "postgres" | "postgresql") {
+        return Ok(());
+    }
+    Err(format!(
+        "key `url`: \"{scheme}\" is not a store this build knows; give a postgres://user@host/db URL \
+         (or leave `url` unset for SQLite under [server] data_dir)"
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    node_timeout: Option<toml::Value>,
+    heartbeat: Option<toml::Value>,
+    address: Option<toml::Value>,
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<ClusterConfig, String> {
+        let node_timeout = typed::<ConfigDuration>("node_timeout", self.node_timeout)?
+            .map_or(DEFAULT_NODE_TIMEOUT, |d| d.0);
+        if node_timeout < Duration::from_secs(1) {
+            return Err("key `node_timeout`: must be at least 1s".into());
+        }
+        let heartbeat =
+            typed::<ConfigDuration>("heartbeat", self.heartbeat)?.map_or(node_timeout / 6, |d| d.0);
+        if heartbeat.is_zero() || heartbeat * 2 > node_timeout {
+            return Err(format!(
+                "key `heartbeat`: {heartbeat:?} must be above 0 and at most half of node_timeout ({node_timeout:?}), \
+                 or one late beat declares the node lost"
+            ));
+        }
+        let address = typed::<String>("address", self.address)?;
+        Ok(ClusterConfig {
+            node_timeout,
+            heartbeat,
+            address,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -256,6 +354,10 @@ pub struct Profile {
     /// Parked containers above `min_idle` are removed once the demand that asked for
     /// them is this old.
     pub idle_ttl: Duration,
+    /// A job running on a node that is lost is queued again rather than ended
+    /// `interrupted` (for idempotent jobs only: it may have done part of its work;
+    /// its input is kept in the store while it runs). Default false.
+    pub retry_interrupted: bool,
 }
 
 impl Profile {
@@ -289,6 +391,7 @@ impl Profile {
             max_wait: DEFAULT_MAX_WAIT,
             max_age: DEFAULT_MAX_AGE,
             idle_ttl: DEFAULT_IDLE_TTL,
+            retry_interrupted: false,
         }
     }
 }
@@ -504,6 +607,8 @@ struct RawProfile {
     max_wait: Option<toml::Value>,
     max_age: Option<toml::Value>,
     idle_ttl: Option<toml::Value>,
+    #[serde(default)]
+    retry_interrupted: bool,
 }
 
 /// Is `name` a valid environment variable name (POSIX: letters, digits, `_`, not
@@ -663,6 +768,7 @@ impl RawProfile {
             max_wait,
             max_age,
             idle_ttl,
+            retry_interrupted: self.retry_interrupted,
         })
     }
 }
@@ -809,8 +915,24 @@ impl Config {
                         config.profiles.insert(name, profile);
                     }
                 }
+                "store" => {
+                    let raw: RawStore = value.try_into().map_err(|e: toml::de::Error| {
+                        ConfigError::Top(format!("[store]: {}", e.message()))
+                    })?;
+                    config.store = raw
+                        .validate()
+                        .map_err(|m| ConfigError::Top(format!("[store] {m}")))?;
+                }
+                "cluster" => {
+                    let raw: RawCluster = value.try_into().map_err(|e: toml::de::Error| {
+                        ConfigError::Top(format!("[cluster]: {}", e.message()))
+                    })?;
+                    config.cluster = raw
+                        .validate()
+                        .map_err(|m| ConfigError::Top(format!("[cluster] {m}")))?;
+                }
                 other => {
-                    let expected = "`engine`, `server`, `profiles` or `github`";
+                    let expected = "`engine`, `server`, `store`, `cluster`, `profiles` or `github`";
                     return Err(ConfigError::Top(format!(
                         "unknown top-level key `{other}` (expected {expected})"
                     )));
@@ -1197,7 +1319,7 @@ mod tests {
         assert!(e.contains("`server` must be a table"), "{e}");
         let e = err(&format!("[sever]\n{ONE_PROFILE}"));
         assert!(
-            e.contains("`sever`") && e.contains("`engine`, `server`, `profiles` or `github`"),
+            e.contains("`sever`") && e.contains("`engine`, `server`, `store`, `cluster`, `profiles` or `github`"),
             "{e}"
         );
     }
@@ -1253,5 +1375,41 @@ mod tests {
         assert_eq!(p.runtime.as_deref(), Some("runsc"));
         assert_eq!(p.output_limit, 1 << 20);
         assert_eq!(p.kill_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn store_and_cluster_sections() {
+        let c = Config::parse(ONE_PROFILE).unwrap();
+        assert_eq!(c.store.url, None);
+        assert_eq!(c.cluster, ClusterConfig::default());
+        assert_eq!(c.cluster.heartbeat, Duration::from_secs(5));
+        let c = Config::parse(&format!(
+            "[store]\nurl = \"postgres://wp@db/wp\"\n[cluster]\nnode_timeout = \"10s\"\naddress = \"http://n1:7070\"\n{ONE_PROFILE}"
+        ))
+        .unwrap();
+        assert_eq!(c.store.url.as_deref(), Some("postgres://wp@db/wp"));
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(10));
+        assert_eq!(c.cluster.heartbeat, Duration::from_secs(10) / 6);
+        assert_eq!(c.cluster.address.as_deref(), Some("http://n1:7070"));
+        for (text, want) in [
+            ("[store]\nurl = \"mysql://x/y\"", "[store] key `url`"),
+            ("[store]\nuri = \"postgres://x\"", "[store]"),
+            ("[cluster]\nnode_timeout = \"0s\"", "key `node_timeout`"),
+            ("[cluster]\nnode_timeout = \"10s\"\nheartbeat = \"6s\"", "key `heartbeat`"),
+            ("[cluster]\naddress = 5", "key `address`"),
+        ] {
+            let e = Config::parse(&format!("{text}\n{ONE_PROFILE}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn retry_interrupted_is_off_unless_asked() {
+        let c = Config::parse(ONE_PROFILE).unwrap();
+        assert!(c.profiles.values().all(|p| !p.retry_interrupted));
+        let c = Config::parse(&format!("{ONE_PROFILE}\nretry_interrupted = true")).unwrap();
+        assert!(c.profiles.values().all(|p| p.retry_interrupted));
     }
 }
