@@ -18,6 +18,10 @@ pub const INTERRUPTED_ERROR: &str =
 
 /// The error of a job cancelled before it started.
 pub const CANCELLED_QUEUED_ERROR: &str = "cancelled before it started";
+/// Why a job taken from the queue ended when its node stopped before it got
+/// a container.
+pub const STOPPED_BEFORE_START_ERROR: &str =
+    "warmpool stopped before the job got a container; submit it again";
 
 /// The error of a job cancelled while it ran.
 pub const CANCELLED_RUNNING_ERROR: &str = "cancelled while it ran; its container was killed";
@@ -285,14 +289,14 @@ pub fn final_state(end: &RunEnd, cancelling: bool, stopping: bool) -> Finish {
     }
 }
 
-/// Where a job is in the hands of the node running it: finer than its stored
-/// state (both `Queued` and `Claimed` are stored as `queued`).
+/// Where a job is in the hands of the node running it. A node holds a job only
+/// once it took it from the shared queue (stored as running on that node, one
+/// commit); a queued job belongs to no node, and its cancel is the store's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
-    /// Stored; waiting for a container.
-    Queued,
-    /// Holds a container that has not been handed the job yet.
-    Claimed,
+    /// Taken from the queue (stored running on this node); its container is
+    /// being claimed (a parked one, or one started now).
+    Taken,
     /// Handed over: the gate runs it.
     Running,
     /// Running, a cancel was asked for and its container is being killed.
@@ -305,8 +309,7 @@ impl Phase {
     /// The state the store shows for this phase.
     pub fn stored(&self) -> JobState {
         match self {
-            Phase::Queued | Phase::Claimed => JobState::Queued,
-            Phase::Running | Phase::Cancelling => JobState::Running,
+            Phase::Taken | Phase::Running | Phase::Cancelling => JobState::Running,
             Phase::Ended(s) => *s,
         }
     }
@@ -315,17 +318,14 @@ impl Phase {
 /// What can happen to a job on the node running it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A container was claimed for it.
+    /// A container was claimed for it: the spec goes to the gate.
     Claimed,
-    /// It is stored as running; the spec goes to the gate.
-    Started,
-    /// A cancel was asked for (and, for a job stored as queued, stored).
+    /// A cancel was asked for.
     CancelRequested,
     /// It could not be started: no pool, a missing secret, a refused hook, a
     /// failed claim or park.
     NotStarted(String),
-    /// warmpool is stopping before the job started: it stays queued and runs
-    /// after the restart.
+    /// warmpool is stopping before the job got its container.
     Stopping,
     /// The run on its container ended.
     Ended { run: RunEnd, stopping: bool },
@@ -335,14 +335,10 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Nothing,
-    /// Give the claimed container back to be removed (never left `Created`).
-    Release,
     /// Kill the job's container; its run then ends without an exit.
     Kill,
-    /// Store this end (a no-op if the job ended already, e.g. a stored cancel).
+    /// Store this end (a no-op if the job ended already).
     Store(Finish),
-    /// Give the container back and store this end.
-    ReleaseAndStore(Finish),
 }
 
 /// An event that cannot happen in a phase (a bug in the driver, or a late event
@@ -358,7 +354,6 @@ impl Event {
     fn name(&self) -> &'static str {
         match self {
             Event::Claimed => "claimed",
-            Event::Started => "started",
             Event::CancelRequested => "cancel requested",
             Event::NotStarted(_) => "not started",
             Event::Stopping => "stopping",
@@ -376,25 +371,23 @@ pub fn transition(phase: &Phase, event: Event) -> Result<(Phase, Action), Illega
         event: event.name(),
     };
     Ok(match (phase, event) {
-        (P::Queued, Event::Claimed) => (P::Claimed, Action::Nothing),
-        (P::Queued, Event::CancelRequested) => {
+        (P::Taken, Event::Claimed) => (P::Running, Action::Nothing),
+        // A claim dropped half way leaves nothing behind: a cold park in flight
+        // finishes and its container goes to the pool (the pool's rule).
+        (P::Taken, Event::CancelRequested) => {
             (P::Ended(JobState::Cancelled), Action::Store(cancelled()))
         }
-        (P::Claimed, Event::CancelRequested) => (
-            P::Ended(JobState::Cancelled),
-            Action::ReleaseAndStore(cancelled()),
-        ),
-        (P::Queued, Event::NotStarted(why)) => (
+        (P::Taken, Event::NotStarted(why)) => (
             P::Ended(JobState::Failed),
             Action::Store(Finish::without_exit(JobState::Failed, why)),
         ),
-        (P::Claimed, Event::NotStarted(why)) => (
-            P::Ended(JobState::Failed),
-            Action::ReleaseAndStore(Finish::without_exit(JobState::Failed, why)),
+        (P::Taken, Event::Stopping) => (
+            P::Ended(JobState::Interrupted),
+            Action::Store(Finish::without_exit(
+                JobState::Interrupted,
+                STOPPED_BEFORE_START_ERROR,
+            )),
         ),
-        (P::Queued, Event::Stopping) => (P::Queued, Action::Nothing),
-        (P::Claimed, Event::Stopping) => (P::Queued, Action::Release),
-        (P::Claimed, Event::Started) => (P::Running, Action::Nothing),
         (P::Running, Event::CancelRequested) => (P::Cancelling, Action::Kill),
         // Asked twice: the kill is under way.
         (P::Cancelling, Event::CancelRequested) => (P::Cancelling, Action::Nothing),
@@ -430,13 +423,9 @@ mod tests {
     }
 
     #[test]
-    fn queued_to_claimed_to_running_to_succeeded() {
+    fn taken_to_running_to_succeeded() {
         assert_eq!(
-            go(Phase::Queued, Event::Claimed),
-            (Phase::Claimed, Action::Nothing)
-        );
-        assert_eq!(
-            go(Phase::Claimed, Event::Started),
+            go(Phase::Taken, Event::Claimed),
             (Phase::Running, Action::Nothing)
         );
         let (p, a) = go(Phase::Running, ended(exit(0)));
@@ -452,8 +441,8 @@ mod tests {
     }
 
     #[test]
-    fn cancel_of_a_queued_job_ends_it_at_once() {
-        let (p, a) = go(Phase::Queued, Event::CancelRequested);
+    fn cancel_of_a_job_without_its_container_ends_it_at_once() {
+        let (p, a) = go(Phase::Taken, Event::CancelRequested);
         assert_eq!(p, Phase::Ended(JobState::Cancelled));
         assert_eq!(
             a,
@@ -462,19 +451,6 @@ mod tests {
                 CANCELLED_QUEUED_ERROR
             ))
         );
-    }
-
-    #[test]
-    fn cancel_of_a_claimed_job_releases_its_container() {
-        let (p, a) = go(Phase::Claimed, Event::CancelRequested);
-        assert_eq!(p, Phase::Ended(JobState::Cancelled));
-        assert!(matches!(
-            a,
-            Action::ReleaseAndStore(Finish {
-                state: JobState::Cancelled,
-                ..
-            })
-        ));
     }
 
     #[test]
@@ -522,26 +498,25 @@ mod tests {
     }
 
     #[test]
-    fn not_started_fails_and_gives_a_claimed_container_back() {
-        let (p, a) = go(Phase::Queued, Event::NotStarted("no secret".into()));
+    fn not_started_fails() {
+        let (p, a) = go(Phase::Taken, Event::NotStarted("no secret".into()));
         assert_eq!(p, Phase::Ended(JobState::Failed));
         assert_eq!(
             a,
             Action::Store(Finish::without_exit(JobState::Failed, "no secret"))
         );
-        let (_, a) = go(Phase::Claimed, Event::NotStarted("x".into()));
-        assert!(matches!(a, Action::ReleaseAndStore(_)));
     }
 
     #[test]
-    fn stopping_before_the_start_keeps_it_queued() {
+    fn stopping_before_the_container_interrupts_it() {
+        let (p, a) = go(Phase::Taken, Event::Stopping);
+        assert_eq!(p, Phase::Ended(JobState::Interrupted));
         assert_eq!(
-            go(Phase::Queued, Event::Stopping),
-            (Phase::Queued, Action::Nothing)
-        );
-        assert_eq!(
-            go(Phase::Claimed, Event::Stopping),
-            (Phase::Queued, Action::Release)
+            a,
+            Action::Store(Finish::without_exit(
+                JobState::Interrupted,
+                STOPPED_BEFORE_START_ERROR
+            ))
         );
     }
 
@@ -550,7 +525,6 @@ mod tests {
         let over = Phase::Ended(JobState::Succeeded);
         for e in [
             Event::Claimed,
-            Event::Started,
             Event::CancelRequested,
             Event::Stopping,
             ended(exit(0)),
@@ -558,26 +532,23 @@ mod tests {
             assert!(transition(&over, e).is_err());
         }
         assert!(
-            transition(&Phase::Queued, Event::Started).is_err(),
-            "start needs a container"
+            transition(&Phase::Taken, ended(exit(0))).is_err(),
+            "a run needs a container"
         );
-        assert!(transition(&Phase::Queued, ended(exit(0))).is_err());
-        assert!(transition(&Phase::Claimed, Event::Claimed).is_err());
         assert!(transition(&Phase::Running, Event::Claimed).is_err());
-        assert!(transition(&Phase::Running, Event::Started).is_err());
         assert!(
             transition(&Phase::Running, Event::Stopping).is_err(),
             "a running job runs on through the grace"
         );
         assert!(transition(&Phase::Running, Event::NotStarted("x".into())).is_err());
-        assert!(transition(&Phase::Cancelling, Event::Started).is_err());
+        assert!(transition(&Phase::Cancelling, Event::Claimed).is_err());
         let err = transition(&over, Event::Claimed).unwrap_err();
         assert!(err.to_string().contains("claimed"), "{err}");
     }
 
     #[test]
     fn stored_phases() {
-        assert_eq!(Phase::Claimed.stored(), JobState::Queued);
+        assert_eq!(Phase::Taken.stored(), JobState::Running);
         assert_eq!(Phase::Cancelling.stored(), JobState::Running);
         assert_eq!(
             Phase::Ended(JobState::TimedOut).stored(),

@@ -393,6 +393,33 @@ impl Pool {
         }
     }
 
+    /// How many more jobs this pool can take now without queueing behind a
+    /// full pool: its parked containers, the parks in flight, and the room
+    /// `max_containers` leaves to start more (0 when claims already wait or the
+    /// pool is closed). A peek: nothing is reserved.
+    pub fn capacity(&self) -> usize {
+        let mut st = lock(&self.inner.state);
+        if st.closed {
+            return 0;
+        }
+        let idle = st.idle.len();
+        let counts = st.counts();
+        if counts.waiters > 0 {
+            return 0;
+        }
+        let room = self
+            .inner
+            .limits
+            .max_containers
+            .saturating_sub(counts.total(idle));
+        idle + counts.parking + room
+    }
+
+    /// Parked containers now.
+    pub fn idle(&self) -> usize {
+        lock(&self.inner.state).idle.len()
+    }
+
     /// Ids of the parked containers, oldest first.
     pub fn idle_ids(&self) -> Vec<String> {
         lock(&self.inner.state)

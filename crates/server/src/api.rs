@@ -141,6 +141,9 @@ pub fn parse_state(s: Option<&str>) -> Result<Option<JobState>, BadRequest> {
 /// One pool, as `GET /v1/pools` shows it.
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 pub struct PoolView {
+    /// The node (`[server] instance`) whose pool this is.
+    #[serde(default)]
+    pub node: String,
     pub profile: String,
     pub image: String,
     pub idle: usize,
@@ -150,6 +153,42 @@ pub struct PoolView {
     pub target_idle: usize,
     pub hits: u64,
     pub misses: u64,
+}
+
+/// One node, as `GET /v1/nodes` shows it.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct NodeView {
+    /// `[server] instance`.
+    pub instance: String,
+    /// Where its API is.
+    pub address: String,
+    /// When its last heartbeat was stored (RFC 3339).
+    pub last_seen: String,
+    pub joined: String,
+    /// Seen within `[cluster] node_timeout` and not declared lost.
+    pub alive: bool,
+    /// Declared lost: its jobs were taken over; it must join again.
+    pub lost: bool,
+    /// Bumped at every join (a restart, or a return after being lost).
+    pub generation: i64,
+    /// Its pools as of its last heartbeat.
+    pub pools: Vec<PoolView>,
+}
+
+impl NodeView {
+    pub fn new(n: warmpool_store::NodeRecord, now_ms: i64, timeout: std::time::Duration) -> NodeView {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        NodeView {
+            alive: !n.lost && now_ms.saturating_sub(n.last_seen_ms) <= timeout_ms,
+            pools: serde_json::from_str(&n.pools).unwrap_or_default(),
+            instance: n.node,
+            address: n.address,
+            last_seen: rfc3339(n.last_seen_ms),
+            joined: rfc3339(n.joined_ms),
+            lost: n.lost,
+            generation: n.generation,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The HTTP layer: routes, auth, and the translation of requests into calls on
 //! the [`Service`] (parsed and validated in `api` first). It owns no job logic.
 
-use crate::api::{self, BadRequest, JobView, PoolView, SubmitRequest};
+use crate::api::{self, BadRequest, JobView, NodeView, PoolView, SubmitRequest};
 use crate::follow::Piece;
 use crate::service::{CancelReply, Service, ServiceError};
 use axum::body::{Body, Bytes};
@@ -66,6 +66,15 @@ impl From<ServiceError> for ApiError {
             ServiceError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
+            // The store is unreachable (a database restarting): try again soon.
+            ServiceError::Store(warmpool_store::StoreError::Backend { .. }) => {
+                tracing::warn!(error = %e, "request failed: the job store is unreachable");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: e.to_string(),
+                    retry_after: Some(1),
+                }
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
@@ -90,6 +99,7 @@ pub fn router(
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/pools", get(pools))
+        .route("/v1/nodes", get(nodes))
         .route(
             "/v1/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),
@@ -338,7 +348,7 @@ async fn cancel(
 ) -> Result<Response, ApiError> {
     match svc.cancel(&id).await? {
         CancelReply::Accepted => {
-            svc.wait(&id).await;
+            svc.wait(&id).await?;
             Ok((StatusCode::OK, Json(load(&svc, &id, false).await?)).into_response())
         }
         CancelReply::AlreadyEnded(_) => Err(ApiError::new(
@@ -349,26 +359,20 @@ async fn cancel(
     }
 }
 
-async fn pools(State(svc): State<Arc<Service>>) -> Json<Vec<PoolView>> {
-    Json(
-        svc.pools
-            .iter()
-            .map(|(_, p)| {
-                let s = p.stats();
-                PoolView {
-                    profile: s.profile,
-                    image: s.image,
-                    idle: s.idle,
-                    busy: s.busy,
-                    starting: s.starting,
-                    queued: s.queued,
-                    target_idle: s.target_idle,
-                    hits: s.hits,
-                    misses: s.misses,
-                }
-            })
+async fn pools(State(svc): State<Arc<Service>>) -> Result<Json<Vec<PoolView>>, ApiError> {
+    Ok(Json(svc.cluster_pools().await?))
+}
+
+async fn nodes(State(svc): State<Arc<Service>>) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let timeout = svc.config.cluster.node_timeout;
+    let now = warmpool_store::Clock::now_ms(&warmpool_store::SystemClock);
+    let nodes = svc.store().nodes().await.map_err(ServiceError::from)?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|n| NodeView::new(n, now, timeout))
             .collect(),
-    )
+    ))
 }
 
 async fn readyz(State(svc): State<Arc<Service>>) -> Response {

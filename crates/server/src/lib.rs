@@ -4,9 +4,12 @@
 //! - [`service`]: what callers ask of jobs (submit, cancel, wait, view, follow,
 //!   recover), over the pools and a `warmpool_store::JobStore`.
 //! - `run`: one job's run, as steps driven by the core's transition function.
-//! - `admission`, `live`, `sink`, [`follow`]: admission places, what a running
-//!   job holds in memory, where its output goes (redacted, then stored), and the
-//!   one way to read output as it grows.
+//! - `node`: this node in the cluster: the dispatcher (the shared queue read
+//!   into this node's containers, warm first) and the lease (heartbeats,
+//!   take-over of lost nodes, fencing).
+//! - `live`, `sink`, [`follow`]: what a running job holds in memory, where its
+//!   output goes (redacted, then stored), and the one way to read output as it
+//!   grows.
 //! - [`http`]: the routes (axum), auth, errors as `{"error": ...}`.
 //! - [`metrics`]: Prometheus text.
 //! - [`github`]: the @mention bot's webhook, on top of the same service.
@@ -15,13 +18,13 @@
 //! [`serve`] takes a bound listener and a shutdown future, so tests start the
 //! real server on `127.0.0.1:0`.
 
-mod admission;
 pub mod api;
 pub mod follow;
 pub mod github;
 pub mod http;
 mod live;
 pub mod metrics;
+mod node;
 pub mod openapi;
 mod run;
 pub mod service;

@@ -64,8 +64,9 @@ pub fn document() -> Value {
                 },
                 "Pool": {
                     "type": "object",
-                    "required": ["profile", "image", "idle", "busy", "starting", "queued", "target_idle", "hits", "misses"],
+                    "required": ["node", "profile", "image", "idle", "busy", "starting", "queued", "target_idle", "hits", "misses"],
                     "properties": {
+                        "node": {"type": "string", "description": "the node ([server] instance) whose pool it is"},
                         "profile": {"type": "string"},
                         "image": {"type": "string"},
                         "idle": {"type": "integer"},
@@ -75,6 +76,20 @@ pub fn document() -> Value {
                         "target_idle": {"type": "integer"},
                         "hits": {"type": "integer"},
                         "misses": {"type": "integer"}
+                    }
+                },
+                "Node": {
+                    "type": "object",
+                    "required": ["instance", "address", "last_seen", "joined", "alive", "lost", "generation", "pools"],
+                    "properties": {
+                        "instance": {"type": "string"},
+                        "address": {"type": "string"},
+                        "last_seen": {"type": "string", "format": "date-time"},
+                        "joined": {"type": "string", "format": "date-time"},
+                        "alive": {"type": "boolean", "description": "seen within [cluster] node_timeout and not declared lost"},
+                        "lost": {"type": "boolean", "description": "declared lost: its running jobs were taken over"},
+                        "generation": {"type": "integer", "description": "bumped at every join"},
+                        "pools": {"type": "array", "items": {"$ref": "#/components/schemas/Pool"}}
                     }
                 }
             }
@@ -151,8 +166,20 @@ pub fn document() -> Value {
             },
             "/v1/pools": {
                 "get": {
-                    "summary": "The pools.",
-                    "responses": {"200": {"description": "one entry per profile", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Pool"}}}}}}
+                    "summary": "Every node's pools: this node's now, the others' as of their last heartbeat.",
+                    "responses": {
+                        "200": {"description": "one entry per node and profile", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Pool"}}}}},
+                        "503": error_response("the job store is unreachable")
+                    }
+                }
+            },
+            "/v1/nodes": {
+                "get": {
+                    "summary": "The nodes sharing this job store, with their heartbeats and pools.",
+                    "responses": {
+                        "200": {"description": "one entry per node", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}}},
+                        "503": error_response("the job store is unreachable")
+                    }
                 }
             },
             "/v1/openapi.json": {

@@ -1,12 +1,11 @@
-//! The run of one stored job on this node, as small named steps driven by the
-//! core's transition function (`warmpool_core::lifecycle`): prepare (pool,
-//! secrets, front-end env), claim a container (racing a cancel and the
-//! shutdown), start (stored before the hand-over), execute (the pool's one run
-//! path, a cancel turned into a kill), conclude (output stored, end stored,
-//! followers and front ends told). Every decision about the job's state is the
+//! The run of one job this node took (stored as running on this node before
+//! anything else happens, so a crash never runs it twice), as small named steps
+//! driven by the core's transition function (`warmpool_core::lifecycle`):
+//! prepare (pool, secrets, front-end env), claim a container (racing a cancel
+//! and the shutdown), execute (the pool's one run path, a cancel turned into a
+//! kill), conclude (output stored, end stored, followers and front ends told). Every decision about the job's state is the
 //! core's; this file only carries out the actions it returns.
 
-use crate::admission::Ticket;
 use crate::live::LiveJob;
 use crate::service::{read_secret, Service};
 use crate::sink::JobSink;
@@ -15,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warmpool_core::lifecycle::{transition, Action, Event, Finish, Phase, RunEnd};
-use warmpool_core::{ExitStatus, Job, JobState};
+use warmpool_core::{ExitStatus, Job};
 use warmpool_exec::{Outcome, RunControl};
 use warmpool_pool::{Claimed, Pool, PoolError};
 use warmpool_store::{NewJob, QueuedJob};
@@ -26,8 +25,6 @@ pub(crate) struct JobRun {
     id: String,
     live: Arc<LiveJob>,
     phase: Phase,
-    /// The admission place, held until the job holds a container.
-    ticket: Option<Ticket>,
     claimed: Option<Claimed>,
     /// Some output could not be stored (the end says so).
     output_lost: bool,
@@ -43,13 +40,14 @@ pub(crate) struct Prepared {
 }
 
 impl JobRun {
-    pub(crate) fn new(svc: Arc<Service>, id: String, live: Arc<LiveJob>, ticket: Ticket) -> JobRun {
+    /// The run of a job taken from the shared queue (stored as running on this
+    /// node), still without a container.
+    pub(crate) fn taken(svc: Arc<Service>, id: String, live: Arc<LiveJob>) -> JobRun {
         JobRun {
             svc,
             id,
             live,
-            phase: Phase::Queued,
-            ticket: Some(ticket),
+            phase: Phase::Taken,
             claimed: None,
             output_lost: false,
             phases: Vec::new(),
@@ -68,7 +66,6 @@ impl JobRun {
             id,
             live,
             phase: Phase::Running,
-            ticket: None,
             claimed: Some(claimed),
             output_lost: false,
             phases: Vec::new(),
@@ -82,35 +79,34 @@ impl JobRun {
         self.event(Event::Ended { run: end, stopping }).await;
     }
 
-    /// Run the job to its stored end (or, at a shutdown before it started, leave
-    /// it queued for the next start).
-    pub(crate) async fn drive(mut self, q: QueuedJob) {
+    /// Run a taken job to its stored end. `got_container` is told once the
+    /// job holds a container or is over (the dispatcher counts jobs between).
+    pub(crate) async fn drive(mut self, q: QueuedJob, got_container: impl FnOnce() + Send) {
         let prepared = match self.prepare(q).await {
             Ok(p) => p,
-            Err(why) => return self.event(Event::NotStarted(why)).await,
+            Err(why) => {
+                got_container();
+                return self.event(Event::NotStarted(why)).await;
+            }
         };
-        match self.claim(&prepared.pool).await {
+        let claimed = self.claim(&prepared.pool).await;
+        got_container();
+        match claimed {
             Ok(claimed) => self.claimed = Some(claimed),
             Err(event) => return self.event(event).await,
         }
-        self.ticket = None;
         self.event(Event::Claimed).await;
-        if !self.start().await {
-            return;
-        }
         self.drive_started(prepared).await;
     }
 
-    /// Apply an event to the phase: what the core says to do, and whether the
-    /// job was stored as queued before it (its input, env and stdin, is then
-    /// still in the store). `None` for an illegal event: a driver bug must not
-    /// wedge the job, so it is logged and nothing is done.
-    fn advance(&mut self, event: Event) -> Option<(Action, bool)> {
+    /// Apply an event to the phase: what the core says to do. `None` for an
+    /// illegal event: a driver bug must not wedge the job, so it is logged and
+    /// nothing is done.
+    fn advance(&mut self, event: Event) -> Option<Action> {
         match transition(&self.phase, event) {
             Ok((next, action)) => {
-                let input_stored = self.phase.stored() == JobState::Queued;
                 self.phase = next;
-                Some((action, input_stored))
+                Some(action)
             }
             Err(illegal) => {
                 tracing::error!(job = %self.id, error = %illegal, "an illegal job transition");
@@ -121,25 +117,14 @@ impl JobRun {
 
     /// Apply an event and carry out what the core says to do.
     async fn event(&mut self, event: Event) {
-        let Some((action, input_stored)) = self.advance(event) else {
+        let Some(action) = self.advance(event) else {
             return;
         };
         match action {
             Action::Nothing => {}
-            Action::Release => self.release(),
             Action::Kill => {} // done by `execute`, which owns the run
-            Action::Store(f) => self.conclude(f, input_stored).await,
-            Action::ReleaseAndStore(f) => {
-                self.release();
-                self.conclude(f, input_stored).await;
-            }
+            Action::Store(f) => self.conclude(f).await,
         }
-    }
-
-    /// The claimed container goes back: it is removed (never left `Created`),
-    /// and its slot frees for the next claim.
-    fn release(&mut self) {
-        self.claimed = None;
     }
 
     async fn prepare(&mut self, q: QueuedJob) -> Result<Prepared, String> {
@@ -153,6 +138,7 @@ impl JobRun {
     /// A container, or the event that ends the wait for one.
     async fn claim(&mut self, pool: &Pool) -> Result<Claimed, Event> {
         let claim = pool.claim();
+        let stopping = self.svc.stopping();
         tokio::select! {
             // A cancel that came first (during `prepare`) is seen before the
             // claim is tried, so it never takes a parked container only for the
@@ -162,37 +148,12 @@ impl JobRun {
             // park in flight finishes on its own and its container goes to the
             // pool (the pool's rule), so nothing is left half-created.
             _ = self.live.cancel.cancelled() => Err(Event::CancelRequested),
+            _ = stopping.cancelled() => Err(Event::Stopping),
             got = claim => match got {
                 Ok(c) => Ok(c),
                 Err(PoolError::ShuttingDown { .. }) => Err(Event::Stopping),
                 Err(e) => Err(Event::NotStarted(e.to_string())),
             },
-        }
-    }
-
-    /// Stored as running (durably, before the hand-over: a crash never runs it
-    /// twice). `false` if the job ended instead (a cancel came first).
-    async fn start(&mut self) -> bool {
-        let hit = self.claimed.as_ref().is_some_and(|c| c.hit);
-        match self.svc.store().start(&self.id, self.svc.node(), hit).await {
-            Ok(true) => {
-                // Its env and stdin left the store: scrub old copies soon.
-                self.svc.input_wiped();
-                self.event(Event::Started).await;
-                true
-            }
-            Ok(false) => {
-                // Cancelled in the store meanwhile.
-                self.event(Event::CancelRequested).await;
-                false
-            }
-            Err(e) => {
-                self.event(Event::NotStarted(format!(
-                    "storing the job's start failed: {e}"
-                )))
-                .await;
-                false
-            }
         }
     }
 
@@ -222,7 +183,7 @@ impl JobRun {
                     _ = self.live.cancel.cancelled(), if !cancel_seen => {
                         cancel_seen = true;
                         // The run is borrowed here, so the kill is done here.
-                        if let Some((Action::Kill, _)) = self.advance(Event::CancelRequested) {
+                        if let Some(Action::Kill) = self.advance(Event::CancelRequested) {
                             cancelled.store(true, Ordering::SeqCst);
                             let _ = signals.send(warmpool_runtime::Signal::Kill);
                         }
@@ -256,9 +217,8 @@ impl JobRun {
         end
     }
 
-    /// Store the job's end, then tell followers and front ends. `input_stored`:
-    /// it ends before it started, so the end wipes its input from the store.
-    async fn conclude(&mut self, mut f: Finish, input_stored: bool) {
+    /// Store the job's end, then tell followers and front ends.
+    async fn conclude(&mut self, mut f: Finish) {
         if self.output_lost {
             let note = "some of the job's output could not be stored";
             f.error = Some(match f.error.take() {
@@ -270,9 +230,9 @@ impl JobRun {
         let storing = std::time::Instant::now();
         let record = match self.svc.store().finish(&self.id, &f).await {
             Ok(record) => {
-                // Its env and stdin left the store with it: scrub old copies
-                // soon, as for a job that starts.
-                if record.is_some() && input_stored {
+                // A kept input (retry_interrupted) left the store with it:
+                // scrub old copies soon.
+                if record.is_some() {
                     self.svc.input_wiped();
                 }
                 record

@@ -3,7 +3,6 @@
 //! job gets one run task (`run`) that owns its life; this file admits jobs,
 //! finds them, and hands requests to them. It never decides a job's state.
 
-use crate::admission::{Admission, Ticket};
 use crate::follow::Follower;
 use crate::live::LiveJob;
 use crate::lock;
@@ -11,14 +10,17 @@ use crate::run::JobRun;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warmpool_core::lifecycle::INTERRUPTED_ERROR;
-use warmpool_core::{Config, Finish, JobState};
+use warmpool_core::{Config, JobState};
 use warmpool_pool::Pools;
 use warmpool_store::{
-    CancelOutcome, JobRecord, JobStore, ListQuery, NewJob, QueuedJob, StoreError, StreamName,
+    CancelOutcome, JobRecord, JobStore, ListQuery, NewJob, QueuedJob, StoreError, StoreEvent,
+    StreamName,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,16 +75,23 @@ pub struct Service {
     pub pools: Arc<Pools>,
     /// This node's name (`[server] instance`): whose running jobs are whose.
     node: String,
-    /// The jobs this node runs, from acceptance to their stored end.
-    live: Mutex<HashMap<String, Arc<LiveJob>>>,
-    admission: Arc<Admission>,
+    /// The jobs this node runs, from taking them to their stored end.
+    pub(crate) live: Mutex<HashMap<String, Arc<LiveJob>>>,
     pub outcomes: Outcomes,
     pub histograms: crate::metrics::Histograms,
     hooks: Mutex<Option<Arc<dyn JobHooks>>>,
     /// A job's input was wiped from the store since the last scrub.
     wiped: AtomicBool,
-    tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
     stopping: CancellationToken,
+    /// This node holds its lease: it may take jobs (false before `join`, and
+    /// after it fenced itself).
+    pub(crate) leased: AtomicBool,
+    /// When a heartbeat (or the join) was last stored.
+    pub(crate) lease_ok: Mutex<Option<Instant>>,
+    pub(crate) dispatch: Mutex<crate::node::DispatchState>,
+    pub(crate) dispatch_wake: Notify,
+    pub(crate) cluster: Mutex<crate::node::ClusterView>,
 }
 
 impl Service {
@@ -95,13 +104,17 @@ impl Service {
             pools,
             node,
             live: Mutex::new(HashMap::new()),
-            admission: Arc::new(Admission::default()),
             outcomes: Outcomes::default(),
             histograms: Default::default(),
             hooks: Mutex::new(None),
             wiped: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            leased: AtomicBool::new(false),
+            lease_ok: Mutex::new(None),
+            dispatch: Mutex::default(),
+            dispatch_wake: Notify::new(),
+            cluster: Mutex::default(),
         })
     }
 
@@ -131,29 +144,15 @@ impl Service {
         self.wiped.store(true, Ordering::SeqCst);
     }
 
-    /// After a start: this node's running jobs become interrupted (their
-    /// containers were swept when the pools started), queued jobs run. Returns
-    /// (queued, interrupted).
-    pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), ServiceError> {
+    /// Start taking jobs: this node joins the store's nodes (a new
+    /// generation: writes of its previous run are refused), its running jobs of
+    /// before become interrupted (their containers were swept when the pools
+    /// started), and its loops start (the dispatcher takes queued jobs, of any
+    /// node, from now on). Returns (queued, interrupted).
+    pub async fn begin(self: &Arc<Self>) -> Result<(usize, usize), ServiceError> {
+        self.join().await?;
         let recovered = self.store.recover(&self.node, INTERRUPTED_ERROR).await?;
-        for id in &recovered.queued {
-            match self.store.queued(id).await {
-                Ok(Some(q)) => {
-                    let ticket = self.admission.force(&q.job.profile);
-                    self.spawn_run(q, ticket);
-                }
-                Ok(None) => {}
-                // One unreadable job must not keep the service from starting.
-                Err(e) => {
-                    tracing::error!(job = %id, error = %e, "a queued job cannot be read; failing it");
-                    let f = Finish::without_exit(
-                        JobState::Failed,
-                        format!("the stored job could not be read: {e}"),
-                    );
-                    let _ = self.store.finish(id, &f).await;
-                }
-            }
-        }
+        self.start_node();
         Ok((recovered.queued.len(), recovered.interrupted.len()))
     }
 
@@ -224,45 +223,51 @@ impl Service {
         if let Some(id) = self.start_now(&job).await? {
             return Ok(id);
         }
-        // Jobs not yet holding a container may fill what the pool can start now
-        // plus its queue (`max_queue`); beyond that the answer is 429.
-        let room = match (
-            self.config.profiles.get(&job.profile),
-            self.pools.get(&job.profile),
-        ) {
-            (Some(p), Some(pool)) => p.max_containers.saturating_sub(pool.busy()) + p.max_queue,
-            _ => 0,
-        };
-        let ticket =
-            self.admission
-                .admit(&job.profile, room)
-                .map_err(|queued| ServiceError::QueueFull {
-                    profile: job.profile.clone(),
-                    queued,
-                })?;
+        self.admit(&job.profile).await?;
         let svc = self.clone();
         // Detached from the caller: a client that goes away mid-request must not
         // leave a stored job that never runs.
         tokio::spawn(async move {
             let id = svc.store.insert(&job).await?;
-            svc.accepted(
-                QueuedJob {
-                    id: id.clone(),
-                    job,
-                },
-                ticket,
-            );
+            svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
+            svc.queue_changed(Some(&job.profile));
             Ok(id)
         })
         .await
         .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
+    /// Jobs waiting in the shared queue (every node's) may fill what this node's
+    /// pool can start now plus the profile's `max_queue`; beyond that, 429.
+    async fn admit(&self, profile: &str) -> Result<(), ServiceError> {
+        let room = match (self.config.profiles.get(profile), self.pools.get(profile)) {
+            (Some(p), Some(pool)) => p.max_containers.saturating_sub(pool.busy()) + p.max_queue,
+            _ => 0,
+        };
+        let queued = self.store.queued_count(profile).await?;
+        if queued >= room {
+            return Err(ServiceError::QueueFull {
+                profile: profile.to_string(),
+                queued,
+            });
+        }
+        Ok(())
+    }
+
     /// The fast path: a container is parked right now and no front end has to
     /// be asked first, so the job is stored as running (one durable commit,
     /// its env never stored) and handed over at once. `None`: take the queue.
     async fn start_now(self: &Arc<Self>, job: &NewJob) -> Result<Option<String>, ServiceError> {
-        if self.hooks().is_some() {
+        // A front end asks first; a retry_interrupted job keeps its input
+        // stored while it runs; a node without its lease takes nothing.
+        if self.hooks().is_some()
+            || !self.leased.load(Ordering::SeqCst)
+            || self
+                .config
+                .profiles
+                .get(&job.profile)
+                .is_some_and(|p| p.retry_interrupted)
+        {
             return Ok(None);
         }
         let Some(pool) = self.pools.get(&job.profile) else {
@@ -307,7 +312,6 @@ impl Service {
         if self.stopping.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
         }
-        let ticket = self.admission.force(&job.profile);
         let svc = self.clone();
         let (delivery, meta) = (delivery.to_string(), meta.to_string());
         tokio::spawn(async move {
@@ -319,29 +323,38 @@ impl Service {
                 return Ok(None);
             };
             on_stored(&id);
-            svc.accepted(
-                QueuedJob {
-                    id: id.clone(),
-                    job,
-                },
-                ticket,
-            );
+            svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
+            svc.queue_changed(Some(&job.profile));
             Ok(Some(id))
         })
         .await
         .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
-    fn accepted(self: &Arc<Self>, q: QueuedJob, ticket: Ticket) {
-        self.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
-        self.spawn_run(q, ticket);
-    }
-
-    fn spawn_run(self: &Arc<Self>, q: QueuedJob, ticket: Ticket) {
+    /// Run a job this node took from the queue (stored as running here).
+    pub(crate) fn take(self: &Arc<Self>, q: QueuedJob) {
         let live = Arc::new(LiveJob::new());
         lock(&self.live).insert(q.id.clone(), live.clone());
-        let run = JobRun::new(self.clone(), q.id.clone(), live, ticket);
-        self.tasks.spawn(run.drive(q));
+        let profile = q.job.profile.clone();
+        *lock(&self.dispatch)
+            .taking
+            .entry(profile.clone())
+            .or_default() += 1;
+        let run = JobRun::taken(self.clone(), q.id.clone(), live);
+        let svc = self.clone();
+        let got_container = move || {
+            if let Some(n) = lock(&svc.dispatch).taking.get_mut(&profile) {
+                *n = n.saturating_sub(1);
+            }
+        };
+        self.tasks.spawn(run.drive(q, got_container));
+    }
+
+    /// A cancel stored for a job this node runs: act on it.
+    pub(crate) fn cancel_local(&self, id: &str) {
+        if let Some(live) = lock(&self.live).get(id) {
+            live.cancel.cancel();
+        }
     }
 
     /// A job's end is stored: followers and waiters finish, front ends answer.
@@ -354,6 +367,8 @@ impl Service {
     ) {
         live.end(state, record);
         lock(&self.live).remove(id);
+        // Its slot is free: the queue may have work for it.
+        self.queue_changed(None);
         *lock(&self.outcomes.by_state)
             .entry(state.as_str())
             .or_default() += 1;
@@ -375,22 +390,52 @@ impl Service {
             CancelOutcome::AlreadyEnded(s) => return Ok(CancelReply::AlreadyEnded(s)),
             CancelOutcome::NotFound => return Ok(CancelReply::NotFound),
         };
-        if let Some(live) = lock(&self.live).get(id) {
-            live.cancel.cancel();
-        }
+        // Here at once; on another node through the store's event.
+        self.cancel_local(id);
         Ok(reply)
     }
 
-    /// Wait until a job's end is stored (at once for an ended or unknown job; a
-    /// shutdown ends every wait).
-    pub async fn wait(&self, id: &str) {
+    /// Wait until a job's end is stored, whichever node runs it (at once for an
+    /// ended or unknown job; a shutdown ends every wait).
+    pub async fn wait(&self, id: &str) -> Result<(), ServiceError> {
         let live = lock(&self.live).get(id).cloned();
-        let Some(live) = live else { return };
-        let mut rx = live.subscribe();
-        drop(live);
-        tokio::select! {
-            _ = rx.wait_for(|p| p.ended.is_some()) => {}
-            _ = self.stopping.cancelled() => {}
+        if let Some(live) = live {
+            let mut rx = live.subscribe();
+            drop(live);
+            tokio::select! {
+                _ = rx.wait_for(|p| p.ended.is_some()) => {}
+                _ = self.stopping.cancelled() => {}
+            }
+            return Ok(());
+        }
+        self.wait_stored(id).await
+    }
+
+    /// Wait for a job's end in the store: its `Ended` event, else a look every
+    /// second (events can be lost with a connection).
+    async fn wait_stored(&self, id: &str) -> Result<(), ServiceError> {
+        // Subscribed before the first look, so an end between the two is seen.
+        let mut events = self.store.events();
+        loop {
+            match self.store.get(id).await? {
+                Some(r) if !r.state.is_final() => {}
+                _ => return Ok(()),
+            }
+            let deadline = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = self.stopping.cancelled() => return Ok(()),
+                    _ = &mut deadline => break,
+                    ev = events.recv() => match ev {
+                        Ok(StoreEvent::Ended { id: ended }) if ended == id => break,
+                        Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => break,
+                        // No more events: the look every second goes on.
+                        Err(RecvError::Closed) => (&mut deadline).await,
+                        Ok(_) => {}
+                    },
+                }
+            }
         }
     }
 
@@ -412,6 +457,8 @@ impl Service {
             if let Some(view) = live.ended_view() {
                 return Ok(Some(view));
             }
+        } else {
+            self.wait_stored(id).await?;
         }
         self.view(id, true).await
     }
@@ -442,6 +489,44 @@ impl Service {
             }
         }
         Ok(Some((record, output)))
+    }
+
+    /// This node's pools now.
+    pub fn local_pools(&self) -> Vec<crate::api::PoolView> {
+        self.pools
+            .iter()
+            .map(|(_, p)| {
+                let s = p.stats();
+                crate::api::PoolView {
+                    node: self.node.clone(),
+                    profile: s.profile,
+                    image: s.image,
+                    idle: s.idle,
+                    busy: s.busy,
+                    starting: s.starting,
+                    queued: s.queued,
+                    target_idle: s.target_idle,
+                    hits: s.hits,
+                    misses: s.misses,
+                }
+            })
+            .collect()
+    }
+
+    /// Every node's pools: this node's now, the others' as of their last
+    /// heartbeat (live nodes only).
+    pub async fn cluster_pools(&self) -> Result<Vec<crate::api::PoolView>, ServiceError> {
+        let mut pools = self.local_pools();
+        for n in self.store.nodes().await? {
+            if n.node == self.node || n.lost {
+                continue;
+            }
+            match serde_json::from_str::<Vec<crate::api::PoolView>>(&n.pools) {
+                Ok(theirs) => pools.extend(theirs),
+                Err(e) => tracing::warn!(node = %n.node, error = %e, "a node's pools cannot be read"),
+            }
+        }
+        Ok(pools)
     }
 
     pub async fn list(&self, query: &ListQuery) -> Result<Vec<JobRecord>, ServiceError> {

@@ -116,6 +116,7 @@ pub async fn measure(
         .context("opening a job store for the bench")?;
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     let svc = Service::new(config.clone(), Arc::new(store), pools.clone());
+    svc.begin().await?;
     svc.start_checkpoints();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -11,6 +11,7 @@ pub mod run;
 pub mod serve;
 pub mod simulate;
 pub mod status;
+pub mod store;
 pub mod submit;
 
 use anyhow::Context;

@@ -10,7 +10,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use warmpool_pool::Pools;
 use warmpool_server::github::GithubBot;
 use warmpool_server::Service;
-use warmpool_store::{SqliteStore, SystemClock};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -53,16 +52,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let (_runtime, executor) = super::connect(&config)?;
-    let store =
-        SqliteStore::open(&config.server.data_dir, Arc::new(SystemClock)).with_context(|| {
-            format!(
-                "opening the job store in {}",
-                config.server.data_dir.display()
-            )
-        })?;
+    let store = super::store::open(&config).await?;
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
-    let svc = Service::new(config.clone(), Arc::new(store), pools.clone());
+    let svc = Service::new(config.clone(), store, pools.clone());
     // The GitHub bot, when configured: its hooks go in before jobs are recovered.
     let bot = match &config.github {
         Some(g) => match GithubBot::from_env(g.clone(), &svc) {
@@ -77,7 +70,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         },
         None => None,
     };
-    let recovered = svc.recover().await;
+    let recovered = svc.begin().await;
     let (queued, interrupted) = match recovered {
         Ok(r) => r,
         Err(e) => {

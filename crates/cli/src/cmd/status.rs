@@ -73,6 +73,7 @@ fn pools_table(pools: &[PoolView]) -> String {
         .iter()
         .map(|p| {
             vec![
+                p.node.clone(),
                 p.profile.clone(),
                 p.image.clone(),
                 p.idle.to_string(),
@@ -89,6 +90,7 @@ fn pools_table(pools: &[PoolView]) -> String {
     let n = Align::Right;
     table(
         &[
+            ("NODE", Align::Left),
             ("PROFILE", Align::Left),
             ("IMAGE", Align::Left),
             ("IDLE", n),
@@ -129,6 +131,7 @@ mod tests {
     #[test]
     fn a_pool_row_has_every_count() {
         let t = pools_table(&[PoolView {
+            node: "n1".into(),
             profile: "bb".into(),
             image: "warmpool-test/busybox:latest".into(),
             idle: 1,
@@ -140,10 +143,11 @@ mod tests {
             misses: 2,
         }]);
         let mut lines = t.lines();
-        assert!(lines.next().unwrap().starts_with("PROFILE"));
+        assert!(lines.next().unwrap().starts_with("NODE"));
         assert_eq!(
             lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
             [
+                "n1",
                 "bb",
                 "warmpool-test/busybox:latest",
                 "1",

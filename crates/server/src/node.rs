@@ -1,0 +1,364 @@
+//! This node's part in the cluster (one node alone is a cluster of one): the
+//! shared queue read into this node's containers (the dispatcher), and the
+//! node's lease (heartbeats, taking over lost nodes' jobs, fencing itself when
+//! its lease may have been taken). It decides which jobs this node takes; a
+//! taken job's life is `run`'s.
+//!
+//! Placement, warm first: a node takes a queued job at once when it has a
+//! parked container of its profile; a node that would have to start one (a
+//! cold start) leaves the job [`COLD_DELAY`] to a node that has one parked,
+//! when its last view of the cluster shows such a node.
+
+use crate::api::PoolView;
+use crate::lock;
+use crate::service::Service;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+use warmpool_store::{Beat, NodeBeat, NodeRecord, StoreEvent};
+
+/// How long a node without a parked container leaves a queued job to the nodes
+/// that have one.
+pub const COLD_DELAY: Duration = Duration::from_millis(250);
+/// The shared queue is looked at this often even without an event (events can
+/// be lost with a connection).
+const POLL: Duration = Duration::from_secs(1);
+
+/// What the dispatcher keeps between rounds.
+#[derive(Default)]
+pub(crate) struct DispatchState {
+    /// Jobs taken per profile that do not hold a container yet.
+    pub(crate) taking: HashMap<String, usize>,
+    /// Profiles whose queue may hold jobs (an event, a freed slot, a poll).
+    dirty: HashSet<String>,
+    /// Since when a profile waits for a warm node to take its jobs.
+    deferred: HashMap<String, Instant>,
+}
+
+/// What this node knows of the others (from the last heartbeat round).
+#[derive(Default, Clone)]
+pub(crate) struct ClusterView {
+    pub(crate) nodes: Vec<NodeRecord>,
+}
+
+impl ClusterView {
+    /// Does another live node have a parked container of `profile`?
+    fn warm_elsewhere(&self, me: &str, profile: &str) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| n.node != me && !n.lost)
+            .filter_map(|n| serde_json::from_str::<Vec<PoolView>>(&n.pools).ok())
+            .flatten()
+            .any(|p| p.profile == profile && p.idle > 0)
+    }
+}
+
+impl Service {
+    /// Start the node's loops: the dispatcher and the lease (from `begin`).
+    pub(crate) fn start_node(self: &Arc<Self>) {
+        let svc = self.clone();
+        self.tasks.spawn(async move { svc.dispatch_loop().await });
+        let svc = self.clone();
+        self.tasks.spawn(async move { svc.lease_loop().await });
+    }
+
+    /// What this node says of itself.
+    pub(crate) fn beat(&self) -> NodeBeat {
+        let pools: Vec<PoolView> = self.local_pools();
+        NodeBeat {
+            node: self.node().to_string(),
+            address: self.address(),
+            pools: serde_json::to_string(&pools).unwrap_or_else(|_| "[]".into()),
+        }
+    }
+
+    fn address(&self) -> String {
+        match &self.config.cluster.address {
+            Some(a) => a.clone(),
+            None => format!("http://{}", self.config.server.listen),
+        }
+    }
+
+    /// Join the store's nodes (a new generation; see `JobStore::join`).
+    pub(crate) async fn join(&self) -> Result<(), warmpool_store::StoreError> {
+        self.store().join(&self.beat()).await?;
+        *lock(&self.lease_ok) = Some(Instant::now());
+        self.leased.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Something may be queued for `profile` (`None`: for any): look now.
+    pub(crate) fn queue_changed(&self, profile: Option<&str>) {
+        {
+            let mut st = lock(&self.dispatch);
+            match profile {
+                Some(p) => {
+                    st.dirty.insert(p.to_string());
+                }
+                None => st.dirty.extend(self.pools.iter().map(|(n, _)| n.clone())),
+            }
+        }
+        self.dispatch_wake.notify_one();
+    }
+
+    async fn dispatch_loop(self: Arc<Self>) {
+        let mut events = self.store().events();
+        self.queue_changed(None);
+        let mut next_poll = Instant::now() + POLL;
+        let stopping = self.stopping();
+        loop {
+            let again = self.dispatch_round().await;
+            let wait = if again {
+                COLD_DELAY.min(next_poll.saturating_duration_since(Instant::now()))
+            } else {
+                next_poll.saturating_duration_since(Instant::now())
+            };
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = self.dispatch_wake.notified() => {}
+                ev = events.recv() => match ev {
+                    Ok(StoreEvent::Queued { profile }) => self.queue_changed(Some(&profile)),
+                    Ok(StoreEvent::CancelRequested { id, node }) => {
+                        if node == self.node() {
+                            self.cancel_local(&id);
+                        }
+                    }
+                    Ok(StoreEvent::Ended { .. }) => {}
+                    Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => self.queue_changed(None),
+                    Err(RecvError::Closed) => {
+                        // The store stopped: keep polling until the service stops.
+                        events = self.store().events();
+                        tokio::time::sleep(POLL).await;
+                    }
+                },
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + POLL;
+                self.queue_changed(None);
+                self.expire_queued().await;
+            }
+        }
+    }
+
+    /// One pass over the profiles whose queue may hold jobs: take as many as
+    /// this node can start now. `true`: some profile was left for a warm node
+    /// and must be looked at again after [`COLD_DELAY`].
+    async fn dispatch_round(self: &Arc<Self>) -> bool {
+        if !self.leased.load(Ordering::SeqCst) || self.stopping().is_cancelled() {
+            return false;
+        }
+        let dirty: Vec<String> = lock(&self.dispatch).dirty.drain().collect();
+        let mut again = false;
+        for profile in dirty {
+            match self.dispatch_profile(&profile).await {
+                Ok(Round::Done) => {}
+                Ok(Round::Deferred) => {
+                    again = true;
+                    lock(&self.dispatch).dirty.insert(profile);
+                }
+                Err(e) => {
+                    tracing::warn!(profile = %profile, error = %e, "taking jobs from the queue failed; retrying");
+                    lock(&self.dispatch).dirty.insert(profile);
+                }
+            }
+        }
+        again
+    }
+
+    async fn dispatch_profile(
+        self: &Arc<Self>,
+        profile: &str,
+    ) -> Result<Round, warmpool_store::StoreError> {
+        let Some(pool) = self.pools.get(profile).cloned() else {
+            return Ok(Round::Done);
+        };
+        let keep_input = self
+            .config
+            .profiles
+            .get(profile)
+            .is_some_and(|p| p.retry_interrupted);
+        let mut queued = self.store().queued_count(profile).await?;
+        while queued > 0 && self.leased.load(Ordering::SeqCst) && !self.stopping().is_cancelled()
+        {
+            let taking = lock(&self.dispatch)
+                .taking
+                .get(profile)
+                .copied()
+                .unwrap_or(0);
+            if pool.capacity() <= taking {
+                // Full: a freed slot or a parked container looks again.
+                return Ok(Round::Done);
+            }
+            let warm = pool.idle() > taking;
+            if !warm && lock(&self.cluster).warm_elsewhere(self.node(), profile) {
+                let since = *lock(&self.dispatch)
+                    .deferred
+                    .entry(profile.to_string())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() < COLD_DELAY {
+                    return Ok(Round::Deferred);
+                }
+            }
+            let Some(q) = self
+                .store()
+                .claim_next(profile, self.node(), warm, keep_input)
+                .await?
+            else {
+                break;
+            };
+            queued -= 1;
+            lock(&self.dispatch).deferred.remove(profile);
+            self.take(q);
+        }
+        lock(&self.dispatch).deferred.remove(profile);
+        Ok(Round::Done)
+    }
+
+    /// Queued jobs past their profile's `max_wait` fail (any node may do it).
+    async fn expire_queued(&self) {
+        for (name, profile) in &self.config.profiles {
+            let error = format!(
+                "no container was free for the profile \"{name}\" within max_wait ({:?})",
+                profile.max_wait
+            );
+            match self
+                .store()
+                .expire_queued(name, profile.max_wait, &error)
+                .await
+            {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(profile = %name, jobs = ids.len(), "queued jobs waited past max_wait and failed");
+                    self.input_wiped();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "expiring queued jobs failed"),
+            }
+        }
+    }
+
+    /// The lease: a heartbeat every `[cluster] heartbeat`; lost nodes' jobs
+    /// taken over; cancels recorded elsewhere acted on; and, when this node's
+    /// own lease may have been taken (no heartbeat stored for longer than the
+    /// timeout allows), its running jobs killed before another node takes them.
+    async fn lease_loop(self: Arc<Self>) {
+        let cluster = self.config.cluster.clone();
+        let requeue: Vec<String> = self
+            .config
+            .profiles
+            .iter()
+            .filter(|(_, p)| p.retry_interrupted)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let stopping = self.stopping();
+        loop {
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tokio::time::sleep(cluster.heartbeat) => {}
+            }
+            match self.store().heartbeat(&self.beat()).await {
+                Ok(Beat::Alive) => {
+                    *lock(&self.lease_ok) = Some(Instant::now());
+                    if !self.leased.load(Ordering::SeqCst) {
+                        self.regain().await;
+                    }
+                }
+                Ok(Beat::Fenced) => {
+                    tracing::error!(
+                        node = %self.node(),
+                        "this node was declared lost by another node: killing its jobs and joining again"
+                    );
+                    self.fence_jobs("its node was declared lost by another node");
+                    match self.join().await {
+                        Ok(()) => self.queue_changed(None),
+                        Err(e) => tracing::warn!(error = %e, "joining the cluster again failed"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing this node's heartbeat failed");
+                }
+            }
+            // Killed before the others may take them: a lease is good for
+            // node_timeout after the last stored beat; stop one beat early.
+            let last = *lock(&self.lease_ok);
+            let lapsed = last.is_none_or(|t| {
+                t.elapsed() + cluster.heartbeat >= cluster.node_timeout
+            });
+            if lapsed && self.leased.swap(false, Ordering::SeqCst) {
+                tracing::error!(
+                    node = %self.node(),
+                    "no heartbeat stored within node_timeout: this node's lease may be taken; killing its jobs"
+                );
+                self.fence_jobs("its node lost its lease (the job store was unreachable)");
+            }
+            match self
+                .store()
+                .take_over(self.node(), cluster.node_timeout, &requeue)
+                .await
+            {
+                Ok(taken) => {
+                    for t in taken {
+                        tracing::warn!(
+                            lost = %t.node,
+                            interrupted = t.interrupted.len(),
+                            requeued = t.requeued.len(),
+                            "took over the jobs of a lost node"
+                        );
+                        if !t.requeued.is_empty() {
+                            self.queue_changed(None);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for lost nodes failed"),
+            }
+            match self.store().cancels_requested(self.node()).await {
+                Ok(ids) => ids.iter().for_each(|id| self.cancel_local(id)),
+                Err(e) => tracing::warn!(error = %e, "reading cancels failed"),
+            }
+            match self.store().nodes().await {
+                Ok(nodes) => lock(&self.cluster).nodes = nodes,
+                Err(e) => tracing::warn!(error = %e, "reading the nodes failed"),
+            }
+        }
+    }
+}
+
+impl Service {
+    /// The lease is back after this node fenced itself (nobody took it over):
+    /// a new generation, and the jobs it killed meanwhile (their ends could not
+    /// be stored) end `interrupted`; then it takes jobs again.
+    async fn regain(self: &Arc<Self>) {
+        if let Err(e) = self.join().await {
+            tracing::warn!(error = %e, "joining the cluster again failed");
+            self.leased.store(false, Ordering::SeqCst);
+            return;
+        }
+        let error = "its node lost its lease (the job store was unreachable) and killed it";
+        match self.store().recover(self.node(), error).await {
+            Ok(r) if !r.interrupted.is_empty() => {
+                tracing::warn!(jobs = r.interrupted.len(), "jobs killed while the lease was lost are interrupted");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "storing the ends of killed jobs failed"),
+        }
+        tracing::info!(node = %self.node(), "lease regained; taking jobs again");
+        self.queue_changed(None);
+    }
+
+    /// Kill every job this node runs (its lease is gone): their writes would
+    /// be refused, and another node ends or re-queues them.
+    fn fence_jobs(&self, why: &str) {
+        let live: Vec<_> = lock(&self.live).iter().map(|(id, l)| (id.clone(), l.clone())).collect();
+        for (id, job) in live {
+            tracing::warn!(job = %id, reason = %why, "killing a job this node no longer owns");
+            job.cancel.cancel();
+        }
+    }
+}
+
+enum Round {
+    Done,
+    Deferred,
+}
