@@ -85,6 +85,9 @@ pub struct JobView {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub warm: Option<bool>,
+    /// The node (`[server] instance`) that runs or ran it; none while queued.
+    #[serde(default)]
+    pub node: Option<String>,
     pub stdout: String,
     pub stderr: String,
     pub truncated: bool,
@@ -105,6 +108,7 @@ impl JobView {
             exit_code: r.exit_code,
             signal: r.signal,
             warm: r.warm,
+            node: r.node,
             // Text for people; the raw bytes are at /output.
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),

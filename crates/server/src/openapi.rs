@@ -53,6 +53,7 @@ pub fn document() -> Value {
                         "exit_code": {"type": "integer", "nullable": true},
                         "signal": {"type": "integer", "nullable": true},
                         "warm": {"type": "boolean", "nullable": true},
+                        "node": {"type": "string", "nullable": true, "description": "the node that runs or ran it"},
                         "stdout": {"type": "string"},
                         "stderr": {"type": "string"},
                         "truncated": {"type": "boolean"},

@@ -165,6 +165,7 @@ mod tests {
             exit_code: Some(7),
             signal: None,
             warm: Some(false),
+            node: None,
             stdout: String::new(),
             stderr: String::new(),
             truncated: false,

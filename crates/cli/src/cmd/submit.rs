@@ -185,6 +185,7 @@ mod tests {
             exit_code,
             signal,
             warm: Some(true),
+            node: None,
             stdout: String::new(),
             stderr: String::new(),
             truncated: false,
