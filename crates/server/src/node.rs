@@ -220,6 +220,10 @@ impl Service {
     /// Queued jobs past their profile's `max_wait` fail (any node may do it).
     async fn expire_queued(&self) {
         for (name, profile) in &self.config.profiles {
+            // A read first: most of the time nothing waits at all.
+            if !matches!(self.store().queued_count(name).await, Ok(n) if n > 0) {
+                continue;
+            }
             let error = format!(
                 "no container was free for the profile \"{name}\" within max_wait ({:?})",
                 profile.max_wait
