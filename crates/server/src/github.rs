@@ -91,6 +91,27 @@ impl GithubBot {
         }
     }
 
+    /// The delivery and answer address of a job of the bot's, if it is one:
+    /// from memory when this node accepted it, else from the store (in a
+    /// cluster, another node may have accepted the webhook). Only the bot
+    /// profile's jobs are looked up.
+    async fn delivery_of(&self, job_id: &str) -> Option<(String, Meta)> {
+        if let Some(found) = lock(&self.jobs).get(job_id).cloned() {
+            return Some(found);
+        }
+        let svc = self.svc.upgrade()?;
+        let store = svc.store();
+        match store.get(job_id).await {
+            Ok(Some(r)) if r.profile == self.config.profile => {}
+            _ => return None,
+        }
+        let pending = store.unanswered_deliveries().await.ok()?;
+        let d = pending.into_iter().find(|d| d.job_id == job_id)?;
+        let meta: Meta = serde_json::from_str(&d.meta).ok()?;
+        lock(&self.jobs).insert(job_id.to_string(), (d.id.clone(), meta.clone()));
+        Some((d.id, meta))
+    }
+
     async fn job_ended(&self, job: &str) -> bool {
         let Some(svc) = self.svc.upgrade() else {
             return false;
@@ -191,8 +212,9 @@ impl JobHooks for GithubBot {
         job_id: &str,
         env: &mut Vec<(String, String)>,
     ) -> Result<(), String> {
-        let meta = lock(&self.jobs).get(job_id).map(|(_, m)| m.clone());
-        let Some(meta) = meta else { return Ok(()) };
+        let Some((_, meta)) = self.delivery_of(job_id).await else {
+            return Ok(());
+        };
         let branch = match (&meta.branch, meta.is_pull_request) {
             (Some(b), _) => b.clone(),
             (None, true) => {
@@ -210,8 +232,7 @@ impl JobHooks for GithubBot {
     }
 
     async fn after_end(&self, job_id: &str) {
-        let entry = lock(&self.jobs).get(job_id).cloned();
-        let Some((delivery, meta)) = entry else {
+        let Some((delivery, meta)) = self.delivery_of(job_id).await else {
             return;
         };
         let Some(svc) = self.svc.upgrade() else {

@@ -313,6 +313,12 @@ impl Service {
                         if !t.requeued.is_empty() {
                             self.queue_changed(None);
                         }
+                        // Front ends answer for the lost node (the bot's comment).
+                        if let Some(h) = self.hooks() {
+                            for id in &t.interrupted {
+                                h.after_end(id).await;
+                            }
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for lost nodes failed"),
