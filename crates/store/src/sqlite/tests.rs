@@ -46,6 +46,15 @@ impl Harness for SqliteHarness {
         let store = SqliteStore::open(&self.0 .0, clock).expect("open the store");
         async move { store }
     }
+
+    /// Beside the first store, without the directory's lock (test only).
+    fn open_second(
+        &self,
+        clock: Arc<ManualClock>,
+    ) -> impl std::future::Future<Output = SqliteStore> + Send {
+        let store = SqliteStore::open_beside(&self.0 .0, clock).expect("open a second store");
+        async move { store }
+    }
 }
 
 crate::conformance_tests!(SqliteHarness(TempDir::new()));
@@ -139,6 +148,7 @@ fn a_file_held_by_an_old_warmpool_is_refused() {
         &dir.0,
         Arc::new(ManualClock::new()),
         Duration::from_millis(50),
+        true,
     ));
     assert!(
         message.contains("in use by another warmpool server"),
@@ -165,7 +175,7 @@ fn a_newer_schema_is_refused() {
         .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .expect("bump");
     let message = open_error(SqliteStore::open(&dir.0, Arc::new(ManualClock::new())));
-    assert!(message.contains("schema version 4"), "{message}");
+    assert!(message.contains("schema version 5"), "{message}");
 }
 
 #[test]
