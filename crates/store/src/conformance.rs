@@ -1596,20 +1596,15 @@ pub async fn a_nodes_writes_are_fenced_once_its_lease_is_gone<H: Harness>(h: H) 
     assert_eq!(get(&beta, &kept).await.output_len, [0, 0]);
     assert_eq!(state(&beta, &free).await, JobState::Queued);
 
-    // Beta runs the requeued job; alpha cannot touch it.
-    assert_eq!(claim(&beta, "bot", "beta", true).await, Some(kept.clone()));
-    beta.append_output(&kept, StreamName::Stdout, 0, b"b")
-        .await
-        .expect("append");
-    assert!(is_fenced(
-        alpha
-            .append_output(&kept, StreamName::Stdout, 1, b"a")
-            .await,
-        &kept
-    ));
+    // A claim alpha makes before it learns it was lost is fenced too, and
+    // ended by its next join.
+    let orphan = insert(&beta, &job("late")).await;
+    assert_eq!(claim(&alpha, "late", a, false).await, Some(orphan.clone()));
+    assert!(is_fenced(alpha.finish(&orphan, &exited(0)).await, &orphan));
+    assert_eq!(state(&beta, &orphan).await, JobState::Running);
 
-    // Joined again, alpha still cannot write its jobs of the old generation,
-    // but writes its new ones.
+    // Joined again, alpha still cannot write its jobs of the old generation
+    // (its old runs may still be flushing), nor the one queued again.
     assert_eq!(heartbeat(&alpha, a).await, Beat::Fenced);
     join(&alpha, a).await;
     for id in &alphas {
@@ -1621,6 +1616,28 @@ pub async fn a_nodes_writes_are_fenced_once_its_lease_is_gone<H: Harness>(h: H) 
         ));
         assert!(is_fenced(alpha.finish(id, &exited(0)).await, id));
     }
+    assert!(is_fenced(
+        alpha
+            .append_output(&kept, StreamName::Stdout, 0, b"late")
+            .await,
+        &kept
+    ));
+    assert!(is_fenced(alpha.finish(&kept, &exited(0)).await, &kept));
+    assert_eq!(state(&beta, &kept).await, JobState::Queued);
+    assert_eq!(get(&beta, &kept).await.output_len, [0, 0]);
+    assert_eq!(state(&beta, &orphan).await, JobState::Interrupted);
+
+    // Beta runs the requeued job; alpha cannot touch it.
+    assert_eq!(claim(&beta, "bot", "beta", true).await, Some(kept.clone()));
+    beta.append_output(&kept, StreamName::Stdout, 0, b"b")
+        .await
+        .expect("append");
+    assert!(is_fenced(
+        alpha
+            .append_output(&kept, StreamName::Stdout, 1, b"a")
+            .await,
+        &kept
+    ));
     assert!(is_fenced(alpha.finish(&kept, &exited(0)).await, &kept));
     assert_eq!(claim(&alpha, "go", a, false).await, Some(free.clone()));
     alpha
@@ -1633,12 +1650,25 @@ pub async fn a_nodes_writes_are_fenced_once_its_lease_is_gone<H: Harness>(h: H) 
         .expect("finish")
         .is_some());
     assert_eq!(output(&beta, &free, StreamName::Stdout).await, b"ok");
-    // Another join (a newer generation) fences the jobs of the one before.
+    // Another join (a newer generation) fences the jobs of the one before,
+    // and ends them: nothing could end them any more.
     let newer = insert(&alpha, &job("go")).await;
     assert_eq!(claim(&alpha, "go", a, false).await, Some(newer.clone()));
+    let other_node = alpha
+        .insert_started(&job("go"), "not-joined", false)
+        .await
+        .expect("insert started");
     join(&alpha, a).await;
     assert!(is_fenced(alpha.finish(&newer, &exited(0)).await, &newer));
-    assert_eq!(state(&beta, &newer).await, JobState::Running);
+    let record = get(&beta, &newer).await;
+    assert_eq!(record.state, JobState::Interrupted);
+    assert!(record.error.unwrap_or_default().contains("alpha"));
+    assert_eq!(state(&beta, &other_node).await, JobState::Running);
+    assert_eq!(
+        state(&beta, &kept).await,
+        JobState::Running,
+        "another node's"
+    );
     let record = beta
         .finish(&kept, &exited(0))
         .await

@@ -1134,7 +1134,7 @@ impl JobStore for SqliteStore {
         let beat = beat.clone();
         let joined = Arc::clone(&self.joined);
         let action = "join the cluster";
-        self.write(Durability::Fsync, action, move |db, now| {
+        self.write_notify(Durability::Fsync, action, move |db, now| {
             let generation: i64 = db
                 .prepare_cached(
                     "INSERT INTO nodes (node, address, pools, generation, joined_ms,
@@ -1152,12 +1152,47 @@ impl JobStore for SqliteStore {
                     })
                 })
                 .ctx(action)?;
+            // Runs of earlier generations can never write again: they end.
+            let stale = "node = ?1 AND state = 'running' AND node_gen IS NOT NULL
+                         AND node_gen <> ?2";
+            let interrupted = ids_of(
+                db,
+                &format!("SELECT id FROM jobs WHERE {stale} ORDER BY seq"),
+                params![beat.node, generation],
+                action,
+            )?;
+            let error = format!(
+                "node \"{}\" joined again (generation {generation}) while this job ran \
+                 under an earlier one",
+                beat.node
+            );
+            db.prepare_cached(&format!(
+                "UPDATE jobs SET state = ?3, error = ?4, finished_at = ?5 WHERE {stale}"
+            ))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    beat.node,
+                    generation,
+                    JobState::Interrupted.as_str(),
+                    error,
+                    now
+                ])
+            })
+            .ctx(action)?;
+            for id in &interrupted {
+                wipe_input(db, id)?;
+            }
             // On the writer, in the order of the writes: what runs after this
             // operation carries the new generation.
             joined.set(&beat.node, generation);
-            Ok(())
+            let ended = interrupted
+                .into_iter()
+                .map(|id| StoreEvent::Ended { id })
+                .collect();
+            Ok(((), ended))
         })
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn heartbeat(&self, beat: &NodeBeat) -> Result<Beat, StoreError> {
