@@ -281,7 +281,11 @@ pub enum StoreError {
 /// - `append_output` survives a crash of warmpool when it returns, and is
 ///   durable at the latest when the job's `finish` is;
 /// - a job whose `start` returned `true` is never returned by `recover` as queued
-///   again (so a crash never runs a job twice).
+///   again (so a crash never runs a job twice);
+/// - `claim_next`, `expire_queued`, `join` and `take_over` are durable when they
+///   return, as `start` and `finish` are (a claimed job is never claimed again
+///   after a crash; only `take_over` queues a job again); a `heartbeat` may be
+///   lost in a crash of the machine (the node then looks older).
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Stores a new queued job; returns its new id.

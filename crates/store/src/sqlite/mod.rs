@@ -1183,7 +1183,9 @@ impl JobStore for SqliteStore {
                 wipe_input(db, id)?;
             }
             // On the writer, in the order of the writes: what runs after this
-            // operation carries the new generation.
+            // operation carries the new generation. (Should the group's commit
+            // fail, the store is ahead of its row: its heartbeat is `Fenced`
+            // and the node joins again.)
             joined.set(&beat.node, generation);
             let ended = interrupted
                 .into_iter()
