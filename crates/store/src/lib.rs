@@ -281,7 +281,11 @@ pub enum StoreError {
 /// - `append_output` survives a crash of warmpool when it returns, and is
 ///   durable at the latest when the job's `finish` is;
 /// - a job whose `start` returned `true` is never returned by `recover` as queued
-///   again (so a crash never runs a job twice).
+///   again (so a crash never runs a job twice);
+/// - `claim_next`, `expire_queued`, `join` and `take_over` are durable when they
+///   return, as `start` and `finish` are (a claimed job is never claimed again
+///   after a crash; only `take_over` queues a job again); a `heartbeat` may be
+///   lost in a crash of the machine (the node then looks older).
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Stores a new queued job; returns its new id.
@@ -320,6 +324,7 @@ pub trait JobStore: Send + Sync + 'static {
     /// stored length (a gap: an append was lost) is refused (`Backend`);
     /// `NoSuchJob` for an unknown job. Output may be appended after the job's
     /// end, but a follower is only sure to see what was stored before it.
+    /// `Fenced` (nothing stored) as [`JobStore::join`] says.
     async fn append_output(
         &self,
         id: &str,
@@ -330,7 +335,8 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Ends a queued or running job; its input is wiped. The job as it ended, or
     /// `None` if it had ended already (a final job never changes) or is unknown.
-    /// `NotFinal` for a non-final state.
+    /// `NotFinal` for a non-final state; `Fenced` (nothing written) as
+    /// [`JobStore::join`] says, checked before whether the job had ended.
     async fn finish(&self, id: &str, finish: &Finish) -> Result<Option<JobRecord>, StoreError>;
 
     /// A cancel, as `JobState::on_cancel` says: a queued job ends `cancelled`
@@ -375,14 +381,25 @@ pub trait JobStore: Send + Sync + 'static {
 
     // ---- The shared queue and the nodes (several nodes on one store). ----
 
-    /// Events from this store (every node's, where the backend shares them).
+    /// Events from this store (every node's, where the backend shares them),
+    /// from the moment of the call. `Queued` for `insert`, a new
+    /// `insert_for_delivery` and each job `take_over` queues again;
+    /// `CancelRequested` when `request_cancel` marks a running job; `Ended` for
+    /// every job that becomes final (`finish`, the cancel of a queued job,
+    /// `expire_queued`, the jobs `recover` and `take_over` interrupt). Nothing
+    /// else sends one (a claim, a start, output, a seen delivery, an end that
+    /// changed nothing). A lagging receiver gets `RecvError::Lagged`: treat it
+    /// as a `Resync`.
     fn events(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
 
-    /// The oldest queued job of `profile` becomes running on `node`, in one
-    /// commit, and is returned with its input; `None` if none is queued. Two
-    /// nodes claiming at once never get the same job. The input is wiped in the
-    /// same commit unless `keep_input` (a `retry_interrupted` profile: it may be
-    /// queued again by [`JobStore::take_over`]; wiped at its end).
+    /// The oldest queued job of `profile` (creation order) becomes running on
+    /// `node`, as `start` makes it (and carrying the generation of this store's
+    /// `join` if `node` is the joined node), in one commit, and is returned with
+    /// its input; `None` if none is queued. Two nodes claiming at once never get
+    /// the same job. The input is wiped in the same commit unless `keep_input`
+    /// (a `retry_interrupted` profile: it may be queued again by
+    /// [`JobStore::take_over`]; wiped at its end, and `queued` still returns
+    /// `None` for it while it runs).
     async fn claim_next(
         &self,
         profile: &str,
@@ -394,8 +411,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// How many jobs of `profile` are queued (on every node).
     async fn queued_count(&self, profile: &str) -> Result<usize, StoreError>;
 
-    /// Queued jobs of `profile` created more than `max_wait` ago (the store's
-    /// clock) end `failed` with `error` (input wiped); returns their ids.
+    /// Queued jobs of `profile` created `max_wait` ago or longer (the store's
+    /// clock; exactly `max_wait` counts, as with `prune`) end `failed` with
+    /// `error`, no exit code (input wiped); returns their ids, oldest first.
     async fn expire_queued(
         &self,
         profile: &str,
@@ -404,26 +422,52 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Vec<String>, StoreError>;
 
     /// This node starts (or starts again after `Beat::Fenced`): its row is
-    /// written (not lost, seen now) with a new generation. From now on the jobs
-    /// this store makes running on `beat.node` carry that generation, and
-    /// `append_output`/`finish` of a running job carrying another generation of
-    /// this node return `StoreError::Fenced` and write nothing. Before any
-    /// `join`, nothing is fenced.
+    /// written (not lost, joined and seen now, address and pools from `beat`)
+    /// with a new generation (1 for a new node, else the last one + 1). The
+    /// store remembers the node and generation of its last `join` (one node per
+    /// store object). From now on the jobs this store makes running on
+    /// `beat.node` (`start`, `claim_next`, `insert_started`) carry that
+    /// generation; jobs made running on any other node name, or before any
+    /// join, carry none.
+    ///
+    /// Fencing: after a `join`, `append_output` and `finish` of this store
+    /// return `StoreError::Fenced` and write nothing when
+    /// - the job carries a generation that is not this join's (this node's
+    ///   earlier or later join, another node's job, or a job `take_over`
+    ///   interrupted or queued again: no node writes a job queued again until
+    ///   it is claimed or started again), whatever the job's state; or
+    /// - this store's lease is gone: its node was declared lost, or joined
+    ///   again (by another store) since; then every such write is refused.
+    ///
+    /// A job carrying no generation is otherwise not fenced. Before any `join`
+    /// nothing is fenced.
+    ///
+    /// The join also ends `interrupted` the node's running jobs that carry an
+    /// earlier generation (fenced for good: e.g. claimed by this node after it
+    /// was declared lost, before its heartbeat told it), with an error naming
+    /// the node (an `Ended` event each); it touches no other job.
     async fn join(&self, beat: &NodeBeat) -> Result<(), StoreError>;
 
-    /// Renews this node's lease (last seen now, its pools); `Fenced` if it was
-    /// declared lost or joined again elsewhere since.
+    /// Renews this node's lease (last seen now, its address and pools);
+    /// `Fenced` (nothing written) if it was declared lost or joined again
+    /// elsewhere since, or if this store's last `join` was not as `beat.node`
+    /// (no join, or another name).
     async fn heartbeat(&self, beat: &NodeBeat) -> Result<Beat, StoreError>;
 
-    /// Every node, by name.
+    /// Every node that ever joined (lost ones too), by name.
     async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
 
-    /// Nodes other than `by` not seen for `timeout` (the store's clock) and not
-    /// lost yet become lost, once (two nodes taking over at once do it once);
-    /// their running jobs end `interrupted` with an error naming the lost node,
-    /// or, for a profile in `requeue` whose input was kept, are queued again
-    /// (node, start and output cleared: the next run starts from nothing).
-    /// Returns what was done, per lost node.
+    /// Nodes other than `by` not seen for `timeout` (last seen `timeout` ago or
+    /// longer, the store's clock) and not lost yet become lost, once (two
+    /// nodes taking over at once do it once; a node becomes eligible again only
+    /// after a new `join`); `by` need not have joined. Their running jobs end
+    /// `interrupted` with an error naming the lost node, or, for a profile in
+    /// `requeue` whose input was kept (`claim_next` with `keep_input`) and with
+    /// no cancel requested, are queued again (node, warm, start, cancel and
+    /// output cleared, lengths 0: the next run starts from nothing; its input
+    /// is `queued`'s again). Both kinds are fenced (see [`JobStore::join`]).
+    /// Returns one `TakenOver` per node made lost (with empty lists if it ran
+    /// nothing), by node name, each list oldest first; empty if none.
     async fn take_over(
         &self,
         by: &str,
@@ -431,8 +475,8 @@ pub trait JobStore: Send + Sync + 'static {
         requeue: &[String],
     ) -> Result<Vec<TakenOver>, StoreError>;
 
-    /// Jobs running on `node` with a cancel recorded (a node that missed the
-    /// event finds them here).
+    /// Jobs running on `node` with a cancel recorded, oldest first (a node that
+    /// missed the event finds them here).
     async fn cancels_requested(&self, node: &str) -> Result<Vec<String>, StoreError>;
 }
 

@@ -32,20 +32,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{broadcast, oneshot, Semaphore};
 use warmpool_core::lifecycle::{StoredCancel, CANCELLED_QUEUED_ERROR};
 
 use crate::clock::Clock;
 use crate::ids::new_id;
 use crate::{
-    CancelOutcome, Delivery, Finish, JobRecord, JobState, JobStore, ListQuery, NewJob, QueuedJob,
-    Recovered, StoreError, StreamName,
+    Beat, CancelOutcome, Delivery, Finish, JobRecord, JobState, JobStore, ListQuery, NewJob,
+    NodeBeat, NodeRecord, QueuedJob, Recovered, StoreError, StoreEvent, StreamName, TakenOver,
 };
 use output::{append, read_range};
-use rows::{read_queued, record_from_row, text, RECORD_COLUMNS};
+use rows::{node_from_row, read_queued, record_from_row, text, NODE_COLUMNS, RECORD_COLUMNS};
 use schema::{configure_reader, configure_writer, migrate, BUSY_TIMEOUT};
 pub use writer::WriterStats;
-use writer::{run_writer, write_op, Counters, Durability, Op};
+use writer::{run_writer, write_op_then, Counters, Durability, Op};
 
 /// The store's file inside the data directory.
 pub const FILE_NAME: &str = "jobs.sqlite3";
@@ -60,6 +60,9 @@ const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reader connections (get, list, read_output, queued, deliveries).
 const READERS: usize = 3;
 
+/// Events kept for a receiver that lags (it then sees `Lagged`: a resync).
+const EVENT_CAPACITY: usize = 1024;
+
 /// `'queued', 'running'`: the states for which `rule` holds, as an SQL list, so
 /// the store's conditional updates are the core's rules.
 fn states_where(rule: impl Fn(JobState) -> bool) -> String {
@@ -73,7 +76,8 @@ fn states_where(rule: impl Fn(JobState) -> bool) -> String {
 
 static START_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE jobs SET state = '{}', node = ?2, warm = ?3, started_at = ?4
+        "UPDATE jobs SET state = '{}', node = ?2, warm = ?3, started_at = ?4, node_gen = ?5,
+                         keep_input = ?6
          WHERE id = ?1 AND state IN ({})",
         JobState::Running.as_str(),
         states_where(JobState::can_start)
@@ -125,6 +129,65 @@ fn backend(action: &'static str, e: &dyn fmt::Display) -> StoreError {
     }
 }
 
+/// The `(node, generation)` of the store's last `join`, read and written on the
+/// writer thread only (so in the order of the writes).
+#[derive(Debug, Default)]
+struct Joined(Mutex<Option<(String, i64)>>);
+
+impl Joined {
+    fn get(&self) -> Option<(String, i64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, node: &str, generation: i64) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((node.to_owned(), generation));
+    }
+
+    /// The generation a job made running on `node` carries now.
+    fn generation_of(&self, node: &str) -> Option<i64> {
+        self.get().filter(|(n, _)| n == node).map(|(_, g)| g)
+    }
+
+    /// `Fenced` if this store joined and may not write job `id` any more: the
+    /// job carries another node's or generation's lease (or was taken over),
+    /// or this store's own lease is gone (lost, or a newer join of its node).
+    fn check(&self, db: &Connection, id: &str, action: &'static str) -> Result<(), StoreError> {
+        let Some((node, generation)) = self.get() else {
+            return Ok(());
+        };
+        let fenced = || StoreError::Fenced { id: id.to_owned() };
+        let job = db
+            .prepare_cached("SELECT node, node_gen FROM jobs WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id], |row| {
+                    Ok((
+                        row.get::<_, Option<String>>(0)?,
+                        row.get::<_, Option<i64>>(1)?,
+                    ))
+                })
+            })
+            .optional()
+            .ctx(action)?;
+        if let Some((job_node, Some(job_gen))) = job {
+            if job_node.as_deref() != Some(node.as_str()) || job_gen != generation {
+                return Err(fenced());
+            }
+        }
+        let leased = db
+            .prepare_cached("SELECT 1 FROM nodes WHERE node = ?1 AND generation = ?2 AND lost = 0")
+            .and_then(|mut stmt| stmt.exists(params![node, generation]))
+            .ctx(action)?;
+        if !leased {
+            return Err(fenced());
+        }
+        Ok(())
+    }
+}
+
 /// Reader connections, each used by one blocking task at a time.
 struct Readers {
     idle: Mutex<Vec<Connection>>,
@@ -141,8 +204,10 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
-    /// Held for the store's life; dropped last.
-    _lock: fs::File,
+    events: broadcast::Sender<StoreEvent>,
+    joined: Arc<Joined>,
+    /// Held for the store's life; dropped last (`None`: a test's second store).
+    _lock: Option<fs::File>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -172,14 +237,24 @@ impl SqliteStore {
     /// A second open of the same directory, in this process or another, is
     /// refused while this store lives.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with(data_dir, clock, OPEN_BUSY_TIMEOUT)
+        SqliteStore::open_with(data_dir, clock, OPEN_BUSY_TIMEOUT, true)
     }
 
-    /// `open`, waiting at most `busy` for another process to let go of the file.
+    /// A second store on the file of an open one, without the directory's lock:
+    /// for the conformance cases that play two nodes on one storage (SQLite
+    /// serialises the two writers; a deployment has one node per file).
+    #[cfg(test)]
+    fn open_beside(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(data_dir, clock, OPEN_BUSY_TIMEOUT, false)
+    }
+
+    /// `open`, waiting at most `busy` for another process to let go of the file;
+    /// without the directory's lock unless `lock` (tests only).
     fn open_with(
         data_dir: &Path,
         clock: Arc<dyn Clock>,
         busy: Duration,
+        lock: bool,
     ) -> Result<SqliteStore, StoreError> {
         create_private_dir(data_dir).map_err(|e| {
             StoreError::Open(format!(
@@ -196,14 +271,17 @@ impl SqliteStore {
                 path.display()
             ))
         };
-        let lock = lock_dir(data_dir).map_err(|e| match e {
-            LockError::Held => in_use(),
-            LockError::Io(e) => StoreError::Open(format!(
-                "could not lock {}: {e}; check [server] data_dir and that warmpool may \
-                 write there",
-                data_dir.join(LOCK_FILE_NAME).display()
-            )),
-        })?;
+        let lock = lock
+            .then(|| lock_dir(data_dir))
+            .transpose()
+            .map_err(|e| match e {
+                LockError::Held => in_use(),
+                LockError::Io(e) => StoreError::Open(format!(
+                    "could not lock {}: {e}; check [server] data_dir and that warmpool may \
+                     write there",
+                    data_dir.join(LOCK_FILE_NAME).display()
+                )),
+            })?;
         create_private_file(&path).map_err(|e| {
             StoreError::Open(format!(
                 "could not create the job store {}: {e}; check [server] data_dir and that \
@@ -259,6 +337,8 @@ impl SqliteStore {
                 idle: Mutex::new(idle),
                 permits: Semaphore::new(READERS),
             }),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            joined: Arc::new(Joined::default()),
             _lock: lock,
         })
     }
@@ -281,7 +361,35 @@ impl SqliteStore {
         action: &'static str,
         f: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (op, answer) = write_op(durability, action, Arc::clone(&self.clock), f);
+        let (value, _) = self
+            .write_notify(durability, action, move |db, now| {
+                f(db, now).map(|value| (value, Vec::new()))
+            })
+            .await?;
+        Ok(value)
+    }
+
+    /// [`Self::write`] for an operation that has events to send: they go out
+    /// from the writer once its commit succeeded, before the caller's answer.
+    async fn write_notify<T: Send + 'static>(
+        &self,
+        durability: Durability,
+        action: &'static str,
+        f: impl FnOnce(&Connection, i64) -> Result<(T, Vec<StoreEvent>), StoreError> + Send + 'static,
+    ) -> Result<(T, Vec<StoreEvent>), StoreError> {
+        let events = self.events.clone();
+        let (op, answer) = write_op_then(
+            durability,
+            action,
+            Arc::clone(&self.clock),
+            f,
+            move |(_, sent): &(T, Vec<StoreEvent>)| {
+                for event in sent {
+                    // No receiver is fine: events are hints.
+                    let _ = events.send(event.clone());
+                }
+            },
+        );
         let ops = self.ops.as_ref().ok_or(StoreError::Closed)?;
         ops.send(Op::Write(op)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -426,11 +534,17 @@ impl JobRow {
         &self,
         db: &Connection,
         now: i64,
-        started: Option<(&str, bool)>,
+        started: Option<(&str, bool, Option<i64>)>,
     ) -> Result<String, StoreError> {
-        let (state, node, warm, started_at) = match started {
-            Some((node, warm)) => (JobState::Running, Some(node), Some(warm), Some(now)),
-            None => (JobState::Queued, None, None, None),
+        let (state, node, warm, started_at, node_gen) = match started {
+            Some((node, warm, node_gen)) => (
+                JobState::Running,
+                Some(node),
+                Some(warm),
+                Some(now),
+                node_gen,
+            ),
+            None => (JobState::Queued, None, None, None, None),
         };
         // A clash needs two jobs in the same millisecond drawing the same 32
         // random bits; draw again rather than fail the request.
@@ -440,8 +554,8 @@ impl JobRow {
             let inserted = db
                 .prepare_cached(
                     "INSERT INTO jobs (id, profile, state, args, timeout_ms, created_at,
-                                       node, warm, started_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                       node, warm, started_at, node_gen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .and_then(|mut stmt| {
                     stmt.execute(params![
@@ -453,7 +567,8 @@ impl JobRow {
                         now,
                         node,
                         warm,
-                        started_at
+                        started_at,
+                        node_gen
                     ])
                 });
             match inserted {
@@ -496,10 +611,15 @@ fn ids_of(
 impl JobStore for SqliteStore {
     async fn insert(&self, job: &NewJob) -> Result<String, StoreError> {
         let row = JobRow::encode(job)?;
-        self.write(Durability::Fsync, "store a new job", move |db, now| {
-            row.insert(db, now)
-        })
-        .await
+        let queued = StoreEvent::Queued {
+            profile: job.profile.clone(),
+        };
+        let (id, _) = self
+            .write_notify(Durability::Fsync, "store a new job", move |db, now| {
+                Ok((row.insert(db, now)?, vec![queued]))
+            })
+            .await?;
+        Ok(id)
     }
 
     async fn insert_for_delivery(
@@ -511,23 +631,28 @@ impl JobStore for SqliteStore {
         let row = JobRow::encode(job)?;
         let (delivery, meta) = (delivery.to_owned(), meta.to_owned());
         let action = "store a delivery's job";
-        self.write(Durability::Fsync, action, move |db, now| {
-            let seen = db
-                .prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1")
-                .and_then(|mut stmt| stmt.exists(params![delivery]))
-                .ctx(action)?;
-            if seen {
-                return Ok(None);
-            }
-            let id = row.insert(db, now)?;
-            db.prepare_cached(
+        let queued = StoreEvent::Queued {
+            profile: job.profile.clone(),
+        };
+        let (id, _) = self
+            .write_notify(Durability::Fsync, action, move |db, now| {
+                let seen = db
+                    .prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1")
+                    .and_then(|mut stmt| stmt.exists(params![delivery]))
+                    .ctx(action)?;
+                if seen {
+                    return Ok((None, Vec::new()));
+                }
+                let id = row.insert(db, now)?;
+                db.prepare_cached(
                 "INSERT INTO deliveries (id, job_id, meta, received_at) VALUES (?1, ?2, ?3, ?4)",
             )
             .and_then(|mut stmt| stmt.execute(params![delivery, id, meta, now]))
             .ctx("store a delivery")?;
-            Ok(Some(id))
-        })
-        .await
+                Ok((Some(id), vec![queued]))
+            })
+            .await?;
+        Ok(id)
     }
 
     async fn insert_started(
@@ -539,8 +664,9 @@ impl JobStore for SqliteStore {
         // Its input is never stored: not encoded (nor stdin copied) either.
         let row = JobRow::encode_without_input(job)?;
         let node = node.to_owned();
+        let joined = Arc::clone(&self.joined);
         self.write(Durability::Fsync, "store a started job", move |db, now| {
-            row.insert_row(db, now, Some((&node, warm)))
+            row.insert_row(db, now, Some((&node, warm, joined.generation_of(&node))))
         })
         .await
     }
@@ -554,10 +680,12 @@ impl JobStore for SqliteStore {
     async fn start(&self, id: &str, node: &str, warm: bool) -> Result<bool, StoreError> {
         let (id, node) = (id.to_owned(), node.to_owned());
         let action = "mark a job running";
+        let joined = Arc::clone(&self.joined);
         self.write(Durability::Fsync, action, move |db, now| {
+            let node_gen = joined.generation_of(&node);
             let changed = db
                 .prepare_cached(&START_SQL)
-                .and_then(|mut stmt| stmt.execute(params![id, node, warm, now]))
+                .and_then(|mut stmt| stmt.execute(params![id, node, warm, now, node_gen, false]))
                 .ctx(action)?;
             if changed == 0 {
                 return Ok(false);
@@ -580,7 +708,10 @@ impl JobStore for SqliteStore {
         }
         let id = id.to_owned();
         let data = data.to_vec();
-        self.write(Durability::Deferred, "store job output", move |db, _| {
+        let joined = Arc::clone(&self.joined);
+        let action = "store job output";
+        self.write(Durability::Deferred, action, move |db, _| {
+            joined.check(db, &id, action)?;
             append(db, &id, stream, offset, &data)
         })
         .await
@@ -593,7 +724,9 @@ impl JobStore for SqliteStore {
         let id = id.to_owned();
         let finish = finish.clone();
         let action = "record a job's end";
-        self.write(Durability::Fsync, action, move |db, now| {
+        let joined = Arc::clone(&self.joined);
+        self.write_notify(Durability::Fsync, action, move |db, now| {
+            joined.check(db, &id, action)?;
             let changed = db
                 .prepare_cached(&FINISH_SQL)
                 .and_then(|mut stmt| {
@@ -609,7 +742,7 @@ impl JobStore for SqliteStore {
                 })
                 .ctx(action)?;
             if changed == 0 {
-                return Ok(None);
+                return Ok((None, Vec::new()));
             }
             wipe_input(db, &id)?;
             // The row as it ended, read in the same transaction: the caller
@@ -618,53 +751,71 @@ impl JobStore for SqliteStore {
             let mut stmt = db.prepare_cached(&sql).ctx(action)?;
             let mut rows = stmt.query(params![id]).ctx(action)?;
             match rows.next().ctx(action)? {
-                Some(row) => record_from_row(row).map(Some),
+                Some(row) => Ok((
+                    Some(record_from_row(row)?),
+                    vec![StoreEvent::Ended { id: id.clone() }],
+                )),
                 None => Err(StoreError::NoSuchJob(id.clone())),
             }
         })
         .await
+        .map(|(record, _)| record)
     }
 
     async fn request_cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
         let id = id.to_owned();
         let action = "cancel a job";
-        self.write(Durability::Fsync, action, move |db, now| {
-            let state = db
-                .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
-                .and_then(|mut stmt| stmt.query_row(params![id], |row| row.get::<_, Value>(0)))
-                .optional()
-                .ctx(action)?;
-            let Some(state) = state else {
-                return Ok(CancelOutcome::NotFound);
-            };
-            let corrupt = |detail: String| StoreError::Corrupt {
-                id: id.clone(),
-                detail,
-            };
-            let state = text(state, "state")
-                .and_then(|s| s.parse::<JobState>().map_err(|e| format!("state: {e}")))
-                .map_err(corrupt)?;
-            match state.on_cancel() {
-                StoredCancel::EndNow => {
-                    let end = Finish::without_exit(JobState::Cancelled, CANCELLED_QUEUED_ERROR);
-                    db.prepare_cached(&CANCEL_NOW_SQL)
-                        .and_then(|mut stmt| {
-                            stmt.execute(params![id, end.state.as_str(), end.error, now])
+        let (outcome, _) = self
+            .write_notify(Durability::Fsync, action, move |db, now| {
+                let row = db
+                    .prepare_cached("SELECT state, node FROM jobs WHERE id = ?1")
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![id], |row| {
+                            Ok((row.get::<_, Value>(0)?, row.get::<_, Value>(1)?))
                         })
-                        .ctx(action)?;
-                    wipe_input(db, &id)?;
-                    Ok(CancelOutcome::Cancelled)
+                    })
+                    .optional()
+                    .ctx(action)?;
+                let Some((state, node)) = row else {
+                    return Ok((CancelOutcome::NotFound, Vec::new()));
+                };
+                let corrupt = |detail: String| StoreError::Corrupt {
+                    id: id.clone(),
+                    detail,
+                };
+                let state = text(state, "state")
+                    .and_then(|s| s.parse::<JobState>().map_err(|e| format!("state: {e}")))
+                    .map_err(corrupt)?;
+                match state.on_cancel() {
+                    StoredCancel::EndNow => {
+                        let end = Finish::without_exit(JobState::Cancelled, CANCELLED_QUEUED_ERROR);
+                        db.prepare_cached(&CANCEL_NOW_SQL)
+                            .and_then(|mut stmt| {
+                                stmt.execute(params![id, end.state.as_str(), end.error, now])
+                            })
+                            .ctx(action)?;
+                        wipe_input(db, &id)?;
+                        let ended = StoreEvent::Ended { id: id.clone() };
+                        Ok((CancelOutcome::Cancelled, vec![ended]))
+                    }
+                    StoredCancel::AskRunner => {
+                        db.prepare_cached(&CANCEL_ASK_SQL)
+                            .and_then(|mut stmt| stmt.execute(params![id]))
+                            .ctx(action)?;
+                        let node = rows::opt_text(node, "node").map_err(corrupt)?;
+                        let event = node.map(|node| StoreEvent::CancelRequested {
+                            id: id.clone(),
+                            node,
+                        });
+                        Ok((CancelOutcome::Requested, event.into_iter().collect()))
+                    }
+                    StoredCancel::AlreadyEnded(state) => {
+                        Ok((CancelOutcome::AlreadyEnded(state), Vec::new()))
+                    }
                 }
-                StoredCancel::AskRunner => {
-                    db.prepare_cached(&CANCEL_ASK_SQL)
-                        .and_then(|mut stmt| stmt.execute(params![id]))
-                        .ctx(action)?;
-                    Ok(CancelOutcome::Requested)
-                }
-                StoredCancel::AlreadyEnded(state) => Ok(CancelOutcome::AlreadyEnded(state)),
-            }
-        })
-        .await
+            })
+            .await?;
+        Ok(outcome)
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -738,43 +889,53 @@ impl JobStore for SqliteStore {
     async fn recover(&self, node: &str, error: &str) -> Result<Recovered, StoreError> {
         let (node, error) = (node.to_owned(), error.to_owned());
         let action = "recover jobs after a restart";
-        self.write(Durability::Fsync, action, move |db, now| {
-            // NULL: started by a warmpool older than schema 3, which ran alone.
-            let mine = "state = 'running' AND (node = ?1 OR node IS NULL)";
-            let interrupted = ids_of(
-                db,
-                &format!("SELECT id FROM jobs WHERE {mine} ORDER BY seq"),
-                params![node],
-                action,
-            )?;
-            if JobState::Running.can_finish() {
-                db.prepare_cached(&format!(
-                    "UPDATE jobs SET state = ?2, error = ?3, finished_at = ?4 WHERE {mine}"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.execute(params![node, JobState::Interrupted.as_str(), error, now])
-                })
+        let (recovered, _) = self
+            .write_notify(Durability::Fsync, action, move |db, now| {
+                // NULL: started by a warmpool older than schema 3, which ran alone.
+                let mine = "state = 'running' AND (node = ?1 OR node IS NULL)";
+                let interrupted = ids_of(
+                    db,
+                    &format!("SELECT id FROM jobs WHERE {mine} ORDER BY seq"),
+                    params![node],
+                    action,
+                )?;
+                if JobState::Running.can_finish() {
+                    db.prepare_cached(&format!(
+                        "UPDATE jobs SET state = ?2, error = ?3, finished_at = ?4 WHERE {mine}"
+                    ))
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![node, JobState::Interrupted.as_str(), error, now])
+                    })
+                    .ctx(action)?;
+                }
+                // Input belongs to queued jobs, and to running ones that keep it;
+                // drop any left by an older build.
+                db.prepare_cached(
+                    "DELETE FROM job_input WHERE job_id NOT IN (SELECT id FROM jobs
+                     WHERE state = 'queued' OR (state = 'running' AND keep_input = 1))",
+                )
+                .and_then(|mut stmt| stmt.execute([]))
                 .ctx(action)?;
-            }
-            // Input belongs to queued jobs only; drop any left by an older build.
-            db.prepare_cached(
-                "DELETE FROM job_input
-                 WHERE job_id NOT IN (SELECT id FROM jobs WHERE state = 'queued')",
-            )
-            .and_then(|mut stmt| stmt.execute([]))
-            .ctx(action)?;
-            let queued = ids_of(
-                db,
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq",
-                [],
-                action,
-            )?;
-            Ok(Recovered {
-                queued,
-                interrupted,
+                let queued = ids_of(
+                    db,
+                    "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq",
+                    [],
+                    action,
+                )?;
+                let ended = interrupted
+                    .iter()
+                    .map(|id| StoreEvent::Ended { id: id.clone() })
+                    .collect();
+                Ok((
+                    Recovered {
+                        queued,
+                        interrupted,
+                    },
+                    ended,
+                ))
             })
-        })
-        .await
+            .await?;
+        Ok(recovered)
     }
 
     async fn prune(&self, older_than: Duration) -> Result<usize, StoreError> {
@@ -869,49 +1030,335 @@ impl JobStore for SqliteStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    // PLACEHOLDERS on the cluster-base branch only: replaced by the real
-    // implementation before anything merges to main.
-    fn events(&self) -> tokio::sync::broadcast::Receiver<crate::StoreEvent> {
-        todo!("cluster-base placeholder")
+    fn events(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
     }
+
     async fn claim_next(
         &self,
-        _p: &str,
-        _n: &str,
-        _w: bool,
-        _k: bool,
+        profile: &str,
+        node: &str,
+        warm: bool,
+        keep_input: bool,
     ) -> Result<Option<QueuedJob>, StoreError> {
-        todo!("cluster-base placeholder")
+        let (profile, node) = (profile.to_owned(), node.to_owned());
+        let joined = Arc::clone(&self.joined);
+        let action = "claim a queued job";
+        self.write(Durability::Fsync, action, move |db, now| {
+            let next = ids_of(
+                db,
+                "SELECT id FROM jobs WHERE profile = ?1 AND state = 'queued' ORDER BY seq LIMIT 1",
+                params![profile],
+                action,
+            )?;
+            let Some(id) = next.into_iter().next() else {
+                return Ok(None);
+            };
+            let Some(job) = read_queued(db, &id)? else {
+                return Err(backend(action, &"the queued job went away"));
+            };
+            let node_gen = joined.generation_of(&node);
+            db.prepare_cached(&START_SQL)
+                .and_then(|mut stmt| {
+                    stmt.execute(params![id, node, warm, now, node_gen, keep_input])
+                })
+                .ctx(action)?;
+            if !keep_input {
+                wipe_input(db, &id)?;
+            }
+            Ok(Some(job))
+        })
+        .await
     }
-    async fn queued_count(&self, _p: &str) -> Result<usize, StoreError> {
-        todo!("cluster-base placeholder")
+
+    async fn queued_count(&self, profile: &str) -> Result<usize, StoreError> {
+        let profile = profile.to_owned();
+        let action = "count queued jobs";
+        self.read(action, move |db| {
+            let n: i64 = db
+                .prepare_cached("SELECT count(*) FROM jobs WHERE profile = ?1 AND state = 'queued'")
+                .and_then(|mut stmt| stmt.query_row(params![profile], |row| row.get(0)))
+                .ctx(action)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
     }
+
     async fn expire_queued(
         &self,
-        _p: &str,
-        _m: Duration,
-        _e: &str,
+        profile: &str,
+        max_wait: Duration,
+        error: &str,
     ) -> Result<Vec<String>, StoreError> {
-        todo!("cluster-base placeholder")
+        let (profile, error) = (profile.to_owned(), error.to_owned());
+        let age = i64::try_from(max_wait.as_millis()).unwrap_or(i64::MAX);
+        let action = "expire queued jobs";
+        let (expired, _) = self
+            .write_notify(Durability::Fsync, action, move |db, now| {
+                let cutoff = now.saturating_sub(age);
+                let expired = ids_of(
+                    db,
+                    "SELECT id FROM jobs WHERE profile = ?1 AND state = 'queued'
+                     AND created_at <= ?2 ORDER BY seq",
+                    params![profile, cutoff],
+                    action,
+                )?;
+                let failed = JobState::Failed.as_str();
+                for id in &expired {
+                    db.prepare_cached(&FINISH_SQL)
+                        .and_then(|mut stmt| {
+                            stmt.execute(params![
+                                id,
+                                failed,
+                                None::<i32>,
+                                None::<i32>,
+                                error,
+                                false,
+                                now
+                            ])
+                        })
+                        .ctx(action)?;
+                    wipe_input(db, id)?;
+                }
+                let ended = expired
+                    .iter()
+                    .map(|id| StoreEvent::Ended { id: id.clone() })
+                    .collect();
+                Ok((expired, ended))
+            })
+            .await?;
+        Ok(expired)
     }
-    async fn join(&self, _b: &crate::NodeBeat) -> Result<(), StoreError> {
-        todo!("cluster-base placeholder")
+
+    async fn join(&self, beat: &NodeBeat) -> Result<(), StoreError> {
+        let beat = beat.clone();
+        let joined = Arc::clone(&self.joined);
+        let action = "join the cluster";
+        self.write_notify(Durability::Fsync, action, move |db, now| {
+            let generation: i64 = db
+                .prepare_cached(
+                    "INSERT INTO nodes (node, address, pools, generation, joined_ms,
+                                        last_seen_ms, lost)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?4, 0)
+                     ON CONFLICT (node) DO UPDATE SET address = excluded.address,
+                         pools = excluded.pools, generation = nodes.generation + 1,
+                         joined_ms = excluded.joined_ms, last_seen_ms = excluded.last_seen_ms,
+                         lost = 0
+                     RETURNING generation",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![beat.node, beat.address, beat.pools, now], |row| {
+                        row.get(0)
+                    })
+                })
+                .ctx(action)?;
+            // Runs of earlier generations can never write again: they end.
+            let stale = "node = ?1 AND state = 'running' AND node_gen IS NOT NULL
+                         AND node_gen <> ?2";
+            let interrupted = ids_of(
+                db,
+                &format!("SELECT id FROM jobs WHERE {stale} ORDER BY seq"),
+                params![beat.node, generation],
+                action,
+            )?;
+            let error = format!(
+                "node \"{}\" joined again (generation {generation}) while this job ran \
+                 under an earlier one",
+                beat.node
+            );
+            db.prepare_cached(&format!(
+                "UPDATE jobs SET state = ?3, error = ?4, finished_at = ?5 WHERE {stale}"
+            ))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    beat.node,
+                    generation,
+                    JobState::Interrupted.as_str(),
+                    error,
+                    now
+                ])
+            })
+            .ctx(action)?;
+            for id in &interrupted {
+                wipe_input(db, id)?;
+            }
+            // On the writer, in the order of the writes: what runs after this
+            // operation carries the new generation. (Should the group's commit
+            // fail, the store is ahead of its row: its heartbeat is `Fenced`
+            // and the node joins again.)
+            joined.set(&beat.node, generation);
+            let ended = interrupted
+                .into_iter()
+                .map(|id| StoreEvent::Ended { id })
+                .collect();
+            Ok(((), ended))
+        })
+        .await?;
+        Ok(())
     }
-    async fn heartbeat(&self, _b: &crate::NodeBeat) -> Result<crate::Beat, StoreError> {
-        todo!("cluster-base placeholder")
+
+    async fn heartbeat(&self, beat: &NodeBeat) -> Result<Beat, StoreError> {
+        let beat = beat.clone();
+        let joined = Arc::clone(&self.joined);
+        let action = "renew this node's lease";
+        // A lost heartbeat only makes the node look older: no fsync.
+        self.write(Durability::Deferred, action, move |db, now| {
+            let Some(generation) = joined.generation_of(&beat.node) else {
+                return Ok(Beat::Fenced);
+            };
+            let changed = db
+                .prepare_cached(
+                    "UPDATE nodes SET address = ?3, pools = ?4, last_seen_ms = ?5
+                     WHERE node = ?1 AND generation = ?2 AND lost = 0",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        beat.node,
+                        generation,
+                        beat.address,
+                        beat.pools,
+                        now
+                    ])
+                })
+                .ctx(action)?;
+            Ok(if changed == 0 {
+                Beat::Fenced
+            } else {
+                Beat::Alive
+            })
+        })
+        .await
     }
-    async fn nodes(&self) -> Result<Vec<crate::NodeRecord>, StoreError> {
-        todo!("cluster-base placeholder")
+
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let action = "read nodes";
+        self.read(action, move |db| {
+            let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY node");
+            let mut stmt = db.prepare_cached(&sql).ctx(action)?;
+            let mut rows = stmt.query([]).ctx(action)?;
+            let mut nodes = Vec::new();
+            while let Some(row) = rows.next().ctx(action)? {
+                nodes.push(node_from_row(row)?);
+            }
+            Ok(nodes)
+        })
+        .await
     }
+
     async fn take_over(
         &self,
-        _b: &str,
-        _t: Duration,
-        _r: &[String],
-    ) -> Result<Vec<crate::TakenOver>, StoreError> {
-        todo!("cluster-base placeholder")
+        by: &str,
+        timeout: Duration,
+        requeue: &[String],
+    ) -> Result<Vec<TakenOver>, StoreError> {
+        let by = by.to_owned();
+        let requeue: Vec<String> = requeue.to_vec();
+        let age = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let action = "take over a lost node's jobs";
+        let (taken, _) = self
+            .write_notify(Durability::Fsync, action, move |db, now| {
+                let cutoff = now.saturating_sub(age);
+                let lost: Vec<(String, i64)> = {
+                    let mut stmt = db
+                        .prepare_cached(
+                            "SELECT node, last_seen_ms FROM nodes
+                             WHERE node <> ?1 AND lost = 0 AND last_seen_ms <= ?2 ORDER BY node",
+                        )
+                        .ctx(action)?;
+                    let rows = stmt
+                        .query_map(params![by, cutoff], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .ctx(action)?;
+                    rows.collect::<rusqlite::Result<_>>().ctx(action)?
+                };
+                let mut events = Vec::new();
+                let mut taken = Vec::new();
+                for (node, last_seen) in lost {
+                    db.prepare_cached("UPDATE nodes SET lost = 1 WHERE node = ?1")
+                        .and_then(|mut stmt| stmt.execute(params![node]))
+                        .ctx(action)?;
+                    let error = format!(
+                        "node \"{node}\" was lost (no heartbeat for {}s)",
+                        now.saturating_sub(last_seen) / 1000
+                    );
+                    let running: Vec<(String, String, bool)> = {
+                        let mut stmt = db
+                            .prepare_cached(
+                                "SELECT j.id, j.profile, j.keep_input = 1 AND j.cancel_requested = 0
+                                     AND EXISTS (SELECT 1 FROM job_input i WHERE i.job_id = j.id)
+                                 FROM jobs j WHERE j.node = ?1 AND j.state = 'running'
+                                 ORDER BY j.seq",
+                            )
+                            .ctx(action)?;
+                        let rows = stmt
+                            .query_map(params![node], |row| {
+                                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                            })
+                            .ctx(action)?;
+                        rows.collect::<rusqlite::Result<_>>().ctx(action)?
+                    };
+                    let mut done = TakenOver {
+                        node: node.clone(),
+                        ..TakenOver::default()
+                    };
+                    for (id, profile, kept) in running {
+                        if kept && requeue.contains(&profile) {
+                            // Queued again from nothing; -1: no node writes it
+                            // until it is claimed again (the lost one may
+                            // still be running it).
+                            db.prepare_cached(
+                                "UPDATE jobs SET state = 'queued', node = NULL, node_gen = -1,
+                                     warm = NULL, started_at = NULL, keep_input = 0,
+                                     cancel_requested = 0, truncated = 0,
+                                     stdout_len = 0, stderr_len = 0
+                                 WHERE id = ?1",
+                            )
+                            .and_then(|mut stmt| stmt.execute(params![id]))
+                            .ctx(action)?;
+                            db.prepare_cached("DELETE FROM output WHERE job_id = ?1")
+                                .and_then(|mut stmt| stmt.execute(params![id]))
+                                .ctx(action)?;
+                            events.push(StoreEvent::Queued { profile });
+                            done.requeued.push(id);
+                        } else {
+                            db.prepare_cached(
+                                "UPDATE jobs SET state = ?2, error = ?3, finished_at = ?4,
+                                     node_gen = -1
+                                 WHERE id = ?1",
+                            )
+                            .and_then(|mut stmt| {
+                                stmt.execute(params![
+                                    id,
+                                    JobState::Interrupted.as_str(),
+                                    error,
+                                    now
+                                ])
+                            })
+                            .ctx(action)?;
+                            wipe_input(db, &id)?;
+                            events.push(StoreEvent::Ended { id: id.clone() });
+                            done.interrupted.push(id);
+                        }
+                    }
+                    taken.push(done);
+                }
+                Ok((taken, events))
+            })
+            .await?;
+        Ok(taken)
     }
-    async fn cancels_requested(&self, _n: &str) -> Result<Vec<String>, StoreError> {
-        todo!("cluster-base placeholder")
+
+    async fn cancels_requested(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let node = node.to_owned();
+        let action = "read cancels";
+        self.read(action, move |db| {
+            ids_of(
+                db,
+                "SELECT id FROM jobs WHERE node = ?1 AND state = 'running'
+                 AND cancel_requested = 1 ORDER BY seq",
+                params![node],
+                action,
+            )
+        })
+        .await
     }
 }

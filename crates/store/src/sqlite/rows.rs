@@ -5,7 +5,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::Context;
-use crate::{JobRecord, JobState, NewJob, QueuedJob, StoreError, StreamName};
+use crate::{JobRecord, JobState, NewJob, NodeRecord, QueuedJob, StoreError, StreamName};
 
 /// Columns read by [`record_from_row`], in its order.
 pub(super) const RECORD_COLUMNS: &str =
@@ -185,4 +185,35 @@ pub(super) fn decode_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, String> {
     let json = text(value, column)?;
     serde_json::from_str(&json).map_err(|e| format!("{column} is not valid: {e}"))
+}
+
+/// Columns read by [`node_from_row`], in its order.
+pub(super) const NODE_COLUMNS: &str =
+    "node, address, pools, generation, joined_ms, last_seen_ms, lost";
+
+/// Reads a row selected with [`NODE_COLUMNS`], checking every value.
+pub(super) fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
+    let action = "read a node";
+    let mut values = Vec::with_capacity(7);
+    for i in 0..7 {
+        values.push(row.get::<_, Value>(i).ctx(action)?);
+    }
+    let mut values = values.into_iter();
+    let mut next = || values.next().unwrap_or(Value::Null);
+    let corrupt = |detail: String| StoreError::Backend {
+        action,
+        message: format!("a node's row is damaged ({detail}); delete it from the nodes table"),
+    };
+    let int = |value: Value, column: &str| {
+        opt_int(value, column)?.ok_or_else(|| format!("{column} is NULL"))
+    };
+    Ok(NodeRecord {
+        node: text(next(), "node").map_err(corrupt)?,
+        address: text(next(), "address").map_err(corrupt)?,
+        pools: text(next(), "pools").map_err(corrupt)?,
+        generation: int(next(), "generation").map_err(corrupt)?,
+        joined_ms: int(next(), "joined_ms").map_err(corrupt)?,
+        last_seen_ms: int(next(), "last_seen_ms").map_err(corrupt)?,
+        lost: int(next(), "lost").map_err(corrupt)? != 0,
+    })
 }

@@ -11,7 +11,7 @@ use super::writer::Durability;
 use crate::StoreError;
 
 /// Schema version in `PRAGMA user_version`; bump it with a migration step.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of a warmpool store ("wpjs"), so that another
 /// program's SQLite file in the data directory is refused, not migrated.
@@ -114,6 +114,31 @@ UPDATE jobs SET
                            WHERE output.job_id = jobs.id AND stream = 2), 0);
 ";
 
+/// Version 4: the cluster part of the interface (nodes, their generations,
+/// input kept for a job that may be queued again, the shared queue's index).
+pub(super) const V4: &str = "
+-- Nodes that joined: a join bumps `generation`; `lost` once another node took
+-- its jobs over (its heartbeat lapsed). Times in ms since the epoch.
+CREATE TABLE nodes (
+    node         TEXT    PRIMARY KEY,
+    address      TEXT    NOT NULL,
+    pools        TEXT    NOT NULL,
+    generation   INTEGER NOT NULL,
+    joined_ms    INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    lost         INTEGER NOT NULL DEFAULT 0
+);
+-- The generation of the join under which the job was made running on `node`
+-- (NULL: made running by a store that had not joined as that node, or never
+-- started); -1: taken over from a lost node (no node's write is accepted until
+-- it is claimed again).
+ALTER TABLE jobs ADD COLUMN node_gen INTEGER;
+-- A running job's input (job_input) is kept until its end: it may be queued again.
+ALTER TABLE jobs ADD COLUMN keep_input INTEGER NOT NULL DEFAULT 0;
+-- claim_next: the oldest queued job of a profile.
+CREATE INDEX jobs_queued_by_profile ON jobs (profile, seq) WHERE state = 'queued';
+";
+
 /// Sets the write connection up; returns the journal mode SQLite settled on.
 /// `busy`: how long to wait for another process holding the file.
 pub(super) fn configure_writer(db: &Connection, busy: Duration) -> rusqlite::Result<String> {
@@ -188,6 +213,9 @@ pub(super) fn migrate(
     }
     if version < 3 {
         tx.execute_batch(V3).map_err(&open_error)?;
+    }
+    if version < 4 {
+        tx.execute_batch(V4).map_err(&open_error)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -3,7 +3,7 @@
 //! group commit) and a measurement.
 
 use super::schema::{
-    configure_writer, migrate, APPLICATION_ID, BUSY_TIMEOUT, SCHEMA_VERSION, V1, V2,
+    configure_writer, migrate, APPLICATION_ID, BUSY_TIMEOUT, SCHEMA_VERSION, V1, V2, V3,
 };
 use super::writer::{commit_group, write_op, Counters, Durability};
 use super::*;
@@ -44,6 +44,15 @@ impl Harness for SqliteHarness {
         clock: Arc<ManualClock>,
     ) -> impl std::future::Future<Output = SqliteStore> + Send {
         let store = SqliteStore::open(&self.0 .0, clock).expect("open the store");
+        async move { store }
+    }
+
+    /// Beside the first store, without the directory's lock (test only).
+    fn open_second(
+        &self,
+        clock: Arc<ManualClock>,
+    ) -> impl std::future::Future<Output = SqliteStore> + Send {
+        let store = SqliteStore::open_beside(&self.0 .0, clock).expect("open a second store");
         async move { store }
     }
 }
@@ -139,6 +148,7 @@ fn a_file_held_by_an_old_warmpool_is_refused() {
         &dir.0,
         Arc::new(ManualClock::new()),
         Duration::from_millis(50),
+        true,
     ));
     assert!(
         message.contains("in use by another warmpool server"),
@@ -165,7 +175,7 @@ fn a_newer_schema_is_refused() {
         .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .expect("bump");
     let message = open_error(SqliteStore::open(&dir.0, Arc::new(ManualClock::new())));
-    assert!(message.contains("schema version 4"), "{message}");
+    assert!(message.contains("schema version 5"), "{message}");
 }
 
 #[test]
@@ -215,6 +225,98 @@ async fn start_wipes_env_and_stdin_from_the_files() {
         "stdin left in the files"
     );
     assert!(contains(&after, id.as_bytes()));
+}
+
+/// A job that keeps its input while it runs (`claim_next` with `keep_input`)
+/// loses it from the files at its end: by `finish`, by `take_over`, or when
+/// claimed without keeping it.
+#[tokio::test]
+async fn kept_input_is_wiped_from_the_files_at_the_jobs_end() {
+    let dir = TempDir::new();
+    let clock = Arc::new(ManualClock::new());
+    let store = SqliteStore::open(&dir.0, clock.clone()).expect("open");
+    let marker = |what: &str| format!("wp-{what}-{}-{}", std::process::id(), SystemClock.now_ms());
+    let new = |secret: &str| NewJob {
+        env: vec![("TOKEN".into(), secret.to_owned())],
+        stdin: Some(secret.repeat(2_000).into_bytes()),
+        ..job("py")
+    };
+    let (finished, taken, plain) = (marker("finished"), marker("taken"), marker("plain"));
+    store
+        .join(&crate::conformance::beat("a"))
+        .await
+        .expect("join");
+    for secret in [&finished, &taken, &plain] {
+        store.insert(&new(secret)).await.expect("insert");
+    }
+    let claim = |keep| store.claim_next("py", "a", false, keep);
+    let finished_id = claim(true).await.expect("claim").expect("queued").id;
+    claim(true).await.expect("claim").expect("queued");
+    claim(false).await.expect("claim").expect("queued");
+    store.scrub().await.expect("scrub");
+    let files = file_bytes(&store);
+    assert!(contains(&files, finished.as_bytes()) && contains(&files, taken.as_bytes()));
+    assert!(
+        !contains(&files, plain.as_bytes()),
+        "claimed without keeping it"
+    );
+
+    assert!(store
+        .finish(&finished_id, &exited(0))
+        .await
+        .expect("finish")
+        .is_some());
+    store.scrub().await.expect("scrub");
+    let files = file_bytes(&store);
+    assert!(
+        !contains(&files, finished.as_bytes()),
+        "kept input left after finish"
+    );
+    assert!(contains(&files, taken.as_bytes()));
+    clock.advance(Duration::from_secs(60));
+    let taken_over = store
+        .take_over("b", Duration::from_secs(30), &[])
+        .await
+        .expect("take over");
+    assert_eq!(taken_over[0].interrupted.len(), 2);
+    store.scrub().await.expect("scrub");
+    assert!(
+        !contains(&file_bytes(&store), taken.as_bytes()),
+        "kept input left after take_over"
+    );
+}
+
+/// SQLite sends an operation's events from the writer after its commit and
+/// before its caller is answered: they are there when the call returns.
+#[tokio::test]
+async fn events_are_sent_before_the_call_returns() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let mut events = store.events();
+    let id = store.insert(&job("py")).await.expect("insert");
+    assert_eq!(
+        events.try_recv().expect("an event"),
+        StoreEvent::Queued {
+            profile: "py".into()
+        }
+    );
+    store.request_cancel(&id).await.expect("cancel");
+    assert_eq!(
+        events.try_recv().expect("an event"),
+        StoreEvent::Ended { id }
+    );
+    assert!(events.try_recv().is_err());
+    // A failed operation (rolled back) sends nothing.
+    assert!(store
+        .finish("jnope", &exited(0))
+        .await
+        .expect("finish")
+        .is_none());
+    assert!(store
+        .append_output("jnope", StreamName::Stdout, 0, b"x")
+        .await
+        .is_err());
+    assert!(events.try_recv().is_err());
 }
 
 #[tokio::test]
@@ -508,7 +610,7 @@ fn write_old_file(dir: &TempDir, version: i64) -> (Connection, [String; 3]) {
     }
     db.pragma_update(None, "application_id", APPLICATION_ID)
         .expect("application id");
-    db.pragma_update(None, "user_version", version)
+    db.pragma_update(None, "user_version", version.min(2))
         .expect("version");
     let [queued, running, done] = [
         "j0000000000001aaaaaaaa",
@@ -559,6 +661,11 @@ fn write_old_file(dir: &TempDir, version: i64) -> (Connection, [String; 3]) {
             params![done],
         )
         .expect("delivery");
+    }
+    if version >= 3 {
+        // As a version 3 warmpool left it: migrated from 2 by that warmpool.
+        db.execute_batch(V3).expect("v3");
+        db.pragma_update(None, "user_version", 3).expect("version");
     }
     (db, [queued, running, done])
 }
@@ -650,6 +757,26 @@ async fn check_migrated_files(dir: &TempDir, version: i64, ids: [String; 3]) {
         .expect("recover");
     assert_eq!(recovered.interrupted, vec![running.clone()]);
     assert_eq!(recovered.queued[0], queued);
+    // The cluster part works on the migrated file.
+    assert!(store.nodes().await.expect("nodes").is_empty());
+    store
+        .join(&crate::conformance::beat("new-node"))
+        .await
+        .expect("join");
+    assert_eq!(store.queued_count("py").await.expect("count"), 1);
+    let claimed = store
+        .claim_next("py", "new-node", false, true)
+        .await
+        .expect("claim")
+        .expect("the old queued job");
+    assert_eq!(
+        (claimed.id.as_str(), claimed.job.stdin.as_deref()),
+        (queued.as_str(), Some(&b"hi"[..]))
+    );
+    store
+        .append_output(&queued, StreamName::Stdout, 0, b"new")
+        .await
+        .expect("append");
     drop(store);
     let version: i64 = raw(dir)
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -665,6 +792,11 @@ async fn a_version_1_file_is_migrated() {
 #[tokio::test]
 async fn a_version_2_file_is_migrated() {
     check_migrated(2, false).await;
+}
+
+#[tokio::test]
+async fn a_version_3_file_is_migrated() {
+    check_migrated(3, false).await;
 }
 
 #[tokio::test]

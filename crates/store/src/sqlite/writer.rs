@@ -86,11 +86,24 @@ pub(super) enum Op {
 }
 
 /// An operation for the writer, and where its result will come.
+#[cfg(test)]
 pub(super) fn write_op<T: Send + 'static>(
     durability: Durability,
     action: &'static str,
     clock: Arc<dyn Clock>,
     f: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+) -> (WriteOp, oneshot::Receiver<Result<T, StoreError>>) {
+    write_op_then(durability, action, clock, f, |_| {})
+}
+
+/// [`write_op`], calling `committed` with the result once it has committed
+/// (on the writer thread, before the caller is answered): where events go out.
+pub(super) fn write_op_then<T: Send + 'static>(
+    durability: Durability,
+    action: &'static str,
+    clock: Arc<dyn Clock>,
+    f: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    committed: impl FnOnce(&T) + Send + 'static,
 ) -> (WriteOp, oneshot::Receiver<Result<T, StoreError>>) {
     let (reply, answer) = oneshot::channel();
     let work: Work = Box::new(move |db| {
@@ -99,7 +112,12 @@ pub(super) fn write_op<T: Send + 'static>(
         let ok = matches!(result, Some(Ok(_)));
         let complete: Complete = Box::new(move |commit| {
             let result = match (result, commit) {
-                (Some(result), Ok(())) => result,
+                (Some(result), Ok(())) => {
+                    if let Ok(value) = &result {
+                        committed(value);
+                    }
+                    result
+                }
                 // Its own error stays its own; a good result did not commit.
                 (Some(Err(e)), Err(_)) => Err(e),
                 (_, Err(message)) => Err(StoreError::Backend {
