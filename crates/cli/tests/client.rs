@@ -307,16 +307,16 @@ fn status_shows_the_pools() {
     assert_eq!(
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
         [
-            "PROFILE", "IMAGE", "IDLE", "BUSY", "STARTING", "QUEUED", "TARGET", "HITS", "MISSES",
-            "HIT", "RATE"
+            "NODE", "PROFILE", "IMAGE", "IDLE", "BUSY", "STARTING", "QUEUED", "TARGET", "HITS",
+            "MISSES", "HIT", "RATE"
         ]
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(row[..2], ["bb", BUSYBOX], "{table}");
-    let hits: u64 = row[7].parse().unwrap();
-    let misses: u64 = row[8].parse().unwrap();
+    assert_eq!(row[..3], [s.instance.as_str(), "bb", BUSYBOX], "{table}");
+    let hits: u64 = row[8].parse().unwrap();
+    let misses: u64 = row[9].parse().unwrap();
     assert_eq!(hits + misses, 1, "{table}");
-    assert!(row[9].ends_with('%'), "{table}");
+    assert!(row[10].ends_with('%'), "{table}");
 
     // --watch, not on a terminal: a new table each interval, until Ctrl-C. Stop
     // it once it has printed three tables.

@@ -1319,7 +1319,8 @@ mod tests {
         assert!(e.contains("`server` must be a table"), "{e}");
         let e = err(&format!("[sever]\n{ONE_PROFILE}"));
         assert!(
-            e.contains("`sever`") && e.contains("`engine`, `server`, `store`, `cluster`, `profiles` or `github`"),
+            e.contains("`sever`")
+                && e.contains("`engine`, `server`, `store`, `cluster`, `profiles` or `github`"),
             "{e}"
         );
     }
@@ -1395,7 +1396,10 @@ mod tests {
             ("[store]\nurl = \"mysql://x/y\"", "[store] key `url`"),
             ("[store]\nuri = \"postgres://x\"", "[store]"),
             ("[cluster]\nnode_timeout = \"0s\"", "key `node_timeout`"),
-            ("[cluster]\nnode_timeout = \"10s\"\nheartbeat = \"6s\"", "key `heartbeat`"),
+            (
+                "[cluster]\nnode_timeout = \"10s\"\nheartbeat = \"6s\"",
+                "key `heartbeat`",
+            ),
             ("[cluster]\naddress = 5", "key `address`"),
         ] {
             let e = Config::parse(&format!("{text}\n{ONE_PROFILE}"))

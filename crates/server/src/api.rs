@@ -180,7 +180,11 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    pub fn new(n: warmpool_store::NodeRecord, now_ms: i64, timeout: std::time::Duration) -> NodeView {
+    pub fn new(
+        n: warmpool_store::NodeRecord,
+        now_ms: i64,
+        timeout: std::time::Duration,
+    ) -> NodeView {
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         NodeView {
             alive: !n.lost && now_ms.saturating_sub(n.last_seen_ms) <= timeout_ms,

@@ -181,8 +181,7 @@ impl Service {
             .get(profile)
             .is_some_and(|p| p.retry_interrupted);
         let mut queued = self.store().queued_count(profile).await?;
-        while queued > 0 && self.leased.load(Ordering::SeqCst) && !self.stopping().is_cancelled()
-        {
+        while queued > 0 && self.leased.load(Ordering::SeqCst) && !self.stopping().is_cancelled() {
             let taking = lock(&self.dispatch)
                 .taking
                 .get(profile)
@@ -287,9 +286,8 @@ impl Service {
             // Killed before the others may take them: a lease is good for
             // node_timeout after the last stored beat; stop one beat early.
             let last = *lock(&self.lease_ok);
-            let lapsed = last.is_none_or(|t| {
-                t.elapsed() + cluster.heartbeat >= cluster.node_timeout
-            });
+            let lapsed =
+                last.is_none_or(|t| t.elapsed() + cluster.heartbeat >= cluster.node_timeout);
             if lapsed && self.leased.swap(false, Ordering::SeqCst) {
                 tracing::error!(
                     node = %self.node(),
@@ -348,7 +346,10 @@ impl Service {
         let error = "its node lost its lease (the job store was unreachable) and killed it";
         match self.store().recover(self.node(), error).await {
             Ok(r) if !r.interrupted.is_empty() => {
-                tracing::warn!(jobs = r.interrupted.len(), "jobs killed while the lease was lost are interrupted");
+                tracing::warn!(
+                    jobs = r.interrupted.len(),
+                    "jobs killed while the lease was lost are interrupted"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "storing the ends of killed jobs failed"),
@@ -360,7 +361,10 @@ impl Service {
     /// Kill every job this node runs (its lease is gone): their writes would
     /// be refused, and another node ends or re-queues them.
     fn fence_jobs(&self, why: &str) {
-        let live: Vec<_> = lock(&self.live).iter().map(|(id, l)| (id.clone(), l.clone())).collect();
+        let live: Vec<_> = lock(&self.live)
+            .iter()
+            .map(|(id, l)| (id.clone(), l.clone()))
+            .collect();
         for (id, job) in live {
             tracing::warn!(job = %id, reason = %why, "killing a job this node no longer owns");
             job.cancel.cancel();

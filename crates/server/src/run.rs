@@ -138,7 +138,6 @@ impl JobRun {
     /// A container, or the event that ends the wait for one.
     async fn claim(&mut self, pool: &Pool) -> Result<Claimed, Event> {
         let claim = pool.claim();
-        let stopping = self.svc.stopping();
         tokio::select! {
             // A cancel that came first (during `prepare`) is seen before the
             // claim is tried, so it never takes a parked container only for the
@@ -148,7 +147,6 @@ impl JobRun {
             // park in flight finishes on its own and its container goes to the
             // pool (the pool's rule), so nothing is left half-created.
             _ = self.live.cancel.cancelled() => Err(Event::CancelRequested),
-            _ = stopping.cancelled() => Err(Event::Stopping),
             got = claim => match got {
                 Ok(c) => Ok(c),
                 Err(PoolError::ShuttingDown { .. }) => Err(Event::Stopping),

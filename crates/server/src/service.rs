@@ -150,8 +150,10 @@ impl Service {
     /// started), and its loops start (the dispatcher takes queued jobs, of any
     /// node, from now on). Returns (queued, interrupted).
     pub async fn begin(self: &Arc<Self>) -> Result<(usize, usize), ServiceError> {
-        self.join().await?;
+        // Before the join, which would end them as runs of an old generation:
+        // they ended because this node restarted, and their error says so.
         let recovered = self.store.recover(&self.node, INTERRUPTED_ERROR).await?;
+        self.join().await?;
         self.start_node();
         Ok((recovered.queued.len(), recovered.interrupted.len()))
     }
@@ -241,7 +243,14 @@ impl Service {
     /// pool can start now plus the profile's `max_queue`; beyond that, 429.
     async fn admit(&self, profile: &str) -> Result<(), ServiceError> {
         let room = match (self.config.profiles.get(profile), self.pools.get(profile)) {
-            (Some(p), Some(pool)) => p.max_containers.saturating_sub(pool.busy()) + p.max_queue,
+            (Some(p), Some(pool)) => {
+                let taking = lock(&self.dispatch)
+                    .taking
+                    .get(profile)
+                    .copied()
+                    .unwrap_or(0);
+                pool.capacity().saturating_sub(taking) + p.max_queue
+            }
             _ => 0,
         };
         let queued = self.store.queued_count(profile).await?;
@@ -523,7 +532,9 @@ impl Service {
             }
             match serde_json::from_str::<Vec<crate::api::PoolView>>(&n.pools) {
                 Ok(theirs) => pools.extend(theirs),
-                Err(e) => tracing::warn!(node = %n.node, error = %e, "a node's pools cannot be read"),
+                Err(e) => {
+                    tracing::warn!(node = %n.node, error = %e, "a node's pools cannot be read")
+                }
             }
         }
         Ok(pools)
@@ -560,6 +571,13 @@ impl Service {
     /// their ends.
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.cancel();
+        // Jobs taken from the queue get their containers first (the dispatcher
+        // has stopped taking more): they are running, and run within the grace
+        // like the others.
+        let deadline = Instant::now() + grace.min(warmpool_exec::PARK_TIMEOUT);
+        while lock(&self.dispatch).taking.values().any(|n| *n > 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.pools.shutdown(grace).await;
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
