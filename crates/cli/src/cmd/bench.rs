@@ -34,6 +34,19 @@ pub struct BenchArgs {
     /// same warm job without the service (its overhead is the difference).
     #[arg(long)]
     http: bool,
+    /// Instead: how fast nodes take jobs from the shared queue (the store's
+    /// claim), one node vs `--nodes` at once; no engine needed. The store is
+    /// `--store-url` (else WARMPOOL_STORE_URL / `[store] url`), else a fresh
+    /// SQLite file.
+    #[arg(long)]
+    queue: bool,
+    /// Nodes taking jobs at once for `--queue`.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// A PostgreSQL store for `--queue`, and for `--http` a second service on
+    /// it beside the SQLite one (its warm p50 against SQLite's, in one run).
+    #[arg(long)]
+    store_url: Option<String>,
     /// Arguments of the job (replacing the image's CMD); default: the image's CMD.
     #[arg(last = true)]
     args: Vec<String>,
@@ -205,6 +218,9 @@ fn stats(mode: &'static str, what: &'static str, samples: &[Sample]) -> ModeStat
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
     let config = super::load_config(&args.config)?;
+    if args.queue {
+        return queue(&args, &config).await;
+    }
     let profile = config.profile(&args.profile)?.clone();
     let (runtime, executor) = super::connect(&config)?;
     let result = if args.http {
@@ -215,6 +231,77 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     // Every container the bench made is removed before we exit, on every path.
     executor.drain().await;
     result
+}
+
+async fn queue(args: &BenchArgs, config: &warmpool_core::Config) -> anyhow::Result<u8> {
+    let url = match &args.store_url {
+        Some(u) => Some(u.clone()),
+        None => super::store::store_url(config)?,
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "warmpool-bench-queue-{}",
+        warmpool_core::labels::unique_suffix()
+    ));
+    let f = match &url {
+        Some(url) => {
+            let url = url.clone();
+            super::bench_queue::measure(
+                "postgresql",
+                move || {
+                    let url = url.clone();
+                    Box::pin(async move { super::store::open_postgres(&url).await })
+                },
+                false,
+                args.nodes,
+                args.jobs,
+            )
+            .await
+        }
+        None => {
+            let dir = dir.clone();
+            super::bench_queue::measure(
+                "sqlite",
+                move || {
+                    let dir = dir.clone();
+                    Box::pin(async move {
+                        let s = warmpool_store::SqliteStore::open(
+                            &dir,
+                            Arc::new(warmpool_store::SystemClock),
+                        )?;
+                        anyhow::Ok(Arc::new(s) as Arc<dyn warmpool_store::JobStore>)
+                    })
+                },
+                true,
+                args.nodes,
+                args.jobs,
+            )
+            .await
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = f?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+        return Ok(0);
+    }
+    println!(
+        "warmpool bench --queue: {} store, {} jobs taken from the shared queue",
+        f.backend, f.jobs
+    );
+    println!();
+    println!("| nodes taking at once | claims/s |");
+    println!("|---|---|");
+    println!("| 1 | {:.0} |", f.one_node_claims_per_sec);
+    println!("| {} | {:.0} |", f.nodes, f.many_nodes_claims_per_sec);
+    println!();
+    println!("ratio {} nodes / 1 node: {:.2}x", f.nodes, f.ratio);
+    let goal = 2.5;
+    println!(
+        "goal {}: {} nodes >= {goal}x one node",
+        if f.ratio >= goal { "met" } else { "MISSED" },
+        f.nodes
+    );
+    Ok(0)
 }
 
 async fn http(

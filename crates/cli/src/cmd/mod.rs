@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_http;
+pub mod bench_queue;
 pub mod client;
 pub mod doctor;
 pub mod jobs;

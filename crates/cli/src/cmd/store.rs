@@ -46,7 +46,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn JobStore>> {
 }
 
 /// PostgreSQL: arrives with the backend (branch h/pg).
-async fn open_postgres(url: &str) -> anyhow::Result<Arc<dyn JobStore>> {
+pub async fn open_postgres(url: &str) -> anyhow::Result<Arc<dyn JobStore>> {
     let _ = url;
     anyhow::bail!("PLACEHOLDER until the PostgreSQL backend merges")
 }
