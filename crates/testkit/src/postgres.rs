@@ -434,7 +434,7 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout
             .lines()
-            .find(|l| l.starts_with("DIR="))
+            .find_map(|l| l.find("DIR=").map(|at| &l[at..]))
             .unwrap_or_else(|| panic!("the child's output: {stdout}"));
         let mut parts = line.split(' ');
         let dir = PathBuf::from(parts.next().unwrap_or_default().trim_start_matches("DIR="));

@@ -11,7 +11,10 @@
 //!    unless J runs again on a node this store joined as, with that node's
 //!    current generation (one store acting as two nodes);
 //! 2. or J runs on a node N this store joined as, with another generation of N
-//!    than the store's (N joined again since it started J).
+//!    than the store's (N joined again since it started J), or the store's
+//!    generation of N is no longer N's in the `nodes` table (N was declared
+//!    lost, or the same name joined again through another store: a new
+//!    process).
 //!
 //! A job made running before any join carries no generation and is never
 //! fenced by rule 2, as the trait says ("before any join, nothing is fenced").
@@ -42,8 +45,14 @@ pub(super) fn check(id: &str, owner: &Owner, mine: &Generations) -> Result<(), S
     }
     if owner.state == "running" {
         if let (Some(node), Some(gen)) = (&owner.node, owner.node_gen) {
-            if mine.get(node).is_some_and(|&current| current != gen) {
-                return Err(fenced());
+            if let Some(&current) = mine.get(node) {
+                // The job's generation is not this store's, or this store's
+                // is no longer the node's (it was declared lost, or the same
+                // name joined again through another store).
+                let lease_gone = owner.node_now != Some((current, false));
+                if current != gen || lease_gone {
+                    return Err(fenced());
+                }
             }
         }
     }
@@ -66,6 +75,7 @@ mod tests {
             node_gen: gen,
             lost_node: lost.map(|(n, _)| n.to_owned()),
             lost_gen: lost.map(|(_, g)| g),
+            node_now: node.zip(gen).map(|(_, g)| (g, false)),
         }
     }
 
@@ -121,6 +131,13 @@ mod tests {
             &owner("interrupted", Some("a"), Some(1), Some(("a", 1))),
             &both
         ));
+        // The node's row says another generation (a new process joined as a)
+        // or lost: the stale store is fenced.
+        let mut stale = owner("running", Some("a"), Some(1), None);
+        stale.node_now = Some((2, false));
+        assert!(fenced(&stale, &a1));
+        stale.node_now = Some((1, true));
+        assert!(fenced(&stale, &a1));
         // An ended job of an old generation: finish answers "ended", not fenced.
         assert!(!fenced(&owner("succeeded", Some("a"), Some(1), None), &a2));
     }

@@ -12,7 +12,7 @@ use super::fence::{check, Generations};
 use super::listen::notify;
 use super::pool::Failure;
 use super::rows::{
-    decode_json, ids, owner, record, unsigned, value, OWNER_COLUMNS, RECORD_COLUMNS,
+    decode_json, ids, owner, record, unsigned, value, OWNER_COLUMNS, OWNER_FROM, RECORD_COLUMNS,
 };
 use crate::ids::new_id;
 use crate::{
@@ -305,7 +305,7 @@ pub(super) async fn finish(
     now: i64,
     mine: &Generations,
 ) -> Result<Option<JobRecord>, Failure> {
-    let sql = format!("SELECT {OWNER_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
+    let sql = format!("SELECT {OWNER_COLUMNS} FROM {OWNER_FROM} WHERE j.id = $1 FOR UPDATE OF j");
     let Some(row) = client.query_opt(&sql, &[&id]).await? else {
         return Ok(None);
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::stream::poll_fn;
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
 use super::pool::{describe, Failure};
@@ -58,11 +58,18 @@ pub(super) async fn notify(client: &Client, event: &StoreEvent) -> Result<(), Fa
     Ok(())
 }
 
-/// The listener: runs until aborted (the store's drop).
-pub(super) async fn listen(config: Config, events: broadcast::Sender<StoreEvent>) {
+/// The listener: runs until aborted (the store's drop). `listening` is true
+/// while it listens.
+pub(super) async fn listen(
+    config: Config,
+    events: broadcast::Sender<StoreEvent>,
+    listening: watch::Sender<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&config, &events).await {
+        let result = listen_once(&config, &events, &listening).await;
+        listening.send_replace(false);
+        match result {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => tracing::warn!(
                 error = %describe(&e),
@@ -79,16 +86,17 @@ pub(super) async fn listen(config: Config, events: broadcast::Sender<StoreEvent>
 async fn listen_once(
     config: &Config,
     events: &broadcast::Sender<StoreEvent>,
+    listening: &watch::Sender<bool>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let mut messages = poll_fn(move |cx| connection.poll_message(cx));
     // The connection is driven by polling `messages`: drive it while LISTEN runs.
     let sql = format!("LISTEN {CHANNEL}");
-    let listening = client.batch_execute(&sql);
-    tokio::pin!(listening);
+    let listen = client.batch_execute(&sql);
+    tokio::pin!(listen);
     loop {
         tokio::select! {
-            done = &mut listening => { done?; break; }
+            done = &mut listen => { done?; break; }
             message = messages.next() => match message {
                 Some(Ok(message)) => forward(message, events),
                 Some(Err(e)) => return Err(e),
@@ -97,6 +105,7 @@ async fn listen_once(
         }
     }
     let _ = events.send(StoreEvent::Resync);
+    listening.send_replace(true);
     while let Some(message) = messages.next().await {
         forward(message?, events);
     }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Config;
 
@@ -104,6 +104,7 @@ pub struct PgStore {
     shown_url: String,
     generations: Mutex<Generations>,
     events: broadcast::Sender<StoreEvent>,
+    listening: watch::Receiver<bool>,
     listener: JoinHandle<()>,
 }
 
@@ -144,13 +145,15 @@ impl PgStore {
         schema::migrate(&client, clock.now_ms(), &shown_url).await?;
         drop(client);
         let (events, _) = broadcast::channel(listen::CAPACITY);
-        let listener = tokio::spawn(listen::listen(config.clone(), events.clone()));
+        let (listening_tx, listening) = watch::channel(false);
+        let listener = tokio::spawn(listen::listen(config.clone(), events.clone(), listening_tx));
         Ok(PgStore {
             pool: Pool::new(config),
             clock,
             shown_url,
             generations: Mutex::new(HashMap::new()),
             events,
+            listening,
             listener,
         })
     }
@@ -158,6 +161,16 @@ impl PgStore {
     /// The database URL, without its password.
     pub fn url(&self) -> &str {
         &self.shown_url
+    }
+
+    /// Waits until the event listener listens (at most `limit`): events
+    /// committed from then on reach [`JobStore::events`]. `false` if it did
+    /// not within `limit` (the database is unreachable; it keeps trying).
+    pub async fn until_listening(&self, limit: Duration) -> bool {
+        let mut listening = self.listening.clone();
+        tokio::time::timeout(limit, listening.wait_for(|l| *l))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn now(&self) -> i64 {

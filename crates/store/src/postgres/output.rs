@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use super::fence::{check, Generations};
 use super::pool::Failure;
-use super::rows::{len_column, owner, stream_code, unsigned, value, OWNER_COLUMNS};
+use super::rows::{len_column, owner, stream_code, unsigned, value, OWNER_COLUMNS, OWNER_FROM};
 use crate::{StoreError, StreamName};
 
 fn to_i64(n: u64) -> i64 {
@@ -24,7 +24,9 @@ pub(super) async fn append(
     mine: &Generations,
 ) -> Result<(), Failure> {
     let column = len_column(stream);
-    let sql = format!("SELECT {column}, {OWNER_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
+    let sql = format!(
+        "SELECT j.{column}, {OWNER_COLUMNS} FROM {OWNER_FROM} WHERE j.id = $1 FOR UPDATE OF j"
+    );
     let Some(row) = client.query_opt(&sql, &[&id]).await? else {
         return Err(StoreError::NoSuchJob(id.to_owned()).into());
     };

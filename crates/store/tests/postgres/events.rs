@@ -6,25 +6,34 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::Receiver;
 use warmpool_store::conformance::{exited, job};
-use warmpool_store::{JobStore, ManualClock, StoreEvent};
+use warmpool_store::{JobStore, ManualClock, PgStore, StoreEvent};
 
 use super::{connect, fresh_database};
 
-/// The next event, waiting at most 10 s.
-pub async fn next_event(rx: &mut Receiver<StoreEvent>) -> StoreEvent {
+/// The next event, waiting at most 10 s (`Resync` included).
+pub async fn any_event(rx: &mut Receiver<StoreEvent>) -> StoreEvent {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("an event within 10 s")
         .expect("the event channel is open")
 }
 
-/// Waits for the listener's first `Resync` (it listens from then on).
-pub async fn until_listening(rx: &mut Receiver<StoreEvent>) {
+/// The next event other than `Resync` (sent when the listener connects).
+pub async fn next_event(rx: &mut Receiver<StoreEvent>) -> StoreEvent {
     loop {
-        if next_event(rx).await == StoreEvent::Resync {
-            return;
+        match any_event(rx).await {
+            StoreEvent::Resync => continue,
+            event => return event,
         }
     }
+}
+
+/// Waits until the store's listener listens.
+pub async fn until_listening(store: &PgStore) {
+    assert!(
+        store.until_listening(Duration::from_secs(10)).await,
+        "the listener listens within 10 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +43,9 @@ async fn events_of_one_node_reach_the_other() {
     let a = connect(&url, &clock).await;
     let b = connect(&url, &clock).await;
     let mut rx = b.events();
-    until_listening(&mut rx).await;
+    let mut own = a.events();
+    until_listening(&a).await;
+    until_listening(&b).await;
 
     let queued = a.insert(&job("py")).await.expect("insert");
     assert_eq!(
@@ -71,14 +82,25 @@ async fn events_of_one_node_reach_the_other() {
         next_event(&mut rx).await,
         StoreEvent::Ended { id: delivered }
     );
-    // Its own events too, through the same channel.
-    let mut own = a.events();
-    until_listening(&mut own).await;
+    // Its own events too, through the same channel, in commit order.
     a.insert(&job("go")).await.expect("insert");
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(&mut own).await;
+        if event
+            == (StoreEvent::Queued {
+                profile: "go".into(),
+            })
+        {
+            break;
+        }
+        seen.push(event);
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
     assert_eq!(
-        next_event(&mut own).await,
+        seen[0],
         StoreEvent::Queued {
-            profile: "go".into()
+            profile: "py".into()
         }
     );
 }
@@ -89,7 +111,7 @@ async fn nothing_is_sent_for_what_did_not_happen() {
     let clock = Arc::new(ManualClock::new());
     let a = connect(&url, &clock).await;
     let mut rx = a.events();
-    until_listening(&mut rx).await;
+    until_listening(&a).await;
     let id = a.insert(&job("py")).await.expect("insert");
     assert_eq!(
         next_event(&mut rx).await,
