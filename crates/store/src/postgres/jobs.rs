@@ -90,6 +90,13 @@ impl NewRow {
         })
     }
 
+    /// The same row under another id (tests: an id taken by another job).
+    #[cfg(test)]
+    pub(super) fn with_id(self, id: &str) -> NewRow {
+        *self.id.lock().unwrap_or_else(PoisonError::into_inner) = id.to_owned();
+        self
+    }
+
     pub(super) fn id(&self) -> String {
         self.id
             .lock()

@@ -22,6 +22,8 @@ mod output;
 mod pool;
 mod rows;
 mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -506,52 +508,5 @@ impl JobStore for PgStore {
             false,
             |c, _r| cluster::cancels_requested(c, node).await
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::SystemClock;
-
-    #[tokio::test]
-    async fn an_unreachable_database_is_an_open_error_without_the_password() {
-        // Nothing listens on port 1 of loopback.
-        let url = "postgres://u:s3cret@127.0.0.1:1/db?connect_timeout=1";
-        let started = std::time::Instant::now();
-        match PgStore::connect(url, Arc::new(SystemClock)).await {
-            Err(StoreError::Open(message)) => {
-                assert!(message.contains("u:***@127.0.0.1:1/db"), "{message}");
-                assert!(!message.contains("s3cret"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(started.elapsed() < pool::RETRY_FOR + Duration::from_secs(5));
-    }
-
-    #[tokio::test]
-    async fn a_bad_url_is_refused_without_the_password() {
-        match PgStore::connect(
-            "postgres://u:s3cret@h/db?sslmode=nonsense",
-            Arc::new(SystemClock),
-        )
-        .await
-        {
-            Err(StoreError::Open(message)) => assert!(!message.contains("s3cret"), "{message}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn pgpassword_fills_a_missing_password_only() {
-        let mut config: Config = "postgres://u@h/db".parse().expect("parse");
-        fill_password(&mut config, Some("from-env".into()));
-        assert_eq!(config.get_password(), Some(&b"from-env"[..]));
-        let mut config: Config = "postgres://u:in-url@h/db".parse().expect("parse");
-        fill_password(&mut config, Some("from-env".into()));
-        assert_eq!(config.get_password(), Some(&b"in-url"[..]));
-        let mut config: Config = "postgres://u@h/db".parse().expect("parse");
-        fill_password(&mut config, None);
-        assert_eq!(config.get_password(), None);
     }
 }
