@@ -127,8 +127,10 @@ impl Drop for PgStore {
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host/db`
     /// or `host=... dbname=...`), creating or migrating its tables, and starts
-    /// the event listener. Without a password in the URL, `PGPASSWORD` is used.
-    /// Fails (`Open`) if the database cannot be reached within a few retries.
+    /// the event listener, returning once it listens (so every change
+    /// committed after the return reaches [`JobStore::events`]). Without a
+    /// password in the URL, `PGPASSWORD` is used. Fails (`Open`) if the
+    /// database cannot be reached within 10 s of retries.
     pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<PgStore, StoreError> {
         let shown_url = redacted_url(url);
         let mut config: Config = url.parse().map_err(|e| {
@@ -149,7 +151,7 @@ impl PgStore {
         let (events, _) = broadcast::channel(listen::CAPACITY);
         let (listening_tx, listening) = watch::channel(false);
         let listener = tokio::spawn(listen::listen(config.clone(), events.clone(), listening_tx));
-        Ok(PgStore {
+        let store = PgStore {
             pool: Pool::new(config),
             clock,
             shown_url,
@@ -157,7 +159,16 @@ impl PgStore {
             events,
             listening,
             listener,
-        })
+        };
+        // From the return on, every committed change reaches `events()`
+        // (unless the listener loses the database later: then a `Resync`).
+        if !store.until_listening(pool::CONNECT_TIMEOUT).await {
+            tracing::warn!(
+                url = %store.shown_url,
+                "the job store's event listener is not listening yet; it keeps trying"
+            );
+        }
+        Ok(store)
     }
 
     /// The database URL, without its password.

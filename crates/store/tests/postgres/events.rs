@@ -144,3 +144,21 @@ async fn nothing_is_sent_for_what_did_not_happen() {
         "the next event is the marker's ({marker})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_listens_when_connect_returns() {
+    let url = fresh_database();
+    let clock = Arc::new(ManualClock::new());
+    let a = connect(&url, &clock).await;
+    // No wait: subscribed right after connect, the first change is seen.
+    let mut rx = a.events();
+    let id = a.insert(&job("py")).await.expect("insert");
+    assert_eq!(
+        any_event(&mut rx).await,
+        StoreEvent::Queued {
+            profile: "py".into()
+        }
+    );
+    a.finish(&id, &exited(0)).await.expect("finish");
+    assert_eq!(any_event(&mut rx).await, StoreEvent::Ended { id });
+}
