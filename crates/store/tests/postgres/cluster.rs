@@ -375,3 +375,27 @@ async fn queued_jobs_expire_by_the_clock_and_cancels_are_listed() {
     );
     assert!(a.cancels_requested("b").await.expect("cancels").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_seen_by_two_nodes_at_once_starts_one_job() {
+    let (a, b, _) = two_nodes().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    for n in 0..20 {
+        let delivery = format!("d-{n}");
+        let bot = job("bot");
+        let (first, second) = tokio::join!(
+            a.insert_for_delivery(&delivery, "{}", &bot),
+            b.insert_for_delivery(&delivery, "{}", &bot),
+        );
+        let started: Vec<String> = [first.expect("a"), second.expect("b")]
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(started.len(), 1, "delivery {delivery}: {started:?}");
+    }
+    assert_eq!(a.queued_count("bot").await.expect("count"), 20);
+    assert_eq!(
+        b.unanswered_deliveries().await.expect("deliveries").len(),
+        20
+    );
+}
