@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio_postgres::Client;
+use super::listen::Tx;
 
 use super::jobs::{queued_job, wipe_input};
 use super::listen::notify;
@@ -18,7 +18,7 @@ use crate::{Beat, NodeBeat, NodeRecord, QueuedJob, StoreError, StoreEvent, Taken
 /// waited for, so two nodes never get the same job nor wait on each other.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn claim_next(
-    client: &Client,
+    client: &Tx<'_>,
     profile: &str,
     node: &str,
     gen: Option<i64>,
@@ -58,7 +58,7 @@ pub(super) async fn claim_next(
     Ok(Some(job))
 }
 
-pub(super) async fn queued_count(client: &Client, profile: &str) -> Result<usize, Failure> {
+pub(super) async fn queued_count(client: &Tx<'_>, profile: &str) -> Result<usize, Failure> {
     let row = client
         .query_one(
             "SELECT count(*) FROM jobs WHERE state = 'queued' AND profile = $1",
@@ -70,7 +70,7 @@ pub(super) async fn queued_count(client: &Client, profile: &str) -> Result<usize
 }
 
 pub(super) async fn expire_queued(
-    client: &Client,
+    client: &Tx<'_>,
     profile: &str,
     cutoff: i64,
     error: &str,
@@ -96,7 +96,7 @@ pub(super) async fn expire_queued(
 
 /// Writes the node's row (not lost, seen now) with a new generation; that
 /// generation.
-pub(super) async fn join(client: &Client, beat: &NodeBeat, now: i64) -> Result<i64, Failure> {
+pub(super) async fn join(client: &Tx<'_>, beat: &NodeBeat, now: i64) -> Result<i64, Failure> {
     let row = client
         .query_one(
             "INSERT INTO nodes (node, address, pools, generation, joined_ms, last_seen_ms, lost)
@@ -115,7 +115,7 @@ pub(super) async fn join(client: &Client, beat: &NodeBeat, now: i64) -> Result<i
 /// Renews the lease of generation `gen` of the node; `Fenced` if that
 /// generation was declared lost or replaced by a newer join.
 pub(super) async fn heartbeat(
-    client: &Client,
+    client: &Tx<'_>,
     beat: &NodeBeat,
     gen: i64,
     now: i64,
@@ -134,7 +134,7 @@ pub(super) async fn heartbeat(
     })
 }
 
-pub(super) async fn nodes(client: &Client) -> Result<Vec<NodeRecord>, Failure> {
+pub(super) async fn nodes(client: &Tx<'_>) -> Result<Vec<NodeRecord>, Failure> {
     let rows = client
         .query(
             &format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY node"),
@@ -157,7 +157,7 @@ pub(super) fn show_duration(d: Duration) -> String {
 /// and takes their running jobs over. Two nodes doing it at once: the row
 /// locks of the first `UPDATE` make the second find those nodes lost already.
 pub(super) async fn take_over(
-    client: &Client,
+    client: &Tx<'_>,
     by: &str,
     cutoff: i64,
     timeout: Duration,
@@ -189,7 +189,7 @@ pub(super) async fn take_over(
 /// One lost node's running jobs: queued again (a `requeue` profile whose
 /// input was kept, no cancel asked) or interrupted.
 async fn take_jobs(
-    client: &Client,
+    client: &Tx<'_>,
     name: &str,
     gen: i64,
     timeout: Duration,
@@ -265,7 +265,7 @@ async fn take_jobs(
     Ok(taken)
 }
 
-pub(super) async fn cancels_requested(client: &Client, node: &str) -> Result<Vec<String>, Failure> {
+pub(super) async fn cancels_requested(client: &Tx<'_>, node: &str) -> Result<Vec<String>, Failure> {
     let rows = client
         .query(
             "SELECT id FROM jobs WHERE state = 'running' AND node = $1 AND cancel_requested

@@ -4,8 +4,8 @@
 
 use std::sync::{LazyLock, Mutex, PoisonError};
 
+use super::listen::Tx;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
 use warmpool_core::lifecycle::{StoredCancel, CANCELLED_QUEUED_ERROR};
 
 use super::fence::{check, Generations};
@@ -114,7 +114,7 @@ impl NewRow {
     /// may have committed, so a row with this id and these values is ours.
     pub(super) async fn insert(
         &self,
-        client: &Client,
+        client: &Tx<'_>,
         started: Option<StartedOn<'_>>,
         retried: bool,
     ) -> Result<String, Failure> {
@@ -176,7 +176,7 @@ impl NewRow {
     }
 
     /// Whether the row stored under `id` is this job (an earlier attempt's).
-    async fn is_stored_as(&self, client: &Client, id: &str) -> Result<bool, Failure> {
+    async fn is_stored_as(&self, client: &Tx<'_>, id: &str) -> Result<bool, Failure> {
         let row = client
             .query_opt(
                 "SELECT profile, args, created_ms FROM jobs WHERE id = $1",
@@ -193,7 +193,7 @@ impl NewRow {
 
 /// Inserts a delivery's job; `None` if the delivery was seen before.
 pub(super) async fn insert_for_delivery(
-    client: &Client,
+    client: &Tx<'_>,
     row: &NewRow,
     delivery: &str,
     meta: &str,
@@ -239,7 +239,7 @@ pub(super) async fn insert_for_delivery(
     Ok(Some(stored))
 }
 
-pub(super) async fn queued(client: &Client, id: &str) -> Result<Option<QueuedJob>, Failure> {
+pub(super) async fn queued(client: &Tx<'_>, id: &str) -> Result<Option<QueuedJob>, Failure> {
     let row = client
         .query_opt(
             "SELECT j.profile, j.args, j.timeout_ms, i.env, i.stdin
@@ -282,7 +282,7 @@ pub(super) fn queued_job(
     })
 }
 
-pub(super) async fn wipe_input(client: &Client, ids: &[String]) -> Result<(), Failure> {
+pub(super) async fn wipe_input(client: &Tx<'_>, ids: &[String]) -> Result<(), Failure> {
     client
         .execute("DELETE FROM job_input WHERE job_id = ANY($1)", &[&ids])
         .await?;
@@ -290,7 +290,7 @@ pub(super) async fn wipe_input(client: &Client, ids: &[String]) -> Result<(), Fa
 }
 
 pub(super) async fn start(
-    client: &Client,
+    client: &Tx<'_>,
     id: &str,
     (node, gen, warm): StartedOn<'_>,
     now: i64,
@@ -306,7 +306,7 @@ pub(super) async fn start(
 }
 
 pub(super) async fn finish(
-    client: &Client,
+    client: &Tx<'_>,
     id: &str,
     finish: &Finish,
     now: i64,
@@ -340,7 +340,7 @@ pub(super) async fn finish(
 }
 
 pub(super) async fn request_cancel(
-    client: &Client,
+    client: &Tx<'_>,
     id: &str,
     now: i64,
 ) -> Result<CancelOutcome, Failure> {
@@ -397,7 +397,7 @@ pub(super) async fn request_cancel(
     }
 }
 
-pub(super) async fn get(client: &Client, id: &str) -> Result<Option<JobRecord>, Failure> {
+pub(super) async fn get(client: &Tx<'_>, id: &str) -> Result<Option<JobRecord>, Failure> {
     let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = $1");
     match client.query_opt(&sql, &[&id]).await? {
         Some(row) => Ok(Some(record(&row)?)),
@@ -405,7 +405,7 @@ pub(super) async fn get(client: &Client, id: &str) -> Result<Option<JobRecord>, 
     }
 }
 
-pub(super) async fn list(client: &Client, query: &ListQuery) -> Result<Vec<JobRecord>, Failure> {
+pub(super) async fn list(client: &Tx<'_>, query: &ListQuery) -> Result<Vec<JobRecord>, Failure> {
     let state = query.state.map(JobState::as_str);
     let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
     let mut conditions = Vec::new();
@@ -433,7 +433,7 @@ pub(super) async fn list(client: &Client, query: &ListQuery) -> Result<Vec<JobRe
 }
 
 pub(super) async fn recover(
-    client: &Client,
+    client: &Tx<'_>,
     node: &str,
     error: &str,
     now: i64,
@@ -466,7 +466,7 @@ pub(super) async fn recover(
     })
 }
 
-pub(super) async fn prune(client: &Client, cutoff: i64) -> Result<usize, Failure> {
+pub(super) async fn prune(client: &Tx<'_>, cutoff: i64) -> Result<usize, Failure> {
     // Input, output and deliveries go with their job (ON DELETE CASCADE).
     let sql = format!(
         "DELETE FROM jobs WHERE finished_ms IS NOT NULL AND finished_ms <= $1 \
@@ -477,7 +477,7 @@ pub(super) async fn prune(client: &Client, cutoff: i64) -> Result<usize, Failure
     Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
 }
 
-pub(super) async fn unanswered_deliveries(client: &Client) -> Result<Vec<Delivery>, Failure> {
+pub(super) async fn unanswered_deliveries(client: &Tx<'_>) -> Result<Vec<Delivery>, Failure> {
     let rows = client
         .query(
             "SELECT id, job_id, meta FROM deliveries WHERE NOT answered
@@ -502,7 +502,7 @@ pub(super) async fn unanswered_deliveries(client: &Client) -> Result<Vec<Deliver
     Ok(out)
 }
 
-pub(super) async fn mark_answered(client: &Client, delivery: &str) -> Result<(), Failure> {
+pub(super) async fn mark_answered(client: &Tx<'_>, delivery: &str) -> Result<(), Failure> {
     client
         .execute(
             "UPDATE deliveries SET answered = true WHERE id = $1",

@@ -46,7 +46,7 @@ pub use pool::redacted_url;
 use pool::{connect, Failure, Next, Pool, Retry, Tries, ATTEMPT_TIMEOUT};
 
 /// Runs `$body` (an expression of type `Result<T, Failure>` using `$client`,
-/// a `&Client` inside a transaction, and `$retried`, whether an earlier
+/// a `&Tx` (a `&Client` inside a transaction, collecting its events), and `$retried`, whether an earlier
 /// attempt may have committed) in one transaction, attempt after attempt as
 /// `Tries` says. `$tx`: `false` for a single read statement (no BEGIN).
 macro_rules! attempt {
@@ -57,7 +57,8 @@ macro_rules! attempt {
             let $retried: bool = tries.retried;
             let one = async {
                 let conn = $store.pool.get().await?;
-                let $client = conn.client()?;
+                let tx = listen::Tx::new(conn.client()?, &$store.token);
+                let $client = &tx;
                 if $tx {
                     $client.batch_execute("BEGIN").await?;
                 }
@@ -65,7 +66,9 @@ macro_rules! attempt {
                     Ok(value) => value,
                     Err(Failure::Store(e)) => {
                         // A store-level answer: the connection is sound.
-                        if !$tx || $client.batch_execute("ROLLBACK").await.is_ok() {
+                        let rolled_back = !$tx || $client.batch_execute("ROLLBACK").await.is_ok();
+                        drop(tx);
+                        if rolled_back {
                             conn.release();
                         }
                         return Err(Failure::Store(e));
@@ -81,6 +84,11 @@ macro_rules! attempt {
                             at_commit: true,
                         })?;
                 }
+                for event in tx.take_sent() {
+                    // No receiver is not an error: nobody waits on anything.
+                    let _ = $store.events.send(event);
+                }
+                drop(tx);
                 conn.release();
                 Ok(value)
             };
@@ -106,6 +114,8 @@ pub struct PgStore {
     shown_url: String,
     generations: Mutex<Generations>,
     events: broadcast::Sender<StoreEvent>,
+    /// Starts this store's notifications: its listener skips them.
+    token: String,
     listening: watch::Receiver<bool>,
     listener: JoinHandle<()>,
 }
@@ -150,13 +160,20 @@ impl PgStore {
         drop(client);
         let (events, _) = broadcast::channel(listen::CAPACITY);
         let (listening_tx, listening) = watch::channel(false);
-        let listener = tokio::spawn(listen::listen(config.clone(), events.clone(), listening_tx));
+        let token = listen::new_token();
+        let listener = tokio::spawn(listen::listen(
+            config.clone(),
+            token.clone(),
+            events.clone(),
+            listening_tx,
+        ));
         let store = PgStore {
             pool: Pool::new(config),
             clock,
             shown_url,
             generations: Mutex::new(HashMap::new()),
             events,
+            token,
             listening,
             listener,
         };

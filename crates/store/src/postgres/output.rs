@@ -2,7 +2,7 @@
 //! and refuses a gap; a read finds its first chunk through the primary key.
 //! Run inside the caller's transaction.
 
-use tokio_postgres::Client;
+use super::listen::Tx;
 
 use super::fence::{check, Generations};
 use super::pool::Failure;
@@ -16,7 +16,7 @@ fn to_i64(n: u64) -> i64 {
 /// Appends at `offset`: the part already stored is skipped, a gap refused, a
 /// fenced writer refused. Locks the job's row (appends to one job serialize).
 pub(super) async fn append(
-    client: &Client,
+    client: &Tx<'_>,
     id: &str,
     stream: StreamName,
     offset: u64,
@@ -72,7 +72,7 @@ pub(super) async fn append(
 
 /// Up to `max` bytes of a stream from `offset`; `None` for an unknown job.
 pub(super) async fn read_range(
-    client: &Client,
+    client: &Tx<'_>,
     id: &str,
     stream: StreamName,
     offset: u64,

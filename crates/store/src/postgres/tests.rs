@@ -28,7 +28,8 @@ fn count_jobs(db: &str) -> String {
 async fn a_retried_insert_recognises_its_own_committed_row() {
     let (store, db) = store("u_retried_insert").await;
     let conn = store.pool.get().await.expect("a connection");
-    let c = conn.client().expect("a client");
+    let tx = listen::Tx::new(conn.client().expect("a client"), "test");
+    let c = &tx;
     let row = NewRow::encode(&job("py"), true, 1_000).expect("encode");
     let first = row.insert(c, None, false).await.expect("insert");
     // The same attempt again, as after a commit whose answer was lost.
@@ -44,6 +45,7 @@ async fn a_retried_insert_recognises_its_own_committed_row() {
     let third = other.insert(c, None, true).await.expect("insert");
     assert!(third != first && third != second);
     assert_eq!(count_jobs(&db), "3");
+    drop(tx);
     conn.release();
 }
 

@@ -146,19 +146,28 @@ async fn nothing_is_sent_for_what_did_not_happen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_listens_when_connect_returns() {
+async fn a_stores_own_events_come_at_once_and_once() {
     let url = fresh_database();
     let clock = Arc::new(ManualClock::new());
     let a = connect(&url, &clock).await;
-    // No wait: subscribed right after connect, the first change is seen.
+    let b = connect(&url, &clock).await;
     let mut rx = a.events();
+    // Its own change is there when the call returns, not later.
     let id = a.insert(&job("py")).await.expect("insert");
+    assert_eq!(
+        rx.try_recv().ok(),
+        Some(StoreEvent::Queued {
+            profile: "py".into()
+        })
+    );
+    a.finish(&id, &exited(0)).await.expect("finish");
+    assert_eq!(rx.try_recv().ok(), Some(StoreEvent::Ended { id }));
+    // And only once: the next event is the other store's, not an echo.
+    b.insert(&job("marker")).await.expect("insert");
     assert_eq!(
         any_event(&mut rx).await,
         StoreEvent::Queued {
-            profile: "py".into()
+            profile: "marker".into()
         }
     );
-    a.finish(&id, &exited(0)).await.expect("finish");
-    assert_eq!(any_event(&mut rx).await, StoreEvent::Ended { id });
 }
