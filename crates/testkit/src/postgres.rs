@@ -58,7 +58,7 @@ impl PgCluster {
             )
         });
         let run_as = running_as_root().then_some(UNPRIVILEGED);
-        let dir = temp_dir();
+        let dir = temp_dir(run_as.is_some());
         let mut builder = fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder
@@ -346,14 +346,21 @@ fn find_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-fn temp_dir() -> PathBuf {
+/// A new directory's path under the temp dir; under `/tmp` when PostgreSQL
+/// runs as another user and `$TMPDIR` is closed to others.
+fn temp_dir(for_another_user: bool) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    std::env::temp_dir().join(format!(
+    let mut base = std::env::temp_dir();
+    let open_to_others = fs::metadata(&base).is_ok_and(|m| m.mode() & 0o001 != 0);
+    if for_another_user && !open_to_others {
+        base = PathBuf::from("/tmp");
+    }
+    base.join(format!(
         "warmpool-pg-{}-{n}-{nanos:08x}",
         std::process::id()
     ))
