@@ -45,10 +45,13 @@ use jobs::NewRow;
 pub use pool::redacted_url;
 use pool::{connect, Failure, Next, Pool, Retry, Tries, ATTEMPT_TIMEOUT};
 
-/// Runs `$body` (an expression of type `Result<T, Failure>` using `$client`,
-/// a `&Tx` (a `&Client` inside a transaction, collecting its events), and `$retried`, whether an earlier
-/// attempt may have committed) in one transaction, attempt after attempt as
-/// `Tries` says. `$tx`: `false` for a single read statement (no BEGIN).
+/// Runs `$body` in one transaction, attempt after attempt as `Tries` says.
+/// `$body` is an expression of type `Result<T, Failure>` using `$client`, a
+/// `&Tx` (the connection, collecting the transaction's events, which go to
+/// this store's receivers after `COMMIT`), and `$retried`, whether an earlier
+/// attempt may have committed. `$tx`: `false` for a single read statement (no
+/// `BEGIN`). A connection is given back to the pool only outside a
+/// transaction; any other way out of an attempt closes it.
 macro_rules! attempt {
     ($store:expr, $action:expr, $retry:expr, $tx:expr, |$client:ident, $retried:ident| $body:expr) => {{
         let mut tries = Tries::new($action, $retry);
