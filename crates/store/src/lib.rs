@@ -6,6 +6,8 @@
 //! - [`JobStore`]: the interface, and its value types (this file).
 //! - [`sqlite`]: the embedded backend (one file under `[server] data_dir`): one
 //!   writer thread committing in groups, reader connections beside it.
+//! - [`postgres`]: the shared backend (one PostgreSQL database for several
+//!   nodes): a small connection pool, `LISTEN/NOTIFY` events, fencing.
 //! - [`clock`]: time, injected (tests move it by hand, no back-dated rows).
 //! - [`ids`]: job ids and RFC 3339 timestamps.
 //! - [`conformance`]: the suite, generic over the trait, that every backend runs.
@@ -34,9 +36,11 @@ use std::time::Duration;
 pub mod clock;
 pub mod conformance;
 pub mod ids;
+pub mod postgres;
 pub mod sqlite;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use warmpool_core::lifecycle::{Finish, JobState};
 
