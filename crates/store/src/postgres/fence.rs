@@ -16,8 +16,12 @@
 //!    lost, or the same name joined again through another store: a new
 //!    process).
 //!
+//! 3. or J carries a generation of a node this store did not join as (another
+//!    node's job, in any state).
+//!
 //! A job made running before any join carries no generation and is never
-//! fenced by rule 2, as the trait says ("before any join, nothing is fenced").
+//! fenced by rules 2 and 3, as the trait says ("before any join, nothing is
+//! fenced").
 
 use std::collections::HashMap;
 
@@ -40,6 +44,13 @@ pub(super) fn check(id: &str, owner: &Owner, mine: &Generations) -> Result<(), S
                 .as_ref()
                 .is_some_and(|n| mine.get(n).copied() == owner.node_gen);
         if mine.get(lost) == Some(&lost_gen) && !runs_again_here {
+            return Err(fenced());
+        }
+    }
+    // A joined store writes only for the nodes it joined as: a job carrying
+    // another node's lease is that node's, whatever its state.
+    if let (Some(node), Some(_)) = (&owner.node, owner.node_gen) {
+        if !mine.is_empty() && !mine.contains_key(node) {
             return Err(fenced());
         }
     }
@@ -102,8 +113,11 @@ mod tests {
         assert!(fenced(&owner("running", Some("a"), Some(1), None), &a2));
         // Started before the join (no generation): not fenced.
         assert!(!fenced(&owner("running", Some("a"), None, None), &a1));
-        // Another node's job: not this store's business.
-        assert!(!fenced(&owner("running", Some("b"), Some(7), None), &a1));
+        // Another node's job, running or ended: that node's alone.
+        assert!(fenced(&owner("running", Some("b"), Some(7), None), &a1));
+        assert!(fenced(&owner("succeeded", Some("b"), Some(7), None), &a1));
+        // A job started with no lease (no generation) is anyone's.
+        assert!(!fenced(&owner("running", Some("b"), None, None), &a1));
         // Taken over: interrupted, requeued, rerun elsewhere: fenced while the
         // store has not joined again.
         assert!(fenced(

@@ -42,6 +42,14 @@ impl Harness for PgHarness {
         let url = self.url.get_or_init(fresh_database).clone();
         async move { connect(&url, &clock).await }
     }
+
+    fn open_second(
+        &self,
+        clock: Arc<ManualClock>,
+    ) -> impl std::future::Future<Output = PgStore> + Send {
+        let url = self.url.get_or_init(fresh_database).clone();
+        async move { connect(&url, &clock).await }
+    }
 }
 
 warmpool_store::conformance_tests!(PgHarness {
