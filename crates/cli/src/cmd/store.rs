@@ -6,7 +6,8 @@
 use anyhow::Context;
 use std::sync::Arc;
 use warmpool_core::Config;
-use warmpool_store::{JobStore, SqliteStore, SystemClock};
+use warmpool_store::postgres::redacted_url;
+use warmpool_store::{JobStore, PgStore, SqliteStore, SystemClock};
 
 /// The store URL in effect, if any (the environment first).
 pub fn store_url(config: &Config) -> anyhow::Result<Option<String>> {
@@ -45,8 +46,10 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn JobStore>> {
     }
 }
 
-/// PostgreSQL: arrives with the backend (branch h/pg).
+/// A PostgreSQL store (its schema migrated at connect).
 pub async fn open_postgres(url: &str) -> anyhow::Result<Arc<dyn JobStore>> {
-    let _ = url;
-    anyhow::bail!("PLACEHOLDER until the PostgreSQL backend merges")
+    let store = PgStore::connect(url, Arc::new(SystemClock))
+        .await
+        .with_context(|| format!("opening the job store at {}", redacted_url(url)))?;
+    Ok(Arc::new(store))
 }
