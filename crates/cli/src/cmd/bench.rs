@@ -315,7 +315,14 @@ async fn http(
             args.jobs
         );
     }
-    let f = super::bench_http::measure(profile, executor, &args.args, args.jobs).await?;
+    let f = super::bench_http::measure(
+        profile,
+        executor,
+        &args.args,
+        args.jobs,
+        args.store_url.as_deref(),
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
         return Ok(0);
@@ -339,6 +346,9 @@ async fn http(
         "| direct warm exit, no HTTP (min_idle = 1) | {:.2} ms | {:.2} ms |",
         f.direct_warm_exit_p50_ms, f.direct_warm_exit_p99_ms
     );
+    if let (Some(p50), Some(p99)) = (f.postgres_warm_p50_ms, f.postgres_warm_p99_ms) {
+        println!("| warm, store on PostgreSQL (min_idle = 1) | {p50:.2} ms | {p99:.2} ms |");
+    }
     println!();
     println!("ratio cold p50 / warm p50: {:.1}x", f.cold_over_warm);
     println!(

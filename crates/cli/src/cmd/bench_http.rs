@@ -17,7 +17,7 @@ use warmpool_core::{Config, Job, Profile};
 use warmpool_exec::{Executor, OutputSink, RunControl, StreamKind};
 use warmpool_pool::Pools;
 use warmpool_server::Service;
-use warmpool_store::{SqliteStore, SystemClock};
+use warmpool_store::{JobStore, SqliteStore, SystemClock};
 
 #[derive(Serialize)]
 pub struct HttpFigures {
@@ -32,6 +32,10 @@ pub struct HttpFigures {
     pub direct_warm_exit_p99_ms: f64,
     /// `warm_p50_ms - direct_warm_exit_p50_ms`: what HTTP and the store add.
     pub service_overhead_p50_ms: f64,
+    /// The warm job on a second service whose store is PostgreSQL
+    /// (`--store-url`), timed in the same rounds.
+    pub postgres_warm_p50_ms: Option<f64>,
+    pub postgres_warm_p99_ms: Option<f64>,
     pub goals: Vec<(String, bool)>,
 }
 
@@ -93,11 +97,61 @@ fn variant(p: &Profile, name: &str, keep: usize) -> Profile {
     v
 }
 
+/// A service of the bench's own on `store`, serving on 127.0.0.1.
+struct Served {
+    svc: Arc<Service>,
+    pools: Arc<Pools>,
+    conn: Conn,
+    stop: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(
+        config: Arc<Config>,
+        store: Arc<dyn JobStore>,
+        executor: &Executor,
+    ) -> anyhow::Result<Served> {
+        let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
+        let svc = Service::new(config, store, pools.clone());
+        svc.begin().await?;
+        svc.start_checkpoints();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let server = tokio::spawn(warmpool_server::serve(
+            listener,
+            svc.clone(),
+            None,
+            None,
+            async move { stopped.cancelled().await },
+        ));
+        let conn = Conn {
+            reader: BufReader::new(TcpStream::connect(addr).await?),
+        };
+        Ok(Served {
+            svc,
+            pools,
+            conn,
+            stop,
+            server,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.server.await;
+        self.svc.shutdown(Duration::from_secs(10)).await;
+    }
+}
+
 pub async fn measure(
     profile: &Profile,
     executor: &Executor,
     args: &[String],
     jobs: usize,
+    store_url: Option<&str>,
 ) -> anyhow::Result<HttpFigures> {
     let dir = std::env::temp_dir().join(format!(
         "warmpool-bench-http-{}",
@@ -114,40 +168,48 @@ pub async fn measure(
     let config = Arc::new(config);
     let store = SqliteStore::open(&dir, Arc::new(SystemClock))
         .context("opening a job store for the bench")?;
-    let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
-    let svc = Service::new(config.clone(), Arc::new(store), pools.clone());
-    svc.begin().await?;
-    svc.start_checkpoints();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stopped = stop.clone();
-    let server = tokio::spawn(warmpool_server::serve(
-        listener,
-        svc.clone(),
-        None,
-        None,
-        async move { stopped.cancelled().await },
-    ));
+    let mut main = Served::start(config.clone(), Arc::new(store), executor).await?;
+    // Beside it, the same warm profile on a service whose store is PostgreSQL.
+    let mut pg = match store_url {
+        Some(url) => {
+            let mut pg_config = Config::default();
+            pg_config.server.instance =
+                format!("bench-http-pg-{}", warmpool_core::labels::unique_suffix());
+            pg_config
+                .profiles
+                .insert("warm".to_string(), variant(profile, "warm", 1));
+            let store = super::store::open_postgres(url).await?;
+            match Served::start(Arc::new(pg_config), store, executor).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    main.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    let pools = main.pools.clone();
     let result = async {
-        let mut conn = Conn {
-            reader: BufReader::new(TcpStream::connect(addr).await?),
-        };
         let body_for = |p: &str| serde_json::json!({"profile": p, "args": args}).to_string();
         let warm_pool = pools.get("warm").context("warm pool")?;
-        // Before each timed job: the warm pool parked again and the used
+        let pg_pool = pg.as_ref().and_then(|s| s.pools.get("warm").cloned());
+        // Before each timed job: the warm pools parked again and the used
         // containers removed, so no background engine work overlaps the figure.
         let quiet = || async {
-            if !warm_pool.wait_idle(1, Duration::from_secs(60)).await {
-                bail!(
-                    "the warm pool did not park a container: {:?}",
-                    warm_pool.stats().last_error
-                );
+            for pool in std::iter::once(warm_pool).chain(pg_pool.as_ref()) {
+                if !pool.wait_idle(1, Duration::from_secs(60)).await {
+                    bail!(
+                        "the warm pool did not park a container: {:?}",
+                        pool.stats().last_error
+                    );
+                }
             }
             executor.drain().await;
             anyhow::Ok(())
         };
-        let (mut warm, mut cold, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut warm, mut cold, mut direct, mut pg_warm) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..jobs {
             quiet().await?;
             let job = Job {
@@ -170,12 +232,28 @@ pub async fn measure(
             for (name, samples) in [("warm", &mut warm), ("cold", &mut cold)] {
                 quiet().await?;
                 let t0 = Instant::now();
-                let (status, body) = conn.post("/v1/jobs?wait=true", &body_for(name)).await?;
+                let (status, body) = main
+                    .conn
+                    .post("/v1/jobs?wait=true", &body_for(name))
+                    .await?;
                 let took = t0.elapsed();
                 if status != 200 || !body.contains("\"state\":\"succeeded\"") {
                     bail!("{name} job: HTTP {status}: {body}");
                 }
                 samples.push(took.as_secs_f64() * 1000.0);
+            }
+            if let Some(pg) = pg.as_mut() {
+                quiet().await?;
+                let t0 = Instant::now();
+                let (status, body) = pg
+                    .conn
+                    .post("/v1/jobs?wait=true", &body_for("warm"))
+                    .await?;
+                let took = t0.elapsed();
+                if status != 200 || !body.contains("\"state\":\"succeeded\"") {
+                    bail!("warm job on PostgreSQL: HTTP {status}: {body}");
+                }
+                pg_warm.push(took.as_secs_f64() * 1000.0);
             }
         }
         let p = |v: &[f64], q: f64| super::bench::percentile(v, q);
@@ -197,6 +275,8 @@ pub async fn measure(
             direct_warm_exit_p50_ms: d50,
             direct_warm_exit_p99_ms: d99,
             service_overhead_p50_ms: overhead,
+            postgres_warm_p50_ms: (!pg_warm.is_empty()).then(|| p(&pg_warm, 50.0)),
+            postgres_warm_p99_ms: (!pg_warm.is_empty()).then(|| p(&pg_warm, 99.0)),
             goals: vec![
                 (format!("warm p50 {w50:.2} ms <= 10 ms"), w50 <= 10.0),
                 (
@@ -211,9 +291,19 @@ pub async fn measure(
         })
     }
     .await;
-    stop.cancel();
-    let _ = server.await;
-    svc.shutdown(Duration::from_secs(10)).await;
+    main.stop().await;
+    if let Some(pg) = pg {
+        pg.stop().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map(|mut f: HttpFigures| {
+        if let Some(pg50) = f.postgres_warm_p50_ms {
+            let extra = pg50 - f.warm_p50_ms;
+            f.goals.push((
+                format!("PostgreSQL warm p50 {pg50:.2} ms - SQLite {:.2} ms = {extra:+.2} ms <= +2 ms", f.warm_p50_ms),
+                extra <= 2.0,
+            ));
+        }
+        f
+    })
 }
