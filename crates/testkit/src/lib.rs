@@ -1,0 +1,18 @@
+//! Test support for warmpool's multi-node tests. Not published; used from
+//! `[dev-dependencies]` only.
+//!
+//! - [`dockerd`]: [`dockerd::Dockerd`], a second Docker engine owned by one
+//!   test (its own data root, exec root, containerd, socket and cgroup parent
+//!   under a temp dir), so a test can run several "nodes", each with its own
+//!   engine, and stop, restart or crash (SIGKILL) one of them. Everything it
+//!   started is killed and its temp dir removed when it is dropped, and also
+//!   when the test process dies without dropping it (a watchdog). Needs root,
+//!   `dockerd` (with its `containerd` and `runc`) and the `docker` CLI.
+//! - [`proxy`]: [`proxy::TcpProxy`], a TCP forwarder on a free 127.0.0.1 port
+//!   whose `cut` closes every open connection and closes new ones at once until
+//!   `restore`: how a test cuts one node off from PostgreSQL.
+//!
+//! Each module's docs say what it does not do.
+
+pub mod dockerd;
+pub mod proxy;
