@@ -98,7 +98,22 @@ struct Watchdog {
 
 impl Dockerd {
     /// Starts an engine in a fresh temp dir and waits until its API answers.
+    /// Storage driver: `$WARMPOOL_TESTKIT_STORAGE_DRIVER` if set, else
+    /// `overlay2`, else (overlay2 could not start) `vfs`.
     pub fn start() -> Result<Dockerd> {
+        let drivers: Vec<String> = match std::env::var(STORAGE_DRIVER_ENV) {
+            Ok(v) if !v.trim().is_empty() => vec![v.trim().to_string()],
+            _ => vec!["overlay2".into(), "vfs".into()],
+        };
+        Self::start_with_drivers(drivers)
+    }
+
+    /// [`start`](Self::start) with this storage driver and no fallback.
+    pub fn start_with_storage_driver(driver: &str) -> Result<Dockerd> {
+        Self::start_with_drivers(vec![driver.to_string()])
+    }
+
+    fn start_with_drivers(drivers: Vec<String>) -> Result<Dockerd> {
         let (dir, name) = make_dir()?;
         let watchdog = spawn_watchdog(&dir, &name)?;
         let mut d = Dockerd {
@@ -109,10 +124,6 @@ impl Dockerd {
             watchdog: Some(watchdog),
         };
         fs::write(d.dir.join("daemon.json"), "{}\n").context("write daemon.json")?;
-        let drivers: Vec<String> = match std::env::var(STORAGE_DRIVER_ENV) {
-            Ok(v) if !v.trim().is_empty() => vec![v.trim().to_string()],
-            _ => vec!["overlay2".into(), "vfs".into()],
-        };
         let mut errors = Vec::new();
         for driver in drivers {
             d.storage_driver = driver.clone();

@@ -252,6 +252,27 @@ fn engine_runs_beside_the_host_and_survives_restart_and_kill() {
     assert_eq!(host_docker0(), docker0, "the host's docker0 changed");
 }
 
+/// vfs, the fallback where overlay2 cannot run, works; a driver that cannot
+/// start fails `start` with dockerd's own words and leaves nothing.
+#[test]
+fn storage_drivers() {
+    ensure_images();
+    let d = Dockerd::start_with_storage_driver("vfs").expect("start with vfs");
+    assert_eq!(d.storage_driver(), "vfs");
+    assert_eq!(run(&d, &["info", "--format", "{{.Driver}}"]), "vfs");
+    d.load_image(BUSYBOX).expect("load");
+    assert_eq!(run(&d, &["run", "--rm", BUSYBOX, "echo", "vfs"]), "vfs");
+    let (dir, cg) = (d.dir().to_path_buf(), d.cgroup_parent().to_string());
+    drop(d);
+    assert_eq!(leftovers(&dir, &cg), Vec::<String>::new());
+
+    let err =
+        Dockerd::start_with_storage_driver("no-such-driver").expect_err("a bogus driver starts");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("no-such-driver"), "{msg}");
+    assert!(msg.contains("dockerd log"), "{msg}");
+}
+
 /// The watchdog: the helper below, run as a child test process, starts an
 /// engine with a running container and waits; SIGKILLing it (no Drop runs)
 /// must still leave nothing behind.
