@@ -28,6 +28,29 @@
 //! (`/var/run/docker.sock`) is never touched, except that
 //! [`Dockerd::load_image`] reads an image from it with `docker save`.
 //!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use warmpool_testkit::dockerd::Dockerd;
+//! let mut node = Dockerd::start()?;
+//! node.load_image("warmpool-test/busybox:latest")?; // from the host engine
+//! let out = node.docker().args(["run", "--rm", "warmpool-test/busybox:latest", "echo", "hi"]).output()?;
+//! assert_eq!(out.stdout, b"hi\n");
+//! // Give node.docker_host() to the code under test (DOCKER_HOST or bollard).
+//! node.kill()?; // the node crashes
+//! node.restart()?; // and comes back, images kept
+//! # Ok(()) }
+//! ```
+//!
+//! From async code the calls block their thread; on a current-thread runtime
+//! that stalls every task, so move the engine through `spawn_blocking`
+//! (`Dockerd` is `Send`):
+//!
+//! ```no_run
+//! # async fn f(mut node: warmpool_testkit::dockerd::Dockerd) -> anyhow::Result<()> {
+//! let node = tokio::task::spawn_blocking(move || node.restart().map(|()| node)).await??;
+//! # Ok(()) }
+//! ```
+//!
 //! Cleanup. Dropping a `Dockerd` SIGKILLs every process of the engine
 //! (dockerd, its containerd, the containerd shims, every process in the
 //! engine's cgroup parent, and any `docker` client pointed at its socket),

@@ -8,6 +8,17 @@
 //! its sides) and, until [`TcpProxy::restore`], closes each new one as soon as
 //! it is accepted. Dropping the proxy closes its listener and every connection.
 //!
+//! ```no_run
+//! # async fn f() -> std::io::Result<()> {
+//! use warmpool_testkit::proxy::TcpProxy;
+//! let db: std::net::SocketAddr = "127.0.0.1:5432".parse().expect("addr");
+//! let proxy = TcpProxy::start(db).await?;
+//! // Point the node at proxy.addr() instead of db ...
+//! proxy.cut().await; // the node loses the database
+//! proxy.restore(); // and can reconnect
+//! # Ok(()) }
+//! ```
+//!
 //! Limits:
 //! - A cut is a close (FIN), not a silent partition: both ends see the
 //!   connection end at once, rather than after their keepalive or timeouts. A

@@ -143,6 +143,12 @@ fn container_pids(cgroup: &str) -> Vec<String> {
 }
 
 #[test]
+fn dockerd_moves_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Dockerd>();
+}
+
+#[test]
 fn engine_runs_beside_the_host_and_survives_restart_and_kill() {
     ensure_images();
     let host_root = ok(
