@@ -19,9 +19,10 @@
 //! `--bridge=none --iptables=false --ip-forward=false --ip-masq=false`. The
 //! namespace matters: with `--bridge=none` dockerd deletes any `docker0` link it
 //! sees, which in the host's namespace would be the host engine's bridge.
-//! Nothing on the host's network changes. Containers have no network but their
-//! loopback; `--network host` is the engine's namespace, which has only a `lo`
-//! (down), not the host's. Storage: `overlay2`, falling back to `vfs` when overlay2
+//! Nothing on the host's network changes. The engine has the `none` and `host`
+//! networks only (no `bridge`): a container, by default, has its loopback and
+//! nothing else; `--network host` is the engine's namespace, which also has
+//! only a `lo`, not the host's interfaces. Storage: `overlay2`, falling back to `vfs` when overlay2
 //! cannot start (e.g. a temp dir on overlayfs); `WARMPOOL_TESTKIT_STORAGE_DRIVER`
 //! forces one. dockerd starts its own containerd (under `run/containerd`), so
 //! two engines, and the host's, never share one; the host engine
@@ -68,7 +69,9 @@
 //!   `docker` CLI, `unshare` (util-linux), and `sh`, `awk`, `find`, `umount`
 //!   for the cleanup.
 //! - No container networking: nothing reaches the host or other containers
-//!   over the network, and no published ports.
+//!   over the network, no published ports, and a container asking for the
+//!   `bridge` network (e.g. a profile with `network = "bridge"`) fails to
+//!   start; the default, `none` and `host` work.
 //! - The methods block (a start takes about a second, a stop up to a few):
 //!   from async code, use a multi-thread runtime or `spawn_blocking`.
 //! - `stop` gives running containers 2 s (`docker stop -t 2` on each, then
