@@ -10,7 +10,8 @@
 //!   `dockerd` (with its `containerd` and `runc`) and the `docker` CLI.
 //! - [`proxy`]: [`proxy::TcpProxy`], a TCP forwarder on a free 127.0.0.1 port
 //!   whose `cut` closes every open connection and closes new ones at once until
-//!   `restore`: how a test cuts one node off from PostgreSQL.
+//!   `restore`, and whose `stall` holds every connection silent instead: how a
+//!   test cuts one node off from PostgreSQL.
 //!
 //! Each module's docs say what it does not do.
 

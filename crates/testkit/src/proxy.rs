@@ -6,7 +6,10 @@
 //! accepted connection, both ways, to its target (a new upstream connection
 //! per accepted one). [`TcpProxy::cut`] closes every open connection (both of
 //! its sides) and, until [`TcpProxy::restore`], closes each new one as soon as
-//! it is accepted. Dropping the proxy closes its listener and every connection.
+//! it is accepted. [`TcpProxy::stall`] is the silent kind of partition: no
+//! byte moves on open connections and new ones are accepted but not forwarded,
+//! all of them held open until `restore`, when what was held flows on.
+//! Dropping the proxy closes its listener and every connection.
 //!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
@@ -20,10 +23,15 @@
 //! ```
 //!
 //! Limits:
-//! - A cut is a close (FIN), not a silent partition: both ends see the
-//!   connection end at once, rather than after their keepalive or timeouts. A
-//!   new connection during a cut is accepted then closed: the client sees a
-//!   connection closed by the peer, not "connection refused".
+//! - A cut is a close (FIN): both ends see the connection end at once. A new
+//!   connection during a cut is accepted then closed: the client sees a
+//!   connection closed by the peer, not "connection refused". For ends that
+//!   must notice by their own timeouts or keepalive, use `stall`.
+//! - During a stall the proxy still accepts (the kernel completes the
+//!   handshake) and reads up to one buffer (16 KiB) per direction and
+//!   connection before back-pressure; keepalive probes are answered by the
+//!   proxy's own sockets, so TCP keepalive does not detect a stall (an
+//!   application-level timeout does).
 //! - If the target refuses, the accepted connection is closed.
 //! - Needs a tokio runtime (it spawns tasks); one upstream address; IPv4
 //!   loopback only.
@@ -32,7 +40,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// A forwarder from a free local port to a target; see the [module docs](self).
@@ -44,9 +55,11 @@ pub struct TcpProxy {
     accept: JoinHandle<()>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// Whether the proxy is stalled; the forwarders wait on it.
+    stalled: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +72,13 @@ struct State {
 }
 
 impl Shared {
+    /// Returns at once unless stalled; else when restored.
+    async fn unstalled(&self) {
+        let mut rx = self.stalled.subscribe();
+        // Err: the sender is gone, i.e. the proxy is being dropped.
+        let _ = rx.wait_for(|stalled| !*stalled).await;
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent under a panic (plain fields, no invariant
         // across them), so a poisoned lock is used as is.
@@ -71,7 +91,10 @@ impl TcpProxy {
     pub async fn start(target: SocketAddr) -> io::Result<TcpProxy> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            stalled: watch::Sender::new(false),
+        });
         let accept = tokio::spawn(accept_loop(listener, target, shared.clone()));
         Ok(TcpProxy {
             addr,
@@ -108,14 +131,28 @@ impl TcpProxy {
         }
     }
 
-    /// Forwards new connections again (those closed by the cut stay closed).
+    /// Stalls every connection, open and new, without closing any: no byte
+    /// moves and new connections are not forwarded until
+    /// [`restore`](Self::restore), when the held bytes and connections go on.
+    pub fn stall(&self) {
+        self.shared.stalled.send_replace(true);
+    }
+
+    /// Ends a cut or a stall: new connections are forwarded, stalled ones flow
+    /// again (those closed by a cut stay closed).
     pub fn restore(&self) {
         self.shared.lock().cut = false;
+        self.shared.stalled.send_replace(false);
     }
 
     /// Whether the proxy is cut.
     pub fn is_cut(&self) -> bool {
         self.shared.lock().cut
+    }
+
+    /// Whether the proxy is stalled.
+    pub fn is_stalled(&self) -> bool {
+        *self.shared.stalled.borrow()
     }
 
     /// How many connections are being forwarded now.
@@ -166,11 +203,31 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shar
     }
 }
 
-async fn forward(mut client: TcpStream, target: SocketAddr, shared: Arc<Shared>, id: u64) {
-    if let Ok(mut upstream) = TcpStream::connect(target).await {
+async fn forward(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, id: u64) {
+    shared.unstalled().await;
+    if let Ok(upstream) = TcpStream::connect(target).await {
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let (cr, cw) = client.into_split();
+        let (ur, uw) = upstream.into_split();
+        tokio::join!(pump(cr, uw, &shared), pump(ur, cw, &shared));
     }
     shared.lock().conns.remove(&id);
+}
+
+/// Copies one direction until EOF or an error, holding what it read while
+/// the proxy is stalled; then passes the EOF on (shutdown of the write side).
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &Shared) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        shared.unstalled().await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

@@ -14,13 +14,21 @@ const T: Duration = Duration::from_secs(5);
 
 /// An echo server; counts the connections it saw end.
 async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, closed, _) = echo_server_counting().await;
+    (addr, closed)
+}
+
+/// An echo server; counts the connections it saw end, and those it accepted.
+async fn echo_server_counting() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let closed = Arc::new(AtomicUsize::new(0));
-    let c = closed.clone();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (c, a) = (closed.clone(), accepted.clone());
     tokio::spawn(async move {
         loop {
             let (mut s, _) = l.accept().await.expect("accept");
+            a.fetch_add(1, Ordering::SeqCst);
             let c = c.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
@@ -38,7 +46,7 @@ async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, closed)
+    (addr, closed, accepted)
 }
 
 async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
@@ -165,6 +173,66 @@ async fn cut_closes_open_connections_and_new_ones_until_restore() {
         .expect("connect after restore");
     assert_eq!(roundtrip(&mut d, b"back").await, b"back");
     assert_eq!(p.open_connections(), 1);
+}
+
+/// Nothing arrives on `s` within a short while.
+async fn silent(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    timeout(Duration::from_millis(300), s.read(&mut b))
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn stall_holds_everything_open_until_restore() {
+    let (target, closed, accepted) = echo_server_counting().await;
+    let p = TcpProxy::start(target).await.expect("proxy");
+    let mut a = TcpStream::connect(p.addr()).await.expect("connect a");
+    assert_eq!(roundtrip(&mut a, b"before").await, b"before");
+
+    p.stall();
+    assert!(p.is_stalled());
+    assert!(!p.is_cut());
+    // An open connection: what is written goes nowhere, nothing is closed.
+    a.write_all(b"held").await.expect("write during stall");
+    assert!(silent(&mut a).await, "bytes moved during the stall");
+    // A new connection: accepted by the proxy, never reaching the server.
+    let mut b = TcpStream::connect(p.addr())
+        .await
+        .expect("connect during stall");
+    b.write_all(b"new").await.expect("write on the new one");
+    assert!(silent(&mut b).await, "the new connection was forwarded");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    assert_eq!(p.open_connections(), 2);
+
+    // Restored: the held bytes and the held connection go on.
+    p.restore();
+    assert!(!p.is_stalled());
+    let mut got = [0u8; 4];
+    timeout(T, a.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(&got, b"held");
+    let mut got = [0u8; 3];
+    timeout(T, b.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(&got, b"new");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(roundtrip(&mut a, b"after").await, b"after");
+
+    // A cut during a stall closes the held connections.
+    p.stall();
+    a.write_all(b"x").await.expect("write");
+    p.cut().await;
+    assert!(closed_by_peer(&mut a).await);
+    assert!(closed_by_peer(&mut b).await);
+    p.restore();
+    let mut c = TcpStream::connect(p.addr()).await.expect("connect");
+    assert_eq!(roundtrip(&mut c, b"ok").await, b"ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
