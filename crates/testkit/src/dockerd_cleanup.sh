@@ -39,6 +39,11 @@ cgroup_dirs() {
 container_pids() {
   for d in $(cgroup_dirs); do
     find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null
+  done | while read -r p; do
+    # A zombie is dead already (cgroup v2 may still list it, and its parent
+    # may be an init that does not reap).
+    s="$(awk '/^State:/ { print $2 }' "/proc/$p/status" 2>/dev/null)"
+    [ -n "$s" ] && [ "$s" != Z ] && echo "$p"
   done
 }
 

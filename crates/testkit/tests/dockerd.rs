@@ -137,7 +137,15 @@ fn container_pids(cgroup: &str) -> Vec<String> {
             }
         }
         let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-        pids.extend(procs.split_whitespace().map(str::to_string));
+        pids.extend(
+            procs
+                .split_whitespace()
+                .filter(|p| {
+                    let status = std::fs::read_to_string(format!("/proc/{p}/status"));
+                    status.is_ok_and(|s| !s.contains("\nState:\tZ"))
+                })
+                .map(str::to_string),
+        );
     }
     pids
 }
