@@ -300,7 +300,10 @@ pub async fn measure(
         if let Some(pg50) = f.postgres_warm_p50_ms {
             let extra = pg50 - f.warm_p50_ms;
             f.goals.push((
-                format!("PostgreSQL warm p50 {pg50:.2} ms - SQLite {:.2} ms = {extra:+.2} ms <= +2 ms", f.warm_p50_ms),
+                format!(
+                    "PostgreSQL warm p50 {pg50:.2} ms - SQLite {:.2} ms = {extra:+.2} ms <= +2 ms",
+                    f.warm_p50_ms
+                ),
                 extra <= 2.0,
             ));
         }
