@@ -191,6 +191,7 @@ fn a_burst_across_three_nodes_runs_each_job_once_with_warm_hits_on_every_node() 
     for n in &cluster {
         let (code, body) = n.get("/v1/nodes");
         assert_eq!(code, 200, "{body}");
+        wait_warm(n, "net");
     }
     // Every node sees the three.
     let (_, body) = cluster[0].get("/v1/nodes");
