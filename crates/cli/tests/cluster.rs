@@ -591,3 +591,53 @@ fn a_node_on_its_own_engine_serves_jobs_seen_and_cancelled_from_another() {
     drop(b);
     drop(a);
 }
+
+#[test]
+fn a_retry_interrupted_job_of_a_lost_node_runs_again_elsewhere_from_nothing() {
+    let _serial = serial();
+    let url = pg().create_database(&unique("retry").replace('-', "_"));
+    let counter = RunCounter::start();
+    let extra = format!(
+        r#"
+[profiles.retry]
+image = "{BUSYBOX}"
+network = "host"
+min_idle = 1
+retry_interrupted = true
+labels = {{ "{TEST_LABEL}" = "@LABEL@" }}
+"#
+    );
+    let mut cluster = nodes(2, &node_config(&url, "4s", &extra));
+    for n in &cluster {
+        wait_warm(n, "retry");
+    }
+    let token = format!("retry{}", unique("t").replace('-', ""));
+    let body = format!(
+        r#"{{"profile":"retry","env":{{"T":"{token}"}},"args":["sh","-c","echo partial-$T; wget -q -O /dev/null http://127.0.0.1:{}/ran/$T && sleep 4 && echo done-$T"]}}"#,
+        counter.port
+    );
+    let id = submit(&cluster[0], &body).unwrap();
+    cluster[0].wait_state(&id, "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter.runs(&token) == 0 {
+        assert!(Instant::now() < deadline, "the job never reported its run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let j = json(&cluster[0].get(&format!("/v1/jobs/{id}")).1);
+    let runner = j["node"].as_str().unwrap().to_string();
+    let at = cluster.iter().position(|n| n.instance == runner).unwrap();
+    let mut victim = cluster.remove(at);
+    victim.signal(9);
+    let survivor = &cluster[0];
+    let done = wait_final(survivor, std::slice::from_ref(&id), Duration::from_secs(40));
+    let j = &done[&id];
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["node"], survivor.instance.as_str(), "{j}");
+    // Run again from nothing: its first run's output is gone, its env kept.
+    assert_eq!(
+        j["stdout"].as_str().unwrap(),
+        format!("partial-{token}\ndone-{token}\n"),
+        "{j}"
+    );
+    assert_eq!(counter.runs(&token), 2, "ran once on each node");
+}
