@@ -3,6 +3,7 @@
 //! approach) and `docker run` through the Engine API. Prints medians, p99s and
 //! the ratios; `--json` for machines.
 
+use anyhow::Context;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +41,12 @@ pub struct BenchArgs {
     /// SQLite file.
     #[arg(long)]
     queue: bool,
+    /// Instead: two nodes on the `--store-url` PostgreSQL; `--jobs` jobs (the
+    /// job's arguments should keep it running, e.g. `-- sleep 600`) run on one,
+    /// which is SIGKILLed; the time until the other shows them final, against
+    /// `[cluster] node_timeout`.
+    #[arg(long)]
+    failover: bool,
     /// Nodes taking jobs at once for `--queue`.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -221,6 +228,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     if args.queue {
         return queue(&args, &config).await;
     }
+    if args.failover {
+        return failover(&args, &config).await;
+    }
     let profile = config.profile(&args.profile)?.clone();
     let (runtime, executor) = super::connect(&config)?;
     let result = if args.http {
@@ -300,6 +310,51 @@ async fn queue(args: &BenchArgs, config: &warmpool_core::Config) -> anyhow::Resu
         "goal {}: {} nodes >= {goal}x one node",
         if f.ratio >= goal { "met" } else { "MISSED" },
         f.nodes
+    );
+    Ok(0)
+}
+
+async fn failover(args: &BenchArgs, config: &warmpool_core::Config) -> anyhow::Result<u8> {
+    let url = match &args.store_url {
+        Some(u) => u.clone(),
+        None => super::store::store_url(config)?
+            .context("--failover needs a PostgreSQL store: --store-url or [store] url")?,
+    };
+    config.profile(&args.profile)?;
+    if !args.json {
+        eprintln!(
+            "bench: two nodes, {} jobs on node B, SIGKILL B, until node A shows them final ...",
+            args.jobs
+        );
+    }
+    let f =
+        super::bench_failover::measure(&args.config, &args.profile, &url, &args.args, args.jobs)
+            .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+        return Ok(0);
+    }
+    println!(
+        "warmpool bench --failover: {} jobs running on a node that is SIGKILLed; node_timeout {:.0} ms",
+        f.jobs, f.node_timeout_ms
+    );
+    println!();
+    println!("| from the kill to the job's final state, seen on the other node | p50 | max |");
+    println!("|---|---|---|");
+    println!(
+        "| {} | {:.0} ms | {:.0} ms |",
+        f.states.join(", "),
+        f.final_p50_ms,
+        f.final_max_ms
+    );
+    let bound = f.node_timeout_ms + 10_000.0;
+    println!(
+        "goal {}: every job final within node_timeout + 10 s ({bound:.0} ms)",
+        if f.final_max_ms <= bound {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     Ok(0)
 }

@@ -2,6 +2,7 @@
 //! connecting to the engine it names.
 
 pub mod bench;
+pub mod bench_failover;
 pub mod bench_http;
 pub mod bench_queue;
 pub mod client;
