@@ -388,6 +388,18 @@ fn a_node_killed_mid_burst_leaves_no_job_behind_and_none_run_twice() {
         .unwrap();
     assert_eq!(lost["lost"], true, "{lost}");
     assert_eq!(lost["alive"], false, "{lost}");
+    // One of the others counted the take-over.
+    let taken_over: u64 = cluster
+        .iter()
+        .map(|n| {
+            let (_, text) = n.get("/metrics");
+            text.lines()
+                .find_map(|l| l.strip_prefix("warmpool_nodes_taken_over_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(taken_over, 1, "the lost node was taken over once");
 }
 
 #[test]

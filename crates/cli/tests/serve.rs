@@ -243,6 +243,8 @@ fn metrics_are_prometheus_text() {
         text.contains("warmpool_jobs_total{state=\"succeeded\"} 1"),
         "{text}"
     );
+    // One node alone is a cluster of one, holding its lease.
+    assert!(text.contains("warmpool_node_leased 1"), "{text}");
 }
 
 /// Every line is a comment or `name{labels} value`; the number of samples.

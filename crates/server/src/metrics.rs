@@ -186,5 +186,50 @@ pub fn render(svc: &Service) -> String {
         "# HELP warmpool_jobs_accepted_total Jobs accepted.\n# TYPE warmpool_jobs_accepted_total counter\nwarmpool_jobs_accepted_total {}",
         svc.outcomes.accepted.load(Ordering::Relaxed)
     );
+    cluster(svc, &mut out);
     out
+}
+
+/// This node in the cluster: its lease, the jobs it took from the shared
+/// queue, the nodes it saw at its last heartbeat, the lost nodes it took over.
+fn cluster(svc: &Service, out: &mut String) {
+    let c = &svc.cluster_counters;
+    let _ = writeln!(
+        out,
+        "# HELP warmpool_node_leased 1 while this node holds its lease (it takes jobs), 0 after it fenced itself.
+# TYPE warmpool_node_leased gauge
+warmpool_node_leased {}",
+        u8::from(svc.leased.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "# HELP warmpool_jobs_taken_total Jobs this node took from the shared queue.
+# TYPE warmpool_jobs_taken_total counter
+warmpool_jobs_taken_total {}",
+        c.taken.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP warmpool_nodes_taken_over_total Lost nodes whose jobs this node took over.
+# TYPE warmpool_nodes_taken_over_total counter
+warmpool_nodes_taken_over_total {}",
+        c.taken_over.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP warmpool_heartbeat_failures_total Heartbeats that could not be stored.
+# TYPE warmpool_heartbeat_failures_total counter
+warmpool_heartbeat_failures_total {}",
+        c.heartbeat_failures.load(Ordering::Relaxed)
+    );
+    let nodes = crate::lock(&svc.cluster).nodes.clone();
+    let lost = nodes.iter().filter(|n| n.lost).count();
+    let _ = writeln!(
+        out,
+        "# HELP warmpool_cluster_nodes Nodes of the store as of this node's last heartbeat.
+# TYPE warmpool_cluster_nodes gauge
+warmpool_cluster_nodes{{lost=\"false\"}} {}
+warmpool_cluster_nodes{{lost=\"true\"}} {lost}",
+        nodes.len() - lost
+    );
 }

@@ -280,6 +280,9 @@ impl Service {
                     }
                 }
                 Err(e) => {
+                    self.cluster_counters
+                        .heartbeat_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "storing this node's heartbeat failed");
                 }
             }
@@ -302,6 +305,9 @@ impl Service {
             {
                 Ok(taken) => {
                     for t in taken {
+                        self.cluster_counters
+                            .taken_over
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             lost = %t.node,
                             interrupted = t.interrupted.len(),

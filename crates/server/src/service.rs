@@ -62,6 +62,14 @@ pub trait JobHooks: Send + Sync + 'static {
     async fn after_end(&self, job_id: &str);
 }
 
+/// This node's part in the cluster, counted for /metrics.
+#[derive(Default)]
+pub struct ClusterCounters {
+    pub taken: AtomicU64,
+    pub taken_over: AtomicU64,
+    pub heartbeat_failures: AtomicU64,
+}
+
 /// Job counts by outcome, for /metrics.
 #[derive(Default)]
 pub struct Outcomes {
@@ -92,6 +100,7 @@ pub struct Service {
     pub(crate) dispatch: Mutex<crate::node::DispatchState>,
     pub(crate) dispatch_wake: Notify,
     pub(crate) cluster: Mutex<crate::node::ClusterView>,
+    pub cluster_counters: ClusterCounters,
 }
 
 impl Service {
@@ -115,6 +124,7 @@ impl Service {
             dispatch: Mutex::default(),
             dispatch_wake: Notify::new(),
             cluster: Mutex::default(),
+            cluster_counters: ClusterCounters::default(),
         })
     }
 
@@ -342,6 +352,7 @@ impl Service {
 
     /// Run a job this node took from the queue (stored as running here).
     pub(crate) fn take(self: &Arc<Self>, q: QueuedJob) {
+        self.cluster_counters.taken.fetch_add(1, Ordering::Relaxed);
         let live = Arc::new(LiveJob::new());
         lock(&self.live).insert(q.id.clone(), live.clone());
         let profile = q.job.profile.clone();
