@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::listen::Tx;
 
+use super::fence::TAKEN_OVER;
 use super::jobs::{queued_job, wipe_input};
 use super::listen::notify;
 use super::pool::Failure;
@@ -94,8 +95,9 @@ pub(super) async fn expire_queued(
     Ok(expired)
 }
 
-/// Writes the node's row (not lost, seen now) with a new generation; that
-/// generation.
+/// Writes the node's row (not lost, seen now) with a new generation, and
+/// ends `interrupted` the node's running jobs of earlier generations (nothing
+/// may write them any more: they could never end otherwise); that generation.
 pub(super) async fn join(client: &Tx<'_>, beat: &NodeBeat, now: i64) -> Result<i64, Failure> {
     let row = client
         .query_one(
@@ -109,7 +111,29 @@ pub(super) async fn join(client: &Tx<'_>, beat: &NodeBeat, now: i64) -> Result<i
             &[&beat.node, &beat.address, &beat.pools, &now],
         )
         .await?;
-    Ok(row.try_get(0)?)
+    let generation: i64 = row.try_get(0)?;
+    let error = format!(
+        "node \"{}\" joined again (generation {generation}) while this job ran under an \
+         earlier one",
+        beat.node
+    );
+    let rows = client
+        .query(
+            "WITH stale AS (
+                 UPDATE jobs SET state = 'interrupted', error = $3, finished_ms = $4
+                 WHERE node = $1 AND state = 'running' AND node_gen IS NOT NULL
+                     AND node_gen <> $2
+                 RETURNING id, seq)
+             SELECT id FROM stale ORDER BY seq",
+            &[&beat.node, &generation, &error, &now],
+        )
+        .await?;
+    let interrupted = ids(&rows)?;
+    wipe_input(client, &interrupted).await?;
+    for id in &interrupted {
+        notify(client, &StoreEvent::Ended { id: id.clone() }).await?;
+    }
+    Ok(generation)
 }
 
 /// Renews the lease of generation `gen` of the node; `Fenced` if that
@@ -226,12 +250,12 @@ async fn take_jobs(
         // The next run starts from nothing: no node, no start, no output.
         client
             .execute(
-                "UPDATE jobs SET state = 'queued', node = NULL, node_gen = NULL, warm = NULL,
+                "UPDATE jobs SET state = 'queued', node = NULL, node_gen = $4, warm = NULL,
                                  started_ms = NULL, stdout_len = 0, stderr_len = 0,
                                  truncated = false, cancel_requested = false,
                                  lost_node = $2, lost_gen = $3
                  WHERE id = ANY($1)",
-                &[&taken.requeued, &name, &gen],
+                &[&taken.requeued, &name, &gen, &TAKEN_OVER],
             )
             .await?;
         client
@@ -252,9 +276,9 @@ async fn take_jobs(
         client
             .execute(
                 "UPDATE jobs SET state = 'interrupted', error = $2, finished_ms = $3,
-                                 lost_node = $4, lost_gen = $5
+                                 node_gen = $6, lost_node = $4, lost_gen = $5
                  WHERE id = ANY($1)",
-                &[&taken.interrupted, &error, &now, &name, &gen],
+                &[&taken.interrupted, &error, &now, &name, &gen, &TAKEN_OVER],
             )
             .await?;
         wipe_input(client, &taken.interrupted).await?;

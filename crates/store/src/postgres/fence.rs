@@ -1,158 +1,177 @@
 //! Fencing: which writes of a node are refused once its jobs are no longer its
-//! own. Pure: the store reads a job's [`Owner`] (row-locked) and asks here.
+//! own. [`lock_checked`] reads the job's row (locked) and this store's node's
+//! row inside the write's transaction; [`check`] (pure) decides. The rules
+//! are the trait's (`JobStore::join`), as the embedded backend has them.
 //!
-//! A store remembers, per node name, the generation of its last `join` as
-//! that node (`Generations`). A write (`append_output`, `finish`) of job J
-//! through that store is refused when:
-//! 1. J was taken over from a node N this store joined as, and the store's
-//!    generation of N is still the one N had when it was declared lost (the
-//!    node has not joined again since; after a new `join` its containers are
-//!    gone, and N may legitimately finish a queued job requeued from it),
-//!    unless J runs again on a node this store joined as, with that node's
-//!    current generation (one store acting as two nodes);
-//! 2. or J runs on a node N this store joined as, with another generation of N
-//!    than the store's (N joined again since it started J), or the store's
-//!    generation of N is no longer N's in the `nodes` table (N was declared
-//!    lost, or the same name joined again through another store: a new
-//!    process).
+//! A store remembers the node and generation of its last `join` ([`Joined`]).
+//! After a join, a write (`append_output`, `finish`) of job J through that
+//! store is refused when:
+//! 1. this store's lease is gone: its node's row no longer has the store's
+//!    generation, or says lost (the node was declared lost, or the same name
+//!    joined again through another store) — then every write is refused,
+//!    even for a queued job or an unknown one;
+//! 2. or J carries a generation that is not this join's: another node's job,
+//!    a job of this node's earlier (or later) join, or a job `take_over`
+//!    interrupted or queued again (it sets `node_gen = -1`, which no join
+//!    has), whatever J's state.
 //!
-//! 3. or J carries a generation of a node this store did not join as (another
-//!    node's job, in any state).
-//!
-//! A job made running before any join carries no generation and is never
-//! fenced by rules 2 and 3, as the trait says ("before any join, nothing is
-//! fenced").
+//! A job carrying no generation (made running before any join, or on a node
+//! name the store did not join as, or never started) is otherwise not fenced.
+//! Before any join nothing is fenced.
 
-use std::collections::HashMap;
+use tokio_postgres::Row;
 
-use super::rows::Owner;
+use super::listen::Tx;
+use super::pool::Failure;
+use super::rows::{owner, value, Owner, OWNER_COLUMNS};
 use crate::StoreError;
 
-/// Node name → the generation of this store's last `join` as that node.
-pub(super) type Generations = HashMap<String, i64>;
+/// The generation `take_over` gives the jobs it interrupts or queues again:
+/// no join has it (generations start at 1), so no node writes them until they
+/// are claimed or started again.
+pub(super) const TAKEN_OVER: i64 = -1;
 
-/// `Err(Fenced)` if the writer (this store) must not write for this job.
-pub(super) fn check(id: &str, owner: &Owner, mine: &Generations) -> Result<(), StoreError> {
+/// The node and generation of a store's last `join`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Joined {
+    pub node: String,
+    pub generation: i64,
+}
+
+/// `Err(Fenced)` if this store (joined as `joined`, `None` before any join)
+/// must not write for job `id`. `job`: the job's row, `None` if unknown;
+/// `lease`: the joined node's row now, `(generation, lost)`, `None` if absent.
+pub(super) fn check(
+    id: &str,
+    joined: Option<&Joined>,
+    lease: Option<(i64, bool)>,
+    job: Option<&Owner>,
+) -> Result<(), StoreError> {
+    let Some(joined) = joined else {
+        return Ok(());
+    };
     let fenced = || StoreError::Fenced { id: id.to_owned() };
-    if let (Some(lost), Some(lost_gen)) = (&owner.lost_node, owner.lost_gen) {
-        // Run again by a node this store joined as (one store acting as two
-        // nodes, as tests do): that run's writes are its own.
-        let runs_again_here = owner.state == "running"
-            && owner.node_gen.is_some()
-            && owner
-                .node
-                .as_ref()
-                .is_some_and(|n| mine.get(n).copied() == owner.node_gen);
-        if mine.get(lost) == Some(&lost_gen) && !runs_again_here {
-            return Err(fenced());
-        }
+    if lease != Some((joined.generation, false)) {
+        return Err(fenced());
     }
-    // A joined store writes only for the nodes it joined as: a job carrying
-    // another node's lease is that node's, whatever its state.
-    if let (Some(node), Some(_)) = (&owner.node, owner.node_gen) {
-        if !mine.is_empty() && !mine.contains_key(node) {
+    if let Some(Owner {
+        node,
+        node_gen: Some(gen),
+    }) = job
+    {
+        if node.as_deref() != Some(joined.node.as_str()) || *gen != joined.generation {
             return Err(fenced());
-        }
-    }
-    if owner.state == "running" {
-        if let (Some(node), Some(gen)) = (&owner.node, owner.node_gen) {
-            if let Some(&current) = mine.get(node) {
-                // The job's generation is not this store's, or this store's
-                // is no longer the node's (it was declared lost, or the same
-                // name joined again through another store).
-                let lease_gone = owner.node_now != Some((current, false));
-                if current != gen || lease_gone {
-                    return Err(fenced());
-                }
-            }
         }
     }
     Ok(())
+}
+
+/// Locks job `id`'s row and refuses (`Fenced`) as [`check`] says; the row
+/// (`node, node_gen` then `columns`, from index 2), `None` for an unknown job.
+/// Called first in the write's transaction, which then holds the lock to its
+/// end: a `take_over` or `join` that changes the job waits for this write, or
+/// this write waited for it. The node's row is read by a statement of its
+/// own, after the lock is held: its snapshot (READ COMMITTED) then sees
+/// whatever committed while this write waited, e.g. the node declared lost.
+pub(super) async fn lock_checked(
+    client: &Tx<'_>,
+    id: &str,
+    joined: Option<&Joined>,
+    columns: &str,
+) -> Result<Option<Row>, Failure> {
+    let sql = format!("SELECT {OWNER_COLUMNS}{columns} FROM jobs WHERE id = $1 FOR UPDATE");
+    let row = client.query_opt(&sql, &[&id]).await?;
+    let job = row.as_ref().map(|row| owner(id, row)).transpose()?;
+    let lease = match joined {
+        None => None,
+        Some(joined) => {
+            let node = client
+                .query_opt(
+                    "SELECT generation, lost FROM nodes WHERE node = $1",
+                    &[&joined.node],
+                )
+                .await?;
+            node.map(|row| -> Result<(i64, bool), StoreError> {
+                let corrupt = |detail| StoreError::Corrupt {
+                    id: "<a node's row>".into(),
+                    detail,
+                };
+                Ok((
+                    value(&row, 0).map_err(corrupt)?,
+                    value(&row, 1).map_err(corrupt)?,
+                ))
+            })
+            .transpose()?
+        }
+    };
+    check(id, joined, lease, job.as_ref())?;
+    Ok(row)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn owner(
-        state: &str,
-        node: Option<&str>,
-        gen: Option<i64>,
-        lost: Option<(&str, i64)>,
-    ) -> Owner {
+    fn owner(node: Option<&str>, gen: Option<i64>) -> Owner {
         Owner {
-            state: state.into(),
             node: node.map(str::to_owned),
             node_gen: gen,
-            lost_node: lost.map(|(n, _)| n.to_owned()),
-            lost_gen: lost.map(|(_, g)| g),
-            node_now: node.zip(gen).map(|(_, g)| (g, false)),
         }
     }
 
-    fn gens(pairs: &[(&str, i64)]) -> Generations {
-        pairs.iter().map(|(n, g)| ((*n).to_owned(), *g)).collect()
+    fn joined(node: &str, generation: i64) -> Joined {
+        Joined {
+            node: node.into(),
+            generation,
+        }
     }
 
     #[test]
     fn the_rules() {
-        let fenced = |o: &Owner, g: &Generations| check("j", o, g).is_err();
-        let a1 = gens(&[("a", 1)]);
-        let a2 = gens(&[("a", 2)]);
-        // Before any join nothing is fenced.
-        assert!(!fenced(
-            &owner("running", Some("a"), Some(1), None),
-            &gens(&[])
-        ));
-        assert!(!fenced(
-            &owner("interrupted", Some("a"), Some(1), Some(("a", 1))),
-            &gens(&[])
-        ));
-        // Its own running job, same generation: fine; another generation: fenced.
-        assert!(!fenced(&owner("running", Some("a"), Some(1), None), &a1));
-        assert!(fenced(&owner("running", Some("a"), Some(1), None), &a2));
-        // Started before the join (no generation): not fenced.
-        assert!(!fenced(&owner("running", Some("a"), None, None), &a1));
-        // Another node's job, running or ended: that node's alone.
-        assert!(fenced(&owner("running", Some("b"), Some(7), None), &a1));
-        assert!(fenced(&owner("succeeded", Some("b"), Some(7), None), &a1));
-        // A job started with no lease (no generation) is anyone's.
-        assert!(!fenced(&owner("running", Some("b"), None, None), &a1));
-        // Taken over: interrupted, requeued, rerun elsewhere: fenced while the
-        // store has not joined again.
+        let fenced =
+            |j: Option<&Joined>, lease, o: Option<&Owner>| check("j", j, lease, o).is_err();
+        let a1 = joined("a", 1);
+        let a2 = joined("a", 2);
+        let live1 = Some((1, false));
+        let live2 = Some((2, false));
+        // Before any join nothing is fenced, whatever the job or the node rows.
+        assert!(!fenced(None, None, Some(&owner(Some("a"), Some(1)))));
+        assert!(!fenced(None, None, Some(&owner(Some("b"), Some(7)))));
+        assert!(!fenced(None, None, Some(&owner(None, Some(TAKEN_OVER)))));
+        // Its own job of this join: fine; of another generation: fenced.
+        assert!(!fenced(Some(&a1), live1, Some(&owner(Some("a"), Some(1)))));
+        assert!(fenced(Some(&a2), live2, Some(&owner(Some("a"), Some(1)))));
+        assert!(fenced(Some(&a1), live1, Some(&owner(Some("a"), Some(2)))));
+        // Carrying no generation (before the join, another node name, never
+        // started): not fenced while the lease holds.
+        assert!(!fenced(Some(&a1), live1, Some(&owner(Some("a"), None))));
+        assert!(!fenced(Some(&a1), live1, Some(&owner(Some("b"), None))));
+        assert!(!fenced(Some(&a1), live1, Some(&owner(None, None))));
+        assert!(!fenced(Some(&a1), live1, None), "unknown: not fenced");
+        // Another node's job: that node's alone (the state is not looked at).
+        assert!(fenced(Some(&a1), live1, Some(&owner(Some("b"), Some(1)))));
+        assert!(fenced(Some(&a1), live1, Some(&owner(Some("b"), Some(7)))));
+        // Taken over (interrupted: node kept; queued again: node cleared):
+        // nobody's, even after a new join.
         assert!(fenced(
-            &owner("interrupted", Some("a"), Some(1), Some(("a", 1))),
-            &a1
-        ));
-        assert!(fenced(&owner("queued", None, None, Some(("a", 1))), &a1));
-        assert!(fenced(
-            &owner("running", Some("b"), Some(3), Some(("a", 1))),
-            &a1
-        ));
-        // After a new join, the requeued job may be ended or run again here.
-        assert!(!fenced(&owner("queued", None, None, Some(("a", 1))), &a2));
-        assert!(!fenced(
-            &owner("running", Some("a"), Some(2), Some(("a", 1))),
-            &a2
-        ));
-        // One store as two nodes: b runs the job taken from a.
-        let both = gens(&[("a", 1), ("b", 4)]);
-        assert!(!fenced(
-            &owner("running", Some("b"), Some(4), Some(("a", 1))),
-            &both
+            Some(&a1),
+            live1,
+            Some(&owner(Some("a"), Some(TAKEN_OVER)))
         ));
         assert!(fenced(
-            &owner("interrupted", Some("a"), Some(1), Some(("a", 1))),
-            &both
+            Some(&a2),
+            live2,
+            Some(&owner(None, Some(TAKEN_OVER)))
         ));
-        // The node's row says another generation (a new process joined as a)
-        // or lost: the stale store is fenced.
-        let mut stale = owner("running", Some("a"), Some(1), None);
-        stale.node_now = Some((2, false));
-        assert!(fenced(&stale, &a1));
-        stale.node_now = Some((1, true));
-        assert!(fenced(&stale, &a1));
-        // An ended job of an old generation: finish answers "ended", not fenced.
-        assert!(!fenced(&owner("succeeded", Some("a"), Some(1), None), &a2));
+        // Claimed again by a node: that run's generation.
+        assert!(!fenced(Some(&a2), live2, Some(&owner(Some("a"), Some(2)))));
+        // The lease is gone (declared lost; the name joined again elsewhere;
+        // no row): every write is refused, even of a job with no generation
+        // or an unknown one.
+        for lease in [Some((1, true)), Some((2, false)), None] {
+            assert!(fenced(Some(&a1), lease, Some(&owner(Some("a"), Some(1)))));
+            assert!(fenced(Some(&a1), lease, Some(&owner(None, None))));
+            assert!(fenced(Some(&a1), lease, None));
+        }
     }
 }

@@ -8,12 +8,10 @@ use super::listen::Tx;
 use tokio_postgres::types::ToSql;
 use warmpool_core::lifecycle::{StoredCancel, CANCELLED_QUEUED_ERROR};
 
-use super::fence::{check, Generations};
+use super::fence::{lock_checked, Joined};
 use super::listen::notify;
 use super::pool::Failure;
-use super::rows::{
-    decode_json, ids, owner, record, unsigned, value, OWNER_COLUMNS, OWNER_FROM, RECORD_COLUMNS,
-};
+use super::rows::{decode_json, ids, record, unsigned, value, RECORD_COLUMNS};
 use crate::ids::new_id;
 use crate::{
     CancelOutcome, Delivery, Finish, JobRecord, JobState, ListQuery, NewJob, QueuedJob, Recovered,
@@ -310,13 +308,11 @@ pub(super) async fn finish(
     id: &str,
     finish: &Finish,
     now: i64,
-    mine: &Generations,
+    joined: Option<&Joined>,
 ) -> Result<Option<JobRecord>, Failure> {
-    let sql = format!("SELECT {OWNER_COLUMNS} FROM {OWNER_FROM} WHERE j.id = $1 FOR UPDATE OF j");
-    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+    if lock_checked(client, id, joined, "").await?.is_none() {
         return Ok(None);
-    };
-    check(id, &owner(id, &row, 0)?, mine)?;
+    }
     let row = client
         .query_opt(
             FINISH_SQL.as_str(),

@@ -25,13 +25,12 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, RwLock};
 use tokio::task::JoinHandle;
 use tokio_postgres::Config;
 
@@ -40,7 +39,7 @@ use crate::{
     Beat, CancelOutcome, Delivery, Finish, JobRecord, JobStore, ListQuery, NewJob, NodeBeat,
     NodeRecord, QueuedJob, Recovered, StoreError, StoreEvent, StreamName, TakenOver,
 };
-use fence::Generations;
+use fence::Joined;
 use jobs::NewRow;
 pub use pool::redacted_url;
 use pool::{connect, Failure, Next, Pool, Retry, Tries, ATTEMPT_TIMEOUT};
@@ -115,7 +114,12 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
     /// The URL without its password, for messages.
     shown_url: String,
-    generations: Mutex<Generations>,
+    /// The node and generation of this store's last `join`. `join` holds it
+    /// (write) through its transaction, and the calls that make a job running
+    /// (read) through theirs: a job is made running either before a join (and
+    /// ended by it if it carries an earlier generation) or after it (carrying
+    /// its generation), never between.
+    joined: RwLock<Option<Joined>>,
     events: broadcast::Sender<StoreEvent>,
     /// Starts this store's notifications: its listener skips them.
     token: String,
@@ -174,7 +178,7 @@ impl PgStore {
             pool: Pool::new(config),
             clock,
             shown_url,
-            generations: Mutex::new(HashMap::new()),
+            joined: RwLock::new(None),
             events,
             token,
             listening,
@@ -210,19 +214,13 @@ impl PgStore {
         self.clock.now_ms()
     }
 
-    fn generations(&self) -> Generations {
-        self.generations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn generation_of(&self, node: &str) -> Option<i64> {
-        self.generations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(node)
-            .copied()
+    /// The generation a job made running on `node` carries now: this
+    /// store's join's, if `node` is the joined node.
+    fn generation_of(joined: &Option<Joined>, node: &str) -> Option<i64> {
+        joined
+            .as_ref()
+            .filter(|j| j.node == node)
+            .map(|j| j.generation)
     }
 }
 
@@ -304,7 +302,8 @@ impl JobStore for PgStore {
     ) -> Result<String, StoreError> {
         // Its input is never stored: not encoded (nor stdin copied) either.
         let row = NewRow::encode(job, false, self.now())?;
-        let gen = self.generation_of(node);
+        let joined = self.joined.read().await;
+        let gen = Self::generation_of(&joined, node);
         attempt!(
             self,
             "store a started job",
@@ -322,7 +321,8 @@ impl JobStore for PgStore {
 
     async fn start(&self, id: &str, node: &str, warm: bool) -> Result<bool, StoreError> {
         let now = self.now();
-        let gen = self.generation_of(node);
+        let joined = self.joined.read().await;
+        let gen = Self::generation_of(&joined, node);
         attempt!(
             self,
             "mark a job running",
@@ -342,10 +342,10 @@ impl JobStore for PgStore {
         if data.is_empty() {
             return Ok(());
         }
-        let mine = self.generations();
+        let joined = self.joined.read().await.clone();
         // A repeated append stores nothing: safe to retry whatever happened.
         attempt!(self, "store job output", Retry::Always, true, |c, _r| {
-            output::append(c, id, stream, offset, data, &mine).await
+            output::append(c, id, stream, offset, data, joined.as_ref()).await
         })
     }
 
@@ -354,13 +354,13 @@ impl JobStore for PgStore {
             return Err(StoreError::NotFinal(finish.state));
         }
         let now = self.now();
-        let mine = self.generations();
+        let joined = self.joined.read().await.clone();
         attempt!(
             self,
             "record a job's end",
             Retry::BeforeCommit,
             true,
-            |c, _r| jobs::finish(c, id, finish, now, &mine).await
+            |c, _r| jobs::finish(c, id, finish, now, joined.as_ref()).await
         )
     }
 
@@ -453,7 +453,8 @@ impl JobStore for PgStore {
         keep_input: bool,
     ) -> Result<Option<QueuedJob>, StoreError> {
         let now = self.now();
-        let gen = self.generation_of(node);
+        let joined = self.joined.read().await;
+        let gen = Self::generation_of(&joined, node);
         attempt!(
             self,
             "claim a queued job",
@@ -485,20 +486,22 @@ impl JobStore for PgStore {
 
     async fn join(&self, beat: &NodeBeat) -> Result<(), StoreError> {
         let now = self.now();
+        let mut joined = self.joined.write().await;
         // A repeat only bumps the generation once more; the last one is kept.
-        let gen = attempt!(self, "join the cluster", Retry::Always, true, |c, _r| {
+        let generation = attempt!(self, "join the cluster", Retry::Always, true, |c, _r| {
             cluster::join(c, beat, now).await
         })?;
-        self.generations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(beat.node.clone(), gen);
+        *joined = Some(Joined {
+            node: beat.node.clone(),
+            generation,
+        });
         Ok(())
     }
 
-    /// `Fenced` also for a node this store never joined as: it holds no lease.
+    /// `Fenced` also before any join, or for a name this store's last join
+    /// was not as: it holds no lease for it.
     async fn heartbeat(&self, beat: &NodeBeat) -> Result<Beat, StoreError> {
-        let Some(gen) = self.generation_of(&beat.node) else {
+        let Some(gen) = Self::generation_of(&*self.joined.read().await, &beat.node) else {
             return Ok(Beat::Fenced);
         };
         let now = self.now();

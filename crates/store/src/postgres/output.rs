@@ -4,9 +4,9 @@
 
 use super::listen::Tx;
 
-use super::fence::{check, Generations};
+use super::fence::{lock_checked, Joined};
 use super::pool::Failure;
-use super::rows::{len_column, owner, stream_code, unsigned, value, OWNER_COLUMNS, OWNER_FROM};
+use super::rows::{len_column, stream_code, unsigned, value};
 use crate::{StoreError, StreamName};
 
 fn to_i64(n: u64) -> i64 {
@@ -21,21 +21,17 @@ pub(super) async fn append(
     stream: StreamName,
     offset: u64,
     data: &[u8],
-    mine: &Generations,
+    joined: Option<&Joined>,
 ) -> Result<(), Failure> {
     let column = len_column(stream);
-    let sql = format!(
-        "SELECT j.{column}, {OWNER_COLUMNS} FROM {OWNER_FROM} WHERE j.id = $1 FOR UPDATE OF j"
-    );
-    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+    let Some(row) = lock_checked(client, id, joined, &format!(", {column}")).await? else {
         return Err(StoreError::NoSuchJob(id.to_owned()).into());
     };
-    check(id, &owner(id, &row, 1)?, mine)?;
     let corrupt = |detail: String| StoreError::Corrupt {
         id: id.to_owned(),
         detail,
     };
-    let stored = value::<i64>(&row, 0)
+    let stored = value::<i64>(&row, 2)
         .and_then(|n| unsigned(n, column))
         .map_err(corrupt)?;
     let end = offset.saturating_add(data.len() as u64);

@@ -125,36 +125,23 @@ pub(super) fn node(row: &Row) -> Result<NodeRecord, StoreError> {
     })
 }
 
-/// What fencing looks at in a job's row, and its node's row.
+/// What fencing looks at in a job's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Owner {
-    pub state: String,
     pub node: Option<String>,
+    /// The generation the job carries: of the join that made it running, or
+    /// `fence::TAKEN_OVER`; `None` if it carries none.
     pub node_gen: Option<i64>,
-    pub lost_node: Option<String>,
-    pub lost_gen: Option<i64>,
-    /// The job's node's current generation and whether it is lost (its row).
-    pub node_now: Option<(i64, bool)>,
 }
 
-/// Columns read by [`owner`], in its order, from [`OWNER_FROM`].
-pub(super) const OWNER_COLUMNS: &str =
-    "j.state, j.node, j.node_gen, j.lost_node, j.lost_gen, n.generation, n.lost";
+/// Columns read by [`owner`], in its order.
+pub(super) const OWNER_COLUMNS: &str = "node, node_gen";
 
-/// A job `j` with its node's row `n`.
-pub(super) const OWNER_FROM: &str = "jobs j LEFT JOIN nodes n ON n.node = j.node";
-
-pub(super) fn owner(id: &str, row: &Row, first: usize) -> Result<Owner, StoreError> {
+pub(super) fn owner(id: &str, row: &Row) -> Result<Owner, StoreError> {
     let read = || -> Result<Owner, String> {
-        let generation: Option<i64> = value(row, first + 5)?;
-        let lost: Option<bool> = value(row, first + 6)?;
         Ok(Owner {
-            state: value(row, first)?,
-            node: value(row, first + 1)?,
-            node_gen: value(row, first + 2)?,
-            lost_node: value(row, first + 3)?,
-            lost_gen: value(row, first + 4)?,
-            node_now: generation.zip(lost),
+            node: value(row, 0)?,
+            node_gen: value(row, 1)?,
         })
     };
     read().map_err(|detail| StoreError::Corrupt {

@@ -15,7 +15,10 @@ pub(super) const MIGRATION_LOCK: i64 = 0x7761_726d_706f_6f6c;
 /// once released; a change is a new step.
 pub(super) const STEPS: &[&str] = &[V1];
 
-/// Version 1: jobs, their input, output, deliveries, nodes.
+/// Version 1: jobs, their input, output, deliveries, nodes. `jobs.node_gen`
+/// is also -1 (`fence::TAKEN_OVER`) once `take_over` interrupted or requeued
+/// the job; fencing reads `node_gen` only, `lost_node`/`lost_gen` just record
+/// whom a take-over took the job from (the SQL comment predates that).
 const V1: &str = "
 -- seq is the creation order (ids sort by creation time only to the millisecond).
 -- node_gen: the generation of the node's join that made the job running (NULL

@@ -328,14 +328,101 @@ async fn a_lost_nodes_late_writes_are_fenced() {
         a.finish(&id, &exited(0)).await,
         Err(StoreError::Fenced { .. })
     ));
-    // The new process (b's store, joined as a) does not own it either: it
-    // recovers it as its start does.
+    // The new process (b's store, joined as a) does not own it either: its
+    // join ended it (a run of an earlier generation), so its start's
+    // recover finds nothing left to interrupt.
     assert!(matches!(
         b.finish(&id, &exited(0)).await,
         Err(StoreError::Fenced { .. })
     ));
+    let record = b.get(&id).await.expect("get").expect("stored");
+    assert_eq!(record.state, JobState::Interrupted);
+    assert_eq!(
+        record.error.as_deref(),
+        Some("node \"a\" joined again (generation 3) while this job ran under an earlier one")
+    );
+    assert_eq!(
+        output(&b, &id).await,
+        b"ok",
+        "a's late append stored nothing"
+    );
     let recovered = b.recover("a", "restarted").await.expect("recover");
-    assert_eq!(recovered.interrupted, vec![id]);
+    assert!(recovered.interrupted.is_empty(), "{recovered:?}");
+}
+
+/// Appends through `store` at the stored length, one byte at a time, until
+/// they are fenced; how many were stored (answered `Ok`).
+async fn append_until_fenced(store: Arc<PgStore>, id: String) -> u64 {
+    let mut stored = 0u64;
+    loop {
+        match store
+            .append_output(&id, StreamName::Stdout, stored, b"x")
+            .await
+        {
+            Ok(()) => stored += 1,
+            Err(StoreError::Fenced { id: fenced }) => {
+                assert_eq!(fenced, id);
+                return stored;
+            }
+            Err(e) => panic!("append to {id}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_racing_a_take_over_land_before_it_or_not_at_all() {
+    let (a, b, clock) = two_nodes().await;
+    let a = Arc::new(a);
+    a.join(&beat("a")).await.expect("join");
+    b.join(&beat("b")).await.expect("join");
+    a.insert(&job("retry")).await.expect("insert");
+    let kept = a.claim_next("retry", "a", true, true).await.expect("claim");
+    let kept = kept.expect("a job").id;
+    let plain = a
+        .insert_started(&job("py"), "a", true)
+        .await
+        .expect("insert");
+    let free = a.insert(&job("go")).await.expect("insert");
+    clock.advance(Duration::from_secs(31));
+    b.heartbeat(&beat("b")).await.expect("beat");
+
+    let writers: Vec<_> = [&kept, &plain, &free]
+        .into_iter()
+        .map(|id| tokio::spawn(append_until_fenced(Arc::clone(&a), id.clone())))
+        .collect();
+    // Take over only once every writer has stored something.
+    for id in [&kept, &plain, &free] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.get(id).await.expect("get").expect("stored").output_len[0] == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no append to {id}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let taken = b
+        .take_over("b", Duration::from_secs(30), &["retry".to_owned()])
+        .await
+        .expect("take over");
+    assert_eq!(taken[0].requeued, vec![kept.clone()]);
+    assert_eq!(taken[0].interrupted, vec![plain.clone()]);
+    let mut counts = Vec::new();
+    for writer in writers {
+        let fenced = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        counts.push(fenced.expect("fenced after the take-over").expect("writer"));
+    }
+    assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+
+    // Queued again from nothing: no append of the lost run landed after the
+    // take-over cleared its output.
+    let record = b.get(&kept).await.expect("get").expect("stored");
+    assert_eq!(record.state, JobState::Queued);
+    assert_eq!(record.output_len, [0, 0]);
+    assert!(output(&b, &kept).await.is_empty());
+    // Every append answered `Ok` is stored, and none after.
+    for (id, n) in [(&plain, counts[1]), (&free, counts[2])] {
+        let record = b.get(id).await.expect("get").expect("stored");
+        assert_eq!(record.output_len[0], n, "{id}");
+        assert_eq!(output(&b, id).await.len() as u64, n, "{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
