@@ -33,6 +33,7 @@ use async_trait::async_trait;
 use std::fmt;
 use std::time::Duration;
 
+mod chunks;
 pub mod clock;
 pub mod conformance;
 pub mod ids;

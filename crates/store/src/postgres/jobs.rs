@@ -12,21 +12,12 @@ use super::fence::{lock_checked, Joined};
 use super::listen::notify;
 use super::pool::Failure;
 use super::rows::{decode_json, ids, record, unsigned, value, RECORD_COLUMNS};
+use crate::chunks::states_where;
 use crate::ids::new_id;
 use crate::{
     CancelOutcome, Delivery, Finish, JobRecord, JobState, ListQuery, NewJob, QueuedJob, Recovered,
     StoreError, StoreEvent,
 };
-
-/// `'queued', 'running'`: the states for which `rule` holds, as an SQL list.
-pub(super) fn states_where(rule: impl Fn(JobState) -> bool) -> String {
-    let names: Vec<String> = JobState::ALL
-        .into_iter()
-        .filter(|s| rule(*s))
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect();
-    names.join(", ")
-}
 
 static START_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(

@@ -81,9 +81,8 @@ pub(super) async fn read_range(
     {
         return Ok(None);
     }
-    let mut out = Vec::new();
     if max == 0 || offset > i64::MAX as u64 {
-        return Ok(Some(out));
+        return Ok(Some(Vec::new()));
     }
     let end = offset.saturating_add(max as u64);
     // The chunk holding `offset` is the last one starting at or before it.
@@ -101,30 +100,15 @@ pub(super) async fn read_range(
         id: id.to_owned(),
         detail,
     };
-    let mut next: Option<u64> = None;
+    let mut assembly = crate::chunks::Assembly::new(offset, end);
     for row in &rows {
         let start = value::<i64>(row, 0)
             .and_then(|n| unsigned(n, "byte_offset"))
             .map_err(corrupt)?;
         let data: &[u8] = value(row, 1).map_err(corrupt)?;
-        if let Some(expected) = next {
-            if start != expected {
-                return Err(corrupt(format!(
-                    "{stream} has a chunk at byte {start} where byte {expected} was expected"
-                ))
-                .into());
-            }
-        }
-        let chunk_end = start + data.len() as u64;
-        next = Some(chunk_end);
-        if chunk_end <= offset {
-            continue;
-        }
-        let from = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX);
-        let to = usize::try_from(end.min(chunk_end) - start).unwrap_or(data.len());
-        if let Some(part) = data.get(from..to) {
-            out.extend_from_slice(part);
-        }
+        assembly
+            .push(start, data, stream.as_str())
+            .map_err(|d| Failure::from(corrupt(d)))?;
     }
-    Ok(Some(out))
+    Ok(Some(assembly.bytes()))
 }

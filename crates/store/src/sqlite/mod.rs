@@ -35,6 +35,7 @@ use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtensio
 use tokio::sync::{broadcast, oneshot, Semaphore};
 use warmpool_core::lifecycle::{StoredCancel, CANCELLED_QUEUED_ERROR};
 
+use crate::chunks::states_where;
 use crate::clock::Clock;
 use crate::ids::new_id;
 use crate::{
@@ -62,17 +63,6 @@ const READERS: usize = 3;
 
 /// Events kept for a receiver that lags (it then sees `Lagged`: a resync).
 const EVENT_CAPACITY: usize = 1024;
-
-/// `'queued', 'running'`: the states for which `rule` holds, as an SQL list, so
-/// the store's conditional updates are the core's rules.
-fn states_where(rule: impl Fn(JobState) -> bool) -> String {
-    let names: Vec<String> = JobState::ALL
-        .into_iter()
-        .filter(|s| rule(*s))
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect();
-    names.join(", ")
-}
 
 static START_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(

@@ -78,9 +78,8 @@ pub(super) fn read_range(
     if !exists {
         return Ok(None);
     }
-    let mut out = Vec::new();
     if max == 0 || offset > i64::MAX as u64 {
-        return Ok(Some(out));
+        return Ok(Some(Vec::new()));
     }
     let end = offset.saturating_add(max as u64);
     // The chunk holding `offset` is the last one starting at or before it.
@@ -101,7 +100,7 @@ pub(super) fn read_range(
         id: id.to_owned(),
         detail,
     };
-    let mut next: Option<u64> = None;
+    let mut assembly = crate::chunks::Assembly::new(offset, end);
     while let Some(row) = rows.next().ctx(action)? {
         let start = opt_u64(row.get::<_, Value>(0).ctx(action)?, "byte_offset")
             .map_err(corrupt)?
@@ -115,23 +114,9 @@ pub(super) fn read_range(
                 )))
             }
         };
-        if let Some(expected) = next {
-            if start != expected {
-                return Err(corrupt(format!(
-                    "{stream} has a chunk at byte {start} where byte {expected} was expected"
-                )));
-            }
-        }
-        let chunk_end = start + data.len() as u64;
-        next = Some(chunk_end);
-        if chunk_end <= offset {
-            continue;
-        }
-        let from = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX);
-        let to = usize::try_from(end.min(chunk_end) - start).unwrap_or(data.len());
-        if let Some(part) = data.get(from..to) {
-            out.extend_from_slice(part);
-        }
+        assembly
+            .push(start, &data, stream.as_str())
+            .map_err(corrupt)?;
     }
-    Ok(Some(out))
+    Ok(Some(assembly.bytes()))
 }
