@@ -473,7 +473,14 @@ fn a_node_cut_from_the_database_is_fenced_and_its_late_writes_refused() {
     c.wait_state(&id, "running");
     let j = json(&a.get(&format!("/v1/jobs/{id}")).1);
     assert_eq!(j["node"], c.instance.as_str(), "{j}");
-    assert_eq!(containers_running(&c, "sleep 120").len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while containers_running(&c, "sleep 120").len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the job never ran in one container of c"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     rt.block_on(proxy.cut());
     // Another node takes the job over: interrupted, naming the lost node.

@@ -326,14 +326,26 @@ labels = { "warmpool-test-run" = "@LABEL@" }
     let label = format!("label=warmpool.instance={}", s.instance);
     // The container running the job (the others of the pool are parked: all run
     // the gate; the job's one is the one `docker top` shows `sleep` in).
-    let target = docker_ps(&[label, "status=running".into()])
-        .into_iter()
-        .find(|c| {
-            let top = Command::new("docker").args(["top", c]).output();
-            top.map(|o| String::from_utf8_lossy(&o.stdout).contains("sleep 30"))
-                .unwrap_or(false)
-        })
-        .expect("the job's container");
+    // `running` begins when the node takes the job; its container may still
+    // be starting (a cold start), so look until the job's process is there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        let found = docker_ps(&[label.clone(), "status=running".into()])
+            .into_iter()
+            .find(|c| {
+                let top = Command::new("docker").args(["top", c]).output();
+                top.map(|o| String::from_utf8_lossy(&o.stdout).contains("sleep 30"))
+                    .unwrap_or(false)
+            });
+        if let Some(c) = found {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job's container never ran it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let stopped = Command::new("docker")
         .args(["stop", "-t", "5", &target])
         .output()
