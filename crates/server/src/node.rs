@@ -364,24 +364,36 @@ impl Service {
     }
 
     /// The lease is back after this node fenced itself (nobody took it over):
-    /// a new generation, and the jobs it killed meanwhile (their ends could not
-    /// be stored) end `interrupted`; then it takes jobs again.
+    /// the jobs it killed meanwhile (their ends could not be stored) end
+    /// `interrupted`, then a new generation; then it takes jobs again. In that
+    /// order: `recover` ends every running job of this node, so after the
+    /// join (which lets the dispatcher and the fast path start jobs again) it
+    /// would end new ones, still running, too.
     async fn regain(self: &Arc<Self>) {
+        let error = "its node lost its lease (the job store was unreachable) and killed it";
+        let interrupted = match self.store().recover(self.node(), error).await {
+            Ok(r) => r.interrupted,
+            Err(e) => {
+                tracing::warn!(error = %e, "storing the ends of killed jobs failed");
+                return;
+            }
+        };
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                jobs = interrupted.len(),
+                "jobs killed while the lease was lost are interrupted"
+            );
+        }
         if let Err(e) = self.join().await {
             tracing::warn!(error = %e, "joining the cluster again failed");
             self.leased.store(false, Ordering::SeqCst);
             return;
         }
-        let error = "its node lost its lease (the job store was unreachable) and killed it";
-        match self.store().recover(self.node(), error).await {
-            Ok(r) if !r.interrupted.is_empty() => {
-                tracing::warn!(
-                    jobs = r.interrupted.len(),
-                    "jobs killed while the lease was lost are interrupted"
-                );
+        // Their runs could not store an end, so no front end answered them.
+        if let Some(h) = self.hooks() {
+            for id in &interrupted {
+                h.after_end(id).await;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "storing the ends of killed jobs failed"),
         }
         tracing::info!(node = %self.node(), "lease regained; taking jobs again");
         self.queue_changed(None);
