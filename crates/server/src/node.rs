@@ -408,6 +408,7 @@ impl Service {
             .collect();
         for (id, job) in live {
             tracing::warn!(job = %id, reason = %why, "killing a job this node no longer owns");
+            *lock(&job.fenced) = Some(why.to_string());
             job.cancel.cancel();
         }
     }
