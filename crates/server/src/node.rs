@@ -280,6 +280,10 @@ impl Service {
                         node = %self.node(),
                         "this node was declared lost by another node: killing its jobs and joining again"
                     );
+                    // Nothing new until the join: a job taken or started
+                    // now would carry the lost generation (its writes
+                    // refused, ended by the join) yet run on, unkilled.
+                    self.leased.store(false, Ordering::SeqCst);
                     self.fence_jobs("its node was declared lost by another node");
                     match self.join().await {
                         Ok(()) => self.queue_changed(None),
