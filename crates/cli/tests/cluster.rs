@@ -660,3 +660,95 @@ labels = {{ "{TEST_LABEL}" = "@LABEL@" }}
     );
     assert_eq!(counter.runs(&token), 2, "ran once on each node");
 }
+
+/// A node whose database stops answering (no error, no reply: a partition)
+/// kills its job before another node takes it over, however long its own
+/// store calls hang.
+#[test]
+fn a_node_whose_database_stalls_kills_its_job_before_it_is_taken_over() {
+    let _serial = serial();
+    let db = unique("stall").replace('-', "_");
+    let url = pg().create_database(&db);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg_addr: std::net::SocketAddr = ([127, 0, 0, 1], pg().port()).into();
+    let proxy = rt
+        .block_on(warmpool_testkit::proxy::TcpProxy::start(pg_addr))
+        .expect("proxy");
+    let stall_url = url.replace(&pg_addr.to_string(), &proxy.addr().to_string());
+    let a = Server::start(&node_config(&url, "4s", ""), &[]);
+    let c = Server::start(&node_config(&stall_url, "4s", ""), &[]);
+    wait_warm(&c, "bb");
+    let id = submit(
+        &c,
+        r#"{"profile":"bb","args":["sh","-c","echo started; sleep 120"]}"#,
+    )
+    .unwrap();
+    c.wait_state(&id, "running");
+    assert_eq!(containers_running(&c, "sleep 120").len(), 1);
+
+    proxy.stall();
+    let stalled = Instant::now();
+    let done = wait_final(&a, std::slice::from_ref(&id), Duration::from_secs(20));
+    assert_eq!(done[&id]["state"], "interrupted", "{}", done[&id]);
+    let taken = stalled.elapsed();
+    // Killed by its node before (or about when) the other took it over.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !containers_running(&c, "sleep 120").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled node's job still runs {:?} after it was taken over \
+             ({taken:?} after the stall)",
+            Instant::now() - stalled - taken
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.restore();
+}
+
+/// A node alone whose database stalled past its lease kills its job, and
+/// when the database answers again (nobody took the job over) ends it
+/// `interrupted`, joins again and runs new jobs to their end.
+#[test]
+fn a_node_alone_regains_its_lease_after_a_stall() {
+    let _serial = serial();
+    let db = unique("regain").replace('-', "_");
+    let url = pg().create_database(&db);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg_addr: std::net::SocketAddr = ([127, 0, 0, 1], pg().port()).into();
+    let proxy = rt
+        .block_on(warmpool_testkit::proxy::TcpProxy::start(pg_addr))
+        .expect("proxy");
+    let stall_url = url.replace(&pg_addr.to_string(), &proxy.addr().to_string());
+    let c = Server::start(&node_config(&stall_url, "4s", ""), &[]);
+    wait_warm(&c, "bb");
+    let id = submit(
+        &c,
+        r#"{"profile":"bb","args":["sh","-c","echo started; sleep 120"]}"#,
+    )
+    .unwrap();
+    c.wait_state(&id, "running");
+    proxy.stall();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !containers_running(&c, "sleep 120").is_empty() {
+        assert!(Instant::now() < deadline, "the job was never killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.restore();
+    let done = wait_final(&c, std::slice::from_ref(&id), Duration::from_secs(40));
+    let j = &done[&id];
+    assert_eq!(j["state"], "interrupted", "{j}");
+    // Taking jobs again, and they end as they ran.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (code, body) = c.post(
+            "/v1/jobs?wait=true",
+            r#"{"profile":"bb","args":["echo","back"]}"#,
+        );
+        if code == 200 && json(&body)["state"] == "succeeded" {
+            assert_eq!(json(&body)["stdout"], "back\n", "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -419,3 +419,89 @@ fn a_pull_request_comment_runs_on_its_head_branch() {
         .iter()
         .any(|r| r.method == "GET" && r.path.ends_with("/pulls/1")));
 }
+
+/// Two bot nodes on one PostgreSQL: the node running a bot job freezes past
+/// its lease; the other takes the job over and answers; the frozen node,
+/// thawed, kills its run, and must not answer a second time.
+#[test]
+fn a_job_taken_over_from_a_frozen_node_is_answered_once() {
+    let pg = warmpool_testkit::postgres::PgCluster::start();
+    let url = pg.create_database("botcluster");
+    let github = FakeGitHub::start(vec![]);
+    let token = unique("ghtoken");
+    let config = format!(
+        r#"
+[profiles.agent]
+image = "warmpool-test/agent:latest"
+network = "none"
+secret_env = ["GITHUB_TOKEN", "ANTHROPIC_API_KEY"]
+labels = {{ "{TEST_LABEL}" = "@LABEL@" }}
+
+[github]
+bot_username = "ClaudeBot"
+authorized_users = ["Codertocat"]
+profile = "agent"
+api_url = "{}"
+
+[store]
+url = "{url}"
+
+[cluster]
+node_timeout = "3s"
+"#,
+        github.url
+    );
+    let env = [
+        ("GITHUB_WEBHOOK_SECRET", SECRET),
+        ("GITHUB_TOKEN", token.as_str()),
+        ("ANTHROPIC_API_KEY", "anthropic-test-key"),
+    ];
+    let a = Bot {
+        server: Server::start(&config, &env),
+        github,
+        token: token.clone(),
+    };
+    let b = Server::start(&config, &env);
+    let body = mention("issue_comment", "created", "@ClaudeBot sleep then answer");
+    let (code, resp) = a.deliver("issue_comment", "d-frozen", &body, None);
+    assert_eq!(code, 202, "{resp}");
+    let job = json(&resp)["job"].as_str().unwrap().to_string();
+    a.server.wait_state(&job, "running");
+    let j = json(&a.server.get(&format!("/v1/jobs/{job}")).1);
+    let (runner, other) = if j["node"] == a.server.instance.as_str() {
+        (&a.server, &b)
+    } else {
+        (&b, &a.server)
+    };
+    let pid = runner.child.as_ref().unwrap().id().to_string();
+    let stop = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    stop("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = json(&other.get(&format!("/v1/jobs/{job}")).1);
+        if j["state"] == "interrupted" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never taken over: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let is_answer = |r: &Recorded| {
+        r.method == "POST" && r.path.ends_with("/comments") && !r.path.contains("/issues/comments")
+    };
+    a.github.wait_for("the answer", 1, is_answer);
+    stop("-CONT");
+    // The thawed node fences itself, kills its run and joins again.
+    std::thread::sleep(Duration::from_secs(8));
+    let answers: Vec<_> = a
+        .github
+        .requests()
+        .into_iter()
+        .filter(|r| is_answer(r))
+        .collect();
+    assert_eq!(answers.len(), 1, "answered more than once: {answers:?}");
+}

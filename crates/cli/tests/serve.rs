@@ -167,6 +167,26 @@ fn queue_overflow_is_429_with_retry_after() {
 }
 
 #[test]
+fn a_burst_of_submits_never_queues_past_max_queue() {
+    let s = Server::start("max_containers = 1\nmax_queue = 2\n", &[]);
+    let (code, body) = s.post("/v1/jobs", r#"{"profile":"bb","args":["sleep","20"]}"#);
+    assert_eq!(code, 201, "{body}");
+    s.wait_state(json(&body)["id"].as_str().unwrap(), "running");
+    // The pool is full: two more may wait, however many ask at once.
+    let s = std::sync::Arc::new(s);
+    let burst: Vec<_> = (0..12)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || s.post("/v1/jobs", r#"{"profile":"bb","args":["true"]}"#).0)
+        })
+        .collect();
+    let codes: Vec<u16> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    let accepted = codes.iter().filter(|c| **c == 201).count();
+    assert!(codes.iter().all(|c| *c == 201 || *c == 429), "{codes:?}");
+    assert_eq!(accepted, 2, "max_queue = 2 with the pool full: {codes:?}");
+}
+
+#[test]
 fn auth_when_a_token_is_set() {
     let token = unique("tok");
     let mut s = Server::start("", &[("WARMPOOL_API_TOKEN", &token)]);

@@ -261,6 +261,20 @@ impl JobHooks for GithubBot {
                 },
             ),
         };
+        // Another node may have answered it already: the node that took a
+        // lost node's jobs over answers for them, and the lost node's own
+        // run (this node's memory still holding the delivery) ends after.
+        match svc.store().unanswered_deliveries().await {
+            Ok(pending) if pending.iter().any(|d| d.id == delivery) => {}
+            Ok(_) => {
+                lock(&self.jobs).remove(job_id);
+                return;
+            }
+            Err(e) => {
+                // Left unanswered in the store: tried again after a restart.
+                return tracing::warn!(job = %job_id, error = %e, "reading deliveries failed");
+            }
+        }
         let Ok(repo) = RepoName::parse(&meta.repo) else {
             return;
         };

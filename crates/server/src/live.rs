@@ -45,6 +45,9 @@ pub struct LiveJob {
     progress: watch::Sender<Progress>,
     /// The job as its end was stored (what a waiter answers with).
     ended: Mutex<Option<JobRecord>>,
+    /// Why this node killed the job itself (its lease was gone), if it did:
+    /// its end is then `interrupted`, not a cancel nobody asked for.
+    pub fenced: Mutex<Option<String>>,
 }
 
 impl Default for LiveJob {
@@ -60,6 +63,7 @@ impl LiveJob {
             tails: [Mutex::default(), Mutex::default()],
             progress: watch::Sender::new(Progress::default()),
             ended: Mutex::new(None),
+            fenced: Mutex::new(None),
         }
     }
 

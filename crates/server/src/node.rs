@@ -62,6 +62,8 @@ impl Service {
         self.tasks.spawn(async move { svc.dispatch_loop().await });
         let svc = self.clone();
         self.tasks.spawn(async move { svc.lease_loop().await });
+        let svc = self.clone();
+        self.tasks.spawn(async move { svc.fence_watch().await });
     }
 
     /// What this node says of itself.
@@ -83,8 +85,10 @@ impl Service {
 
     /// Join the store's nodes (a new generation; see `JobStore::join`).
     pub(crate) async fn join(&self) -> Result<(), warmpool_store::StoreError> {
+        // The store dates the row before the call returns: so does the lease.
+        let asked = Instant::now();
         self.store().join(&self.beat()).await?;
-        *lock(&self.lease_ok) = Some(Instant::now());
+        *lock(&self.lease_ok) = Some(asked);
         self.leased.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -261,9 +265,12 @@ impl Service {
                 _ = stopping.cancelled() => return,
                 _ = tokio::time::sleep(cluster.heartbeat) => {}
             }
+            // The stored beat is dated when it was asked for, not when the
+            // answer came (a slow database must not stretch the lease).
+            let asked = Instant::now();
             match self.store().heartbeat(&self.beat()).await {
                 Ok(Beat::Alive) => {
-                    *lock(&self.lease_ok) = Some(Instant::now());
+                    *lock(&self.lease_ok) = Some(asked);
                     if !self.leased.load(Ordering::SeqCst) {
                         self.regain().await;
                     }
@@ -273,6 +280,10 @@ impl Service {
                         node = %self.node(),
                         "this node was declared lost by another node: killing its jobs and joining again"
                     );
+                    // Nothing new until the join: a job taken or started
+                    // now would carry the lost generation (its writes
+                    // refused, ended by the join) yet run on, unkilled.
+                    self.leased.store(false, Ordering::SeqCst);
                     self.fence_jobs("its node was declared lost by another node");
                     match self.join().await {
                         Ok(()) => self.queue_changed(None),
@@ -285,18 +296,6 @@ impl Service {
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "storing this node's heartbeat failed");
                 }
-            }
-            // Killed before the others may take them: a lease is good for
-            // node_timeout after the last stored beat; stop one beat early.
-            let last = *lock(&self.lease_ok);
-            let lapsed =
-                last.is_none_or(|t| t.elapsed() + cluster.heartbeat >= cluster.node_timeout);
-            if lapsed && self.leased.swap(false, Ordering::SeqCst) {
-                tracing::error!(
-                    node = %self.node(),
-                    "no heartbeat stored within node_timeout: this node's lease may be taken; killing its jobs"
-                );
-                self.fence_jobs("its node lost its lease (the job store was unreachable)");
             }
             match self
                 .store()
@@ -340,25 +339,65 @@ impl Service {
 }
 
 impl Service {
+    /// Killed before the others may take them: a lease is good for
+    /// node_timeout after the last stored beat; stop one beat early. Its own
+    /// task, looking often: the lease loop's store calls may each hang for
+    /// as long as the store retries (a database that stopped answering), far
+    /// past the lease.
+    async fn fence_watch(self: Arc<Self>) {
+        let cluster = self.config.cluster.clone();
+        let every =
+            (cluster.heartbeat / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let stopping = self.stopping();
+        loop {
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let last = *lock(&self.lease_ok);
+            let lapsed =
+                last.is_none_or(|t| t.elapsed() + cluster.heartbeat >= cluster.node_timeout);
+            if lapsed && self.leased.swap(false, Ordering::SeqCst) {
+                tracing::error!(
+                    node = %self.node(),
+                    "no heartbeat stored within node_timeout: this node's lease may be taken; killing its jobs"
+                );
+                self.fence_jobs("its node lost its lease (the job store was unreachable)");
+            }
+        }
+    }
+
     /// The lease is back after this node fenced itself (nobody took it over):
-    /// a new generation, and the jobs it killed meanwhile (their ends could not
-    /// be stored) end `interrupted`; then it takes jobs again.
+    /// the jobs it killed meanwhile (their ends could not be stored) end
+    /// `interrupted`, then a new generation; then it takes jobs again. In that
+    /// order: `recover` ends every running job of this node, so after the
+    /// join (which lets the dispatcher and the fast path start jobs again) it
+    /// would end new ones, still running, too.
     async fn regain(self: &Arc<Self>) {
+        let error = "its node lost its lease (the job store was unreachable) and killed it";
+        let interrupted = match self.store().recover(self.node(), error).await {
+            Ok(r) => r.interrupted,
+            Err(e) => {
+                tracing::warn!(error = %e, "storing the ends of killed jobs failed");
+                return;
+            }
+        };
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                jobs = interrupted.len(),
+                "jobs killed while the lease was lost are interrupted"
+            );
+        }
         if let Err(e) = self.join().await {
             tracing::warn!(error = %e, "joining the cluster again failed");
             self.leased.store(false, Ordering::SeqCst);
             return;
         }
-        let error = "its node lost its lease (the job store was unreachable) and killed it";
-        match self.store().recover(self.node(), error).await {
-            Ok(r) if !r.interrupted.is_empty() => {
-                tracing::warn!(
-                    jobs = r.interrupted.len(),
-                    "jobs killed while the lease was lost are interrupted"
-                );
+        // Their runs could not store an end, so no front end answered them.
+        if let Some(h) = self.hooks() {
+            for id in &interrupted {
+                h.after_end(id).await;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "storing the ends of killed jobs failed"),
         }
         tracing::info!(node = %self.node(), "lease regained; taking jobs again");
         self.queue_changed(None);
@@ -373,6 +412,7 @@ impl Service {
             .collect();
         for (id, job) in live {
             tracing::warn!(job = %id, reason = %why, "killing a job this node no longer owns");
+            *lock(&job.fenced) = Some(why.to_string());
             job.cancel.cancel();
         }
     }

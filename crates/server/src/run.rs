@@ -7,6 +7,7 @@
 //! core's; this file only carries out the actions it returns.
 
 use crate::live::LiveJob;
+use crate::lock;
 use crate::service::{read_secret, Service};
 use crate::sink::JobSink;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warmpool_core::lifecycle::{transition, Action, Event, Finish, Phase, RunEnd};
-use warmpool_core::{ExitStatus, Job};
+use warmpool_core::{ExitStatus, Job, JobState};
 use warmpool_exec::{Outcome, RunControl};
 use warmpool_pool::{Claimed, Pool, PoolError};
 use warmpool_store::{NewJob, QueuedJob};
@@ -217,6 +218,16 @@ impl JobRun {
 
     /// Store the job's end, then tell followers and front ends.
     async fn conclude(&mut self, mut f: Finish) {
+        // Killed by this node's fencing, not by a cancel: if the end can still
+        // be stored (the lease was not taken after all), it says so.
+        if f.state == JobState::Cancelled {
+            if let Some(why) = lock(&self.live.fenced).clone() {
+                f = Finish::without_exit(
+                    JobState::Interrupted,
+                    format!("{why}; its container was killed"),
+                );
+            }
+        }
         if self.output_lost {
             let note = "some of the job's output could not be stored";
             f.error = Some(match f.error.take() {

@@ -101,6 +101,11 @@ pub struct Service {
     pub(crate) dispatch_wake: Notify,
     pub(crate) cluster: Mutex<crate::node::ClusterView>,
     pub cluster_counters: ClusterCounters,
+    /// One admission at a time on this node (the count read, then the place
+    /// taken), and the jobs admitted whose insert has not returned yet, by
+    /// profile: the queue count cannot see them.
+    admitting: tokio::sync::Mutex<()>,
+    admitted: Mutex<HashMap<String, usize>>,
 }
 
 impl Service {
@@ -125,6 +130,8 @@ impl Service {
             dispatch_wake: Notify::new(),
             cluster: Mutex::default(),
             cluster_counters: ClusterCounters::default(),
+            admitting: tokio::sync::Mutex::new(()),
+            admitted: Mutex::default(),
         })
     }
 
@@ -240,7 +247,12 @@ impl Service {
         // Detached from the caller: a client that goes away mid-request must not
         // leave a stored job that never runs.
         tokio::spawn(async move {
-            let id = svc.store.insert(&job).await?;
+            let inserted = svc.store.insert(&job).await;
+            // Stored (or not): the queue count shows it from now on.
+            if let Some(n) = lock(&svc.admitted).get_mut(&job.profile) {
+                *n = n.saturating_sub(1);
+            }
+            let id = inserted?;
             svc.outcomes.accepted.fetch_add(1, Ordering::Relaxed);
             svc.queue_changed(Some(&job.profile));
             Ok(id)
@@ -251,7 +263,14 @@ impl Service {
 
     /// Jobs waiting in the shared queue (every node's) may fill what this node's
     /// pool can start now plus the profile's `max_queue`; beyond that, 429.
+    /// On `Ok` a place is held in `admitted` until the job's insert returns.
     async fn admit(&self, profile: &str) -> Result<(), ServiceError> {
+        // Concurrent submits must not all pass one count: the count and the
+        // place are taken together; a job admitted but not yet stored is
+        // counted from `admitted` (read before the store, so one stored
+        // meanwhile is counted twice at worst, never missed).
+        let _one = self.admitting.lock().await;
+        let admitted = lock(&self.admitted).get(profile).copied().unwrap_or(0);
         let room = match (self.config.profiles.get(profile), self.pools.get(profile)) {
             (Some(p), Some(pool)) => {
                 let taking = lock(&self.dispatch)
@@ -263,13 +282,14 @@ impl Service {
             }
             _ => 0,
         };
-        let queued = self.store.queued_count(profile).await?;
+        let queued = self.store.queued_count(profile).await? + admitted;
         if queued >= room {
             return Err(ServiceError::QueueFull {
                 profile: profile.to_string(),
                 queued,
             });
         }
+        *lock(&self.admitted).entry(profile.to_string()).or_default() += 1;
         Ok(())
     }
 
