@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
             nodes_join_beat_and_are_declared_lost_once,
             take_over_interrupts_or_requeues_a_lost_nodes_running_jobs,
             a_nodes_writes_are_fenced_once_its_lease_is_gone,
+            a_claim_committed_after_its_node_was_lost_is_taken_over_too,
             events_follow_queueing_cancels_and_ends,
             cancels_requested_lists_a_nodes_running_jobs_with_a_cancel,
         );
@@ -1524,6 +1525,54 @@ pub async fn take_over_interrupts_or_requeues_a_lost_nodes_running_jobs<H: Harne
         get(&beta, &requeued).await.node.as_deref(),
         Some("node-beta")
     );
+}
+
+/// A node declared lost that claims before it learns it (and then dies: it
+/// never joins again) leaves no job running for ever: the next take-over ends it.
+pub async fn a_claim_committed_after_its_node_was_lost_is_taken_over_too<H: Harness>(h: H) {
+    let (alpha, beta, clock) = open_two(&h).await;
+    join(&alpha, "alpha").await;
+    join(&beta, "beta").await;
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(heartbeat(&beta, "beta").await, Beat::Alive);
+    let taken = beta
+        .take_over("beta", Duration::from_secs(30), &[])
+        .await
+        .expect("take over");
+    assert_eq!(taken.len(), 1);
+    // Nothing more to take.
+    assert!(beta
+        .take_over("beta", Duration::from_secs(30), &[])
+        .await
+        .expect("again")
+        .is_empty());
+    // Alpha, not knowing, takes a job; then it is gone for good.
+    let late = insert(&beta, &job("py")).await;
+    assert_eq!(
+        claim(&alpha, "py", "alpha", false).await,
+        Some(late.clone())
+    );
+    drop(alpha);
+    assert_eq!(state(&beta, &late).await, JobState::Running);
+    let taken = beta
+        .take_over("beta", Duration::from_secs(30), &[])
+        .await
+        .expect("take over the late claim");
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0].node, "alpha");
+    assert_eq!(taken[0].interrupted, vec![late.clone()]);
+    let record = get(&beta, &late).await;
+    assert_eq!(record.state, JobState::Interrupted);
+    assert!(
+        record.error.as_deref().is_some_and(|e| e.contains("alpha")),
+        "{record:?}"
+    );
+    // And once only.
+    assert!(beta
+        .take_over("beta", Duration::from_secs(30), &[])
+        .await
+        .expect("again")
+        .is_empty());
 }
 
 /// The first store plays "alpha", the second "beta".

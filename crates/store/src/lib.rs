@@ -471,8 +471,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// no cancel requested, are queued again (node, warm, start, cancel and
     /// output cleared, lengths 0: the next run starts from nothing; its input
     /// is `queued`'s again). Both kinds are fenced (see [`JobStore::join`]).
+    /// A node lost before (not joined again since) that shows running jobs
+    /// (claims or starts that committed after it was declared lost: its lease
+    /// was gone) has those taken over the same way.
     /// Returns one `TakenOver` per node made lost (with empty lists if it ran
-    /// nothing), by node name, each list oldest first; empty if none.
+    /// nothing) and per lost node whose late jobs were taken, by node name,
+    /// each list oldest first; empty if none.
     async fn take_over(
         &self,
         by: &str,

@@ -196,13 +196,25 @@ pub(super) async fn take_over(
             &[&by, &cutoff],
         )
         .await?;
-    let mut lost = Vec::with_capacity(rows.len());
-    for row in &rows {
+    // And nodes lost before that still show running jobs: a claim that
+    // committed after its node was declared lost (its lease was gone).
+    let stragglers = client
+        .query(
+            "SELECT node, generation FROM nodes
+             WHERE node <> $1 AND lost AND EXISTS (SELECT 1 FROM jobs
+                 WHERE jobs.node = nodes.node AND jobs.state = 'running')
+             FOR UPDATE",
+            &[&by],
+        )
+        .await?;
+    let mut lost = Vec::with_capacity(rows.len() + stragglers.len());
+    for row in rows.iter().chain(&stragglers) {
         let name: String = row.try_get(0)?;
         let gen: i64 = row.try_get(1)?;
         lost.push((name, gen));
     }
     lost.sort();
+    lost.dedup();
     let mut taken = Vec::with_capacity(lost.len());
     for (name, gen) in lost {
         taken.push(take_jobs(client, &name, gen, timeout, requeue, now).await?);

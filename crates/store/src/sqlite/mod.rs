@@ -1251,8 +1251,15 @@ impl JobStore for SqliteStore {
                 let lost: Vec<(String, i64)> = {
                     let mut stmt = db
                         .prepare_cached(
+                            // Nodes lost now, and nodes lost before that still
+                            // show running jobs (a claim that committed after
+                            // the node was declared lost: its lease was gone).
                             "SELECT node, last_seen_ms FROM nodes
-                             WHERE node <> ?1 AND lost = 0 AND last_seen_ms <= ?2 ORDER BY node",
+                             WHERE node <> ?1 AND (
+                                 (lost = 0 AND last_seen_ms <= ?2)
+                                 OR (lost = 1 AND EXISTS (SELECT 1 FROM jobs
+                                         WHERE jobs.node = nodes.node AND jobs.state = 'running')))
+                             ORDER BY node",
                         )
                         .ctx(action)?;
                     let rows = stmt
