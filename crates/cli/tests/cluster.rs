@@ -752,3 +752,39 @@ fn a_node_alone_regains_its_lease_after_a_stall() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_job_stored_as_running_here_that_no_run_holds_is_ended() {
+    let _serial = serial();
+    let url = pg().create_database(&unique("orphan").replace('-', "_"));
+    let node = Server::start(&node_config(&url, "3s", ""), &[]);
+    // What a take whose commit answered with an error (though stored) leaves:
+    // a job running on the node that no run of the node holds.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = rt.block_on(async {
+        let store = warmpool_store::PgStore::connect(
+            &url,
+            std::sync::Arc::new(warmpool_store::SystemClock),
+        )
+        .await
+        .expect("connect");
+        let job = warmpool_store::NewJob {
+            profile: "bb".into(),
+            args: vec!["true".into()],
+            ..Default::default()
+        };
+        warmpool_store::JobStore::insert_started(&store, &job, &node.instance, true)
+            .await
+            .expect("insert")
+    });
+    let done = wait_final(&node, std::slice::from_ref(&id), Duration::from_secs(30));
+    let j = &done[&id];
+    assert_eq!(j["state"], "interrupted", "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lost track"),
+        "{j}"
+    );
+}

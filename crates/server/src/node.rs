@@ -25,6 +25,9 @@ pub const COLD_DELAY: Duration = Duration::from_millis(250);
 /// The shared queue is looked at this often even without an event (events can
 /// be lost with a connection).
 const POLL: Duration = Duration::from_secs(1);
+/// Every this many heartbeats, this node looks for jobs stored as running on
+/// it that it does not run (see `sweep_orphans`).
+const ORPHAN_SWEEP_EVERY: u64 = 6;
 
 /// What the dispatcher keeps between rounds.
 #[derive(Default)]
@@ -63,7 +66,12 @@ impl Service {
         let svc = self.clone();
         self.tasks.spawn(async move { svc.lease_loop().await });
         let svc = self.clone();
-        self.tasks.spawn(async move { svc.fence_watch().await });
+        // Only a shared store has other nodes that could take this node's jobs
+        // over: one host on its SQLite file never fences itself (a slow disk
+        // must not kill its jobs).
+        if self.config.store.url.is_some() {
+            self.tasks.spawn(async move { svc.fence_watch().await });
+        }
     }
 
     /// What this node says of itself.
@@ -260,6 +268,7 @@ impl Service {
             .map(|(n, _)| n.clone())
             .collect();
         let stopping = self.stopping();
+        let mut rounds: u64 = 0;
         loop {
             tokio::select! {
                 _ = stopping.cancelled() => return,
@@ -326,6 +335,10 @@ impl Service {
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for lost nodes failed"),
             }
+            rounds += 1;
+            if rounds % ORPHAN_SWEEP_EVERY == 0 {
+                self.sweep_orphans().await;
+            }
             match self.store().cancels_requested(self.node()).await {
                 Ok(ids) => ids.iter().for_each(|id| self.cancel_local(id)),
                 Err(e) => tracing::warn!(error = %e, "reading cancels failed"),
@@ -363,6 +376,52 @@ impl Service {
                     "no heartbeat stored within node_timeout: this node's lease may be taken; killing its jobs"
                 );
                 self.fence_jobs("its node lost its lease (the job store was unreachable)");
+            }
+        }
+    }
+
+    /// Jobs stored as running on this node, of its current lease, that it does
+    /// not run: a take whose commit answered with an error although it was
+    /// stored (a database restarting at that moment), or a run whose end could
+    /// not be stored. Nothing else would ever end them: they end `interrupted`.
+    async fn sweep_orphans(self: &Arc<Self>) {
+        if !self.leased.load(Ordering::SeqCst) {
+            return;
+        }
+        let query = warmpool_store::ListQuery {
+            state: Some(warmpool_core::JobState::Running),
+            profile: None,
+            limit: 10_000,
+        };
+        let running = match self.store().list(&query).await {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(error = %e, "looking for orphaned jobs failed"),
+        };
+        let now = warmpool_store::Clock::now_ms(&warmpool_store::SystemClock);
+        // Stored as running here for a node_timeout (the fast path registers
+        // its run within ms of storing it).
+        let age = i64::try_from(self.config.cluster.node_timeout.as_millis()).unwrap_or(i64::MAX);
+        for r in running {
+            let mine = r.node.as_deref() == Some(self.node());
+            let old = r.started_ms.is_some_and(|t| now.saturating_sub(t) >= age);
+            if !mine || !old || lock(&self.live).contains_key(&r.id) {
+                continue;
+            }
+            let f = warmpool_core::Finish::without_exit(
+                warmpool_core::JobState::Interrupted,
+                "its node lost track of it (the job store answered with an error when it was taken or ended)",
+            );
+            match self.store().finish(&r.id, &f).await {
+                Ok(Some(_)) => {
+                    tracing::warn!(job = %r.id, "a job stored as running here that this node does not run is interrupted");
+                    self.input_wiped();
+                    if let Some(h) = self.hooks() {
+                        h.after_end(&r.id).await;
+                    }
+                }
+                Ok(None) => {}
+                // Another generation's (fenced): the join ends those.
+                Err(e) => tracing::debug!(job = %r.id, error = %e, "an orphaned job was not ended"),
             }
         }
     }

@@ -18,7 +18,11 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
-    let config = Arc::new(super::load_config(&args.config)?);
+    let mut config = super::load_config(&args.config)?;
+    // The store in effect (the environment overrides the file), so the service
+    // knows whether other nodes share it.
+    config.store.url = super::store::store_url(&config)?;
+    let config = Arc::new(config);
     let addr: SocketAddr = config
         .server
         .listen
