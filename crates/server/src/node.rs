@@ -336,7 +336,7 @@ impl Service {
                 Err(e) => tracing::warn!(error = %e, "looking for lost nodes failed"),
             }
             rounds += 1;
-            if rounds % ORPHAN_SWEEP_EVERY == 0 {
+            if rounds.is_multiple_of(ORPHAN_SWEEP_EVERY) {
                 self.sweep_orphans().await;
             }
             match self.store().cancels_requested(self.node()).await {
