@@ -505,3 +505,61 @@ node_timeout = "3s"
         .collect();
     assert_eq!(answers.len(), 1, "answered more than once: {answers:?}");
 }
+
+/// Send the head of a POST to the webhook declaring `length` bytes of body,
+/// then `send` of them; the status line of the answer, if one came within 10 s.
+fn post_head(base: &str, signature: Option<&str>, length: usize, send: usize) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let sig = signature
+        .map(|s| format!("X-Hub-Signature-256: {s}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /webhooks/github HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-GitHub-Event: issue_comment\r\nX-GitHub-Delivery: flood\r\n{sig}Content-Length: {length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < send {
+        let n = chunk.len().min(send - sent);
+        if conn.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().next().map(str::to_string)
+}
+
+#[test]
+fn unauthenticated_bytes_are_cheap_and_signed_deliveries_get_through() {
+    let bot = start_bot("Codertocat", vec![]);
+    let base = bot.server.base.clone();
+    // No signature: refused before a byte of the (declared 24 MiB) body is read.
+    let line = post_head(&base, None, 24 << 20, 0).expect("an answer without the body");
+    assert!(line.contains(" 401"), "{line}");
+    // Declared larger than GitHub ever sends: refused at once too.
+    let bad = format!("sha256={}", "0".repeat(64));
+    let line = post_head(&base, Some(&bad), 30 << 20, 0).expect("an answer without the body");
+    assert!(line.contains(" 413"), "{line}");
+    // A flood of wrongly signed 8 MiB bodies: each hashed and refused; a
+    // signed delivery sent meanwhile is taken.
+    let flood: Vec<_> = (0..12)
+        .map(|_| {
+            let (base, bad) = (base.clone(), bad.clone());
+            std::thread::spawn(move || post_head(&base, Some(&bad), 8 << 20, 8 << 20))
+        })
+        .collect();
+    let body = mention("issue_comment", "created", "@ClaudeBot during a flood");
+    let (code, resp) = bot.deliver("issue_comment", "d-flood", &body, None);
+    assert_eq!(code, 202, "{resp}");
+    for f in flood {
+        let line = f.join().unwrap().expect("an answer to each flood post");
+        assert!(line.contains(" 401"), "{line}");
+    }
+}

@@ -251,7 +251,13 @@ pub struct GithubConfig {
     pub profile: String,
     /// The REST API's base URL (GitHub Enterprise, or a test server).
     pub api_url: String,
+    /// Largest webhook body taken (GitHub sends at most 25 MB); apart from the
+    /// API's `[server] max_body`.
+    pub max_body: u64,
 }
+
+/// GitHub's own cap on a webhook payload.
+pub const GITHUB_MAX_BODY: u64 = 25 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +267,7 @@ struct RawGithub {
     authorized_users: Vec<String>,
     profile: String,
     api_url: Option<String>,
+    max_body: Option<ConfigSize>,
 }
 
 /// A GitHub login: letters, digits and single hyphens, at most 39 characters.
@@ -296,11 +303,18 @@ impl RawGithub {
                 "key `api_url`: \"{api_url}\" must start with https:// (or http:// for a local stand-in)"
             ));
         }
+        let max_body = self.max_body.map_or(GITHUB_MAX_BODY, |s| s.0);
+        if !(1024..=GITHUB_MAX_BODY).contains(&max_body) {
+            return Err(format!(
+                "key `max_body`: {max_body} bytes; give 1k to 25m (GitHub sends at most 25 MB)"
+            ));
+        }
         Ok(GithubConfig {
             bot_username: self.bot_username,
             authorized_users: self.authorized_users,
             profile: self.profile,
             api_url,
+            max_body,
         })
     }
 }

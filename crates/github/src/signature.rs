@@ -31,17 +31,46 @@ pub enum SignatureError {
 
 /// Check `header` (the value of `X-Hub-Signature-256`, if any) against `body`.
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
-    if secret.is_empty() {
-        return Err(SignatureError::EmptySecret);
+    let mut v = Verifier::new(secret, header)?;
+    v.update(body);
+    v.finish()
+}
+
+/// [`verify`] over a body that arrives in pieces: the header is checked before
+/// any byte is read (a delivery without a well-formed signature is refused
+/// without reading its body), then each piece is hashed as it arrives, so
+/// nothing but the digest is kept to decide.
+pub struct Verifier {
+    mac: HmacSha256,
+    expected: [u8; DIGEST_LEN],
+}
+
+impl Verifier {
+    pub fn new(secret: &[u8], header: Option<&str>) -> Result<Verifier, SignatureError> {
+        if secret.is_empty() {
+            return Err(SignatureError::EmptySecret);
+        }
+        let header = header.ok_or(SignatureError::MissingHeader)?;
+        let hex = header
+            .strip_prefix(PREFIX)
+            .ok_or(SignatureError::MalformedHeader("no \"sha256=\" prefix"))?;
+        let expected = decode_hex(hex)?;
+        Ok(Verifier {
+            mac: mac(secret, b""),
+            expected,
+        })
     }
-    let header = header.ok_or(SignatureError::MissingHeader)?;
-    let hex = header
-        .strip_prefix(PREFIX)
-        .ok_or(SignatureError::MalformedHeader("no \"sha256=\" prefix"))?;
-    let expected = decode_hex(hex)?;
-    mac(secret, body)
-        .verify_slice(&expected)
-        .map_err(|_| SignatureError::Mismatch)
+
+    pub fn update(&mut self, piece: &[u8]) {
+        self.mac.update(piece);
+    }
+
+    /// Compared in constant time.
+    pub fn finish(self) -> Result<(), SignatureError> {
+        self.mac
+            .verify_slice(&self.expected)
+            .map_err(|_| SignatureError::Mismatch)
+    }
 }
 
 /// The header value GitHub would send for `body` signed with `secret` (for tests
@@ -100,6 +129,23 @@ mod tests {
     fn githubs_documented_vector_verifies() {
         assert_eq!(verify(SECRET, BODY, Some(HEADER)), Ok(()));
         assert_eq!(sign(SECRET, BODY), HEADER);
+    }
+
+    #[test]
+    fn pieces_verify_as_the_whole() {
+        for split in 0..=BODY.len() {
+            let mut v = Verifier::new(SECRET, Some(HEADER)).unwrap();
+            v.update(&BODY[..split]);
+            v.update(&BODY[split..]);
+            assert_eq!(v.finish(), Ok(()), "split at {split}");
+        }
+        let mut v = Verifier::new(SECRET, Some(HEADER)).unwrap();
+        v.update(b"Hello, World?");
+        assert_eq!(v.finish(), Err(SignatureError::Mismatch));
+        assert_eq!(
+            Verifier::new(SECRET, None).err(),
+            Some(SignatureError::MissingHeader)
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use crate::lock;
 use crate::service::{read_secret, JobHooks, Service};
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,14 +13,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use warmpool_core::config::GithubConfig;
+use warmpool_github::signature::Verifier;
 use warmpool_github::{
-    answer_comment, authorized, failure_comment, unauthorized_comment, verify, BotName, Event,
-    Failure, GitHubClient, Reaction, RepoName, Trigger,
+    answer_comment, authorized, failure_comment, unauthorized_comment, BotName, Event, Failure,
+    GitHubClient, Reaction, RepoName, Trigger,
 };
 use warmpool_store::{JobState, NewJob};
-
-/// GitHub refuses to send more; anything larger is not a real delivery.
-pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;
 
 /// Where a delivery's job is answered; stored with the delivery (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +38,8 @@ pub struct GithubBot {
     svc: Weak<Service>,
     /// Jobs of this bot not answered yet, by job id: (delivery id, meta).
     jobs: Mutex<HashMap<String, (String, Meta)>>,
+    /// Webhook bodies being read (hashed as they arrive, bounded).
+    bodies: crate::webhook_body::Bodies,
 }
 
 impl GithubBot {
@@ -61,6 +60,7 @@ impl GithubBot {
             api,
             svc: Arc::downgrade(svc),
             jobs: Mutex::new(HashMap::new()),
+            bodies: Default::default(),
         }))
     }
 
@@ -295,13 +295,43 @@ impl JobHooks for GithubBot {
 pub async fn webhook(
     State((svc, bot)): State<(Arc<Service>, Arc<GithubBot>)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    use crate::webhook_body::BodyError;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    // Nothing is parsed before the signature holds.
-    if let Err(e) = verify(&bot.secret, &body, header("x-hub-signature-256")) {
+    // Nothing is parsed before the signature holds; without a well-formed
+    // signature header, no byte of the body is read.
+    let mut verifier = match Verifier::new(&bot.secret, header("x-hub-signature-256")) {
+        Ok(v) => v,
+        Err(e) => return note(StatusCode::UNAUTHORIZED, &format!("signature: {e}")),
+    };
+    let max = bot.config.max_body;
+    let declared = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return note(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &BodyError::TooLarge(max).to_string(),
+        );
+    }
+    let spooled = match bot.bodies.read(body, &mut verifier, max).await {
+        Ok(s) => s,
+        Err(e @ BodyError::TooLarge(_)) => {
+            return note(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Err(e @ BodyError::TooSlow(_)) => return note(StatusCode::REQUEST_TIMEOUT, &e.to_string()),
+        Err(e @ BodyError::Read(_)) => return note(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ BodyError::Spool(_)) => {
+            tracing::error!(error = %e, "a webhook body could not be kept");
+            return note(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        }
+    };
+    if let Err(e) = verifier.finish() {
         return note(StatusCode::UNAUTHORIZED, &format!("signature: {e}"));
     }
+    let body = match spooled.into_bytes().await {
+        Ok(b) => b,
+        Err(e) => return note(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     let Some(event) = header("x-github-event") else {
         return note(StatusCode::BAD_REQUEST, "missing X-GitHub-Event");
     };

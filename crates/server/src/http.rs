@@ -120,8 +120,9 @@ pub fn router(
         Some(bot) => Router::new()
             .route(
                 "/webhooks/github",
-                post(crate::github::webhook)
-                    .layer(DefaultBodyLimit::max(crate::github::MAX_WEBHOOK_BODY)),
+                // The handler reads the body itself (hashed as it arrives,
+                // bounded by `[github] max_body`).
+                post(crate::github::webhook).layer(DefaultBodyLimit::disable()),
             )
             .with_state((svc, bot))
             .merge(api),

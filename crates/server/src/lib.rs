@@ -29,6 +29,7 @@ pub mod openapi;
 mod run;
 pub mod service;
 mod sink;
+mod webhook_body;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
