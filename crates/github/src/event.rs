@@ -238,14 +238,19 @@ fn readable_text(body: &str) -> Vec<Range<usize>> {
     let mut spans = Vec::new();
     // Open Markdown code blocks and block quotes around the current event.
     let mut unread_blocks = 0usize;
-    // Open HTML elements of UNREAD_ELEMENTS, across HTML blocks and inline HTML.
-    let mut html = HtmlDepth::default();
+    // Open HTML elements of UNREAD_ELEMENTS: from HTML blocks, till closed;
+    // from inline HTML, till closed or the paragraph ends (as a browser
+    // closes a `<code>` left open at the paragraph's `</p>`).
+    let (mut html, mut inline_html) = (HtmlDepth::default(), HtmlDepth::default());
     let mut in_html_block = false;
     for (event, range) in Parser::new_ext(body, options).into_offset_iter() {
         match event {
             Md::Start(Tag::CodeBlock(_) | Tag::BlockQuote(_)) => unread_blocks += 1,
             Md::End(TagEnd::CodeBlock | TagEnd::BlockQuote(_)) => {
                 unread_blocks = unread_blocks.saturating_sub(1)
+            }
+            Md::End(TagEnd::Paragraph | TagEnd::Heading(_) | TagEnd::TableCell) => {
+                inline_html.depth = 0
             }
             // The whole block at once: a comment in it may span its lines.
             Md::Start(Tag::HtmlBlock) => {
@@ -256,9 +261,14 @@ fn readable_text(body: &str) -> Vec<Range<usize>> {
             Md::End(TagEnd::HtmlBlock) => in_html_block = false,
             // One tag or comment: no text of its own.
             Md::InlineHtml(_) => {
-                html.scan(body, range, false);
+                inline_html.scan(body, range, false);
             }
-            Md::Text(_) if !in_html_block && unread_blocks == 0 && html.depth == 0 => {
+            Md::Text(_)
+                if !in_html_block
+                    && unread_blocks == 0
+                    && html.depth == 0
+                    && inline_html.depth == 0 =>
+            {
                 spans.push(range)
             }
             _ => {}
@@ -583,6 +593,8 @@ mod tests {
             ("<code>x</code> @ClaudeBot fix it", "fix it"),
             ("<br/><code/>@ClaudeBot fix it", "fix it"),
             ("1 < 2 @ClaudeBot fix it", "fix it"),
+            ("the <code> tag is odd\n\n@ClaudeBot fix it", "fix it"),
+            ("<code>x</code>\n\n@ClaudeBot fix it", "fix it"),
         ];
         for (body, want) in cases {
             assert_eq!(find_command(body, &bot()), Some(want), "{body:?}");
