@@ -339,6 +339,27 @@ fn signatures_authors_and_bad_bodies() {
         r.method == "POST" && r.path.ends_with("/issues/1/comments")
     });
     assert!(polite[0].body.contains("Codertocat"), "{:?}", polite[0]);
+    // Told once an hour per issue: neither a redelivery nor another mention
+    // on the same issue posts a second refusal (counted at the end)...
+    for delivery in ["d-u", "d-u2"] {
+        let (code, resp) = bot.deliver("issue_comment", delivery, &body, None);
+        assert_eq!(code, 200, "{resp}");
+        assert!(resp.contains("already"), "{resp}");
+    }
+    // ...but a mention on another issue does.
+    let mut elsewhere = example("issue_comment", "created");
+    elsewhere["comment"]["body"] = "@ClaudeBot do it".into();
+    elsewhere["issue"]["number"] = 2.into();
+    let (code, resp) = bot.deliver(
+        "issue_comment",
+        "d-u3",
+        &serde_json::to_vec(&elsewhere).unwrap(),
+        None,
+    );
+    assert_eq!(code, 200, "{resp}");
+    bot.github.wait_for("refusal on another issue", 1, |r| {
+        r.method == "POST" && r.path.ends_with("/issues/2/comments")
+    });
     // The bot's own comment is ignored.
     let mut own = example("issue_comment", "created");
     own["comment"]["body"] = "@ClaudeBot loop forever".into();
@@ -350,6 +371,19 @@ fn signatures_authors_and_bad_bodies() {
         None,
     );
     assert_eq!(code, 200);
+    assert!(resp.contains("ignored"), "{resp}");
+    // A mention by the authorized author only in code or a quote: ignored.
+    let mut shown = example("issue_comment", "created");
+    shown["comment"]["body"] =
+        "Type this:\n\n```\n@ClaudeBot do it\n```\n\n> @ClaudeBot do it too\n".into();
+    shown["comment"]["user"]["login"] = "someone-else".into();
+    let (code, resp) = bot.deliver(
+        "issue_comment",
+        "d-code",
+        &serde_json::to_vec(&shown).unwrap(),
+        None,
+    );
+    assert_eq!(code, 200, "{resp}");
     assert!(resp.contains("ignored"), "{resp}");
     // Malformed JSON, signed: 400.
     let (code, _) = bot.deliver("issue_comment", "d-bad", b"{not json", None);
@@ -387,6 +421,21 @@ fn signatures_authors_and_bad_bodies() {
         });
     let jobs: Vec<_> = bot.jobs().iter().map(|j| j["id"].clone()).collect();
     assert_eq!(jobs, [job.as_str()], "no job from any of the others");
+    let refusals: Vec<_> = bot
+        .github
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.body.contains("only take commands"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            "/repos/Codertocat/Hello-World/issues/1/comments",
+            "/repos/Codertocat/Hello-World/issues/2/comments"
+        ],
+        "one refusal per issue"
+    );
 }
 
 #[test]

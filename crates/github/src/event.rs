@@ -3,7 +3,9 @@
 //! Pure: the payload is untrusted JSON read by path, never indexed or unwrapped.
 
 use crate::repo::{shorten, BotName, NameError, RepoName};
+use pulldown_cmark::{Event as Md, Options, Parser, Tag, TagEnd};
 use serde_json::Value;
+use std::ops::Range;
 
 /// What a delivery asks of the bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,40 +177,44 @@ pub fn authorized<S: AsRef<str>>(author: &str, allowed: &[S]) -> bool {
 /// The text after the first mention of the bot, trimmed (and without a `:` or
 /// `,` right after the name); `None` if the bot is not mentioned.
 ///
-/// A mention is `@name` in any case, not inside a word, an email address, a
-/// team or an inline code span, and not on a quoted (`>`) line, so that quoting
-/// an earlier request in a reply does not run it again.
+/// The body is read as GitHub-flavoured Markdown: a mention counts in text as
+/// GitHub shows it (paragraphs, lists, headings, emphasis, tables, links, the
+/// text of HTML blocks), not in code (fenced, indented, inline, or HTML `<pre>`
+/// and `<code>`), a quote (`>` or HTML `<blockquote>`), or an HTML comment,
+/// so that quoting, showing or hiding an earlier request does not run it
+/// again. A mention is `@name` in any case, not inside a word, an email
+/// address or a team. The command is the body's own text after the mention,
+/// as written, whatever Markdown follows it.
 pub fn find_command<'a>(body: &'a str, bot: &BotName) -> Option<&'a str> {
     let name = bot.as_str().as_bytes();
     let bytes = body.as_bytes();
-    let mut from = 0;
-    while let Some(offset) = body[from..].find('@') {
-        let at = from + offset;
-        from = at + 1;
-        let end = at + 1 + name.len();
-        let Some(candidate) = bytes.get(at + 1..end) else {
-            break;
-        };
-        if !candidate.eq_ignore_ascii_case(name) {
-            continue;
+    for span in readable_text(body) {
+        let mut from = span.start;
+        while let Some(offset) = body[from..span.end].find('@') {
+            let at = from + offset;
+            from = at + 1;
+            let end = at + 1 + name.len();
+            if end > span.end {
+                break;
+            }
+            if !bytes[at + 1..end].eq_ignore_ascii_case(name) {
+                continue;
+            }
+            // Names are ASCII, so `at` and `end` are char boundaries.
+            let before = body[..at].chars().next_back();
+            let after = body[end..].chars().next();
+            if before.is_some_and(joins_before) || after.is_some_and(joins_after) {
+                continue;
+            }
+            let rest = body[end..].trim_start_matches([':', ',']);
+            return Some(rest.trim());
         }
-        // Names are ASCII, so `at` and `end` are char boundaries.
-        let before = body[..at].chars().next_back();
-        let after = body[end..].chars().next();
-        if before.is_some_and(joins_before) || after.is_some_and(joins_after) {
-            continue;
-        }
-        if on_quoted_line(body, at) {
-            continue;
-        }
-        let rest = body[end..].trim_start_matches([':', ',']);
-        return Some(rest.trim());
     }
     None
 }
 
 // A mention right after one of these is part of something else: a word, an
-// email address, a path, an inline code span.
+// email address, a path.
 fn joins_before(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '@' | '`')
 }
@@ -218,9 +224,131 @@ fn joins_after(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '-' | '/' | '[')
 }
 
-fn on_quoted_line(body: &str, at: usize) -> bool {
-    let line_start = body[..at].rfind('\n').map_or(0, |n| n + 1);
-    body[line_start..at].trim_start().starts_with('>')
+/// HTML elements whose content is not read: quotes and code.
+const UNREAD_ELEMENTS: [&str; 3] = ["blockquote", "pre", "code"];
+
+/// The byte ranges of `body`, in order, whose text is read for a mention:
+/// Markdown text outside code blocks, block quotes and unread HTML elements,
+/// and the text between the tags of HTML blocks.
+fn readable_text(body: &str) -> Vec<Range<usize>> {
+    let options = Options::ENABLE_TABLES
+        | Options::ENABLE_STRIKETHROUGH
+        | Options::ENABLE_TASKLISTS
+        | Options::ENABLE_GFM;
+    let mut spans = Vec::new();
+    // Open Markdown code blocks and block quotes around the current event.
+    let mut unread_blocks = 0usize;
+    // Open HTML elements of UNREAD_ELEMENTS: from HTML blocks, till closed;
+    // from inline HTML, till closed or the paragraph ends (as a browser
+    // closes a `<code>` left open at the paragraph's `</p>`).
+    let (mut html, mut inline_html) = (HtmlDepth::default(), HtmlDepth::default());
+    let mut in_html_block = false;
+    for (event, range) in Parser::new_ext(body, options).into_offset_iter() {
+        match event {
+            Md::Start(Tag::CodeBlock(_) | Tag::BlockQuote(_)) => unread_blocks += 1,
+            Md::End(TagEnd::CodeBlock | TagEnd::BlockQuote(_)) => {
+                unread_blocks = unread_blocks.saturating_sub(1)
+            }
+            Md::End(TagEnd::Paragraph | TagEnd::Heading(_) | TagEnd::TableCell) => {
+                inline_html.depth = 0
+            }
+            // The whole block at once: a comment in it may span its lines.
+            Md::Start(Tag::HtmlBlock) => {
+                in_html_block = true;
+                let text = html.scan(body, range, unread_blocks == 0);
+                spans.extend(text);
+            }
+            Md::End(TagEnd::HtmlBlock) => in_html_block = false,
+            // One tag or comment: no text of its own.
+            Md::InlineHtml(_) => {
+                inline_html.scan(body, range, false);
+            }
+            Md::Text(_)
+                if !in_html_block
+                    && unread_blocks == 0
+                    && html.depth == 0
+                    && inline_html.depth == 0 =>
+            {
+                spans.push(range)
+            }
+            _ => {}
+        }
+    }
+    spans
+}
+
+/// How deep in [`UNREAD_ELEMENTS`] the HTML read so far is.
+#[derive(Default)]
+struct HtmlDepth {
+    depth: usize,
+}
+
+impl HtmlDepth {
+    /// Follow the tags of the HTML in `body[range]`; return the ranges of the
+    /// text between them that is outside comments and unread elements
+    /// (none unless `read_text`). A tag or comment left open runs to the end.
+    fn scan(&mut self, body: &str, range: Range<usize>, read_text: bool) -> Vec<Range<usize>> {
+        let mut spans = Vec::new();
+        let Some(html) = body.get(range.clone()) else {
+            return spans;
+        };
+        let base = range.start;
+        let (mut text_from, mut from) = (0, 0);
+        while let Some(offset) = html[from..].find('<') {
+            let lt = from + offset;
+            let rest = &html[lt..];
+            let close_at = |pattern: &str, skip: usize| {
+                rest[skip..]
+                    .find(pattern)
+                    .map_or(html.len(), |n| lt + skip + n + pattern.len())
+            };
+            let after = rest[1..].chars().next();
+            let (end, element) = if rest.starts_with("<!--") {
+                (close_at("-->", 4), None)
+            } else if matches!(after, Some('!' | '?')) {
+                (close_at(">", 1), None)
+            } else if after.is_some_and(|c| c == '/' || c.is_ascii_alphabetic()) {
+                let end = close_at(">", 1);
+                (end, Some(&html[lt..end]))
+            } else {
+                // A `<` that starts no tag is text.
+                from = lt + 1;
+                continue;
+            };
+            if read_text && self.depth == 0 && text_from < lt {
+                spans.push(base + text_from..base + lt);
+            }
+            if let Some(tag) = element {
+                self.follow(tag);
+            }
+            (text_from, from) = (end, end);
+        }
+        if read_text && self.depth == 0 && text_from < html.len() {
+            spans.push(base + text_from..base + html.len());
+        }
+        spans
+    }
+
+    /// Count `tag` (`<name ...>`, `</name>`) if it opens or closes an unread element.
+    fn follow(&mut self, tag: &str) {
+        let inner = tag.trim_start_matches('<');
+        let (closing, inner) = match inner.strip_prefix('/') {
+            Some(rest) => (true, rest),
+            None => (false, inner),
+        };
+        let name_len = inner
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(inner.len());
+        let name = &inner[..name_len];
+        if !UNREAD_ELEMENTS.iter().any(|e| e.eq_ignore_ascii_case(name)) {
+            return;
+        }
+        if closing {
+            self.depth = self.depth.saturating_sub(1);
+        } else if !tag.trim_end_matches('>').ends_with('/') {
+            self.depth += 1;
+        }
+    }
 }
 
 fn ignored(reason: String) -> Event {
@@ -299,13 +427,220 @@ mod tests {
             ("`@ClaudeBot do it`", None),
             ("@\u{200B}ClaudeBot do it", None),
             ("> @ClaudeBot do it\n\nthat was last week", None),
-            ("> @ClaudeBot old\n@ClaudeBot new one", Some("new one")),
+            ("> @ClaudeBot old\n\n@ClaudeBot new one", Some("new one")),
             ("é@ClaudeBot x", None),
             ("é @ClaudeBot x é", Some("x é")),
         ];
         for (body, want) in cases {
             assert_eq!(find_command(body, &bot()), want, "{body:?}");
         }
+    }
+
+    fn ignored(bodies: &[&str]) {
+        for body in bodies {
+            assert_eq!(find_command(body, &bot()), None, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_mention_in_a_fenced_code_block_is_ignored() {
+        ignored(&[
+            "```\n@ClaudeBot do it\n```",
+            "Logs:\n```sh\n$ run\n@ClaudeBot do it\n```\nthat's all",
+            "~~~\n@ClaudeBot do it\n~~~",
+            "~~~text\nsee @ClaudeBot do it\n~~~\n",
+            // Unclosed: the block runs to the end.
+            "```\n@ClaudeBot do it",
+            "- item\n\n  ```\n  @ClaudeBot do it\n  ```",
+        ]);
+    }
+
+    #[test]
+    fn a_mention_in_indented_code_is_ignored() {
+        ignored(&[
+            "Run this:\n\n    @ClaudeBot do it\n",
+            "    $ echo hi\n    @ClaudeBot do it",
+            "\t@ClaudeBot do it",
+        ]);
+    }
+
+    #[test]
+    fn a_mention_in_inline_code_is_ignored() {
+        ignored(&[
+            "type `please @ClaudeBot do it` in a comment",
+            "``a ` @ClaudeBot do it``",
+            "- `x @ClaudeBot y`",
+        ]);
+    }
+
+    #[test]
+    fn a_mention_in_a_quote_is_ignored() {
+        ignored(&[
+            "> @ClaudeBot do it",
+            "> earlier:\n> @ClaudeBot do it\n\nthat was last week",
+            // A lazy continuation line still belongs to the quote.
+            "> earlier\n@ClaudeBot do it",
+            "- > @ClaudeBot do it",
+            "> > @ClaudeBot do it",
+            "> ```\n> @ClaudeBot do it\n> ```",
+        ]);
+    }
+
+    #[test]
+    fn a_mention_in_an_html_blockquote_is_ignored() {
+        ignored(&[
+            "<blockquote>\n@ClaudeBot do it\n</blockquote>",
+            "<blockquote>\n\n@ClaudeBot do it\n\n</blockquote>\n",
+            "<BLOCKQUOTE cite=\"x\">\n\n- @ClaudeBot do it\n\n</BLOCKQUOTE>",
+            "<blockquote><p>@ClaudeBot do it</p></blockquote>",
+            "<div>\n<blockquote>\n\n@ClaudeBot do it\n\n</blockquote>\n</div>",
+        ]);
+    }
+
+    #[test]
+    fn a_mention_in_html_code_is_ignored() {
+        ignored(&[
+            "see <code>@ClaudeBot do it</code>",
+            "<pre>\n@ClaudeBot do it\n</pre>",
+            "<pre>\n\n@ClaudeBot do it\n\n</pre>",
+            "<div><code>\n@ClaudeBot do it\n</code></div>",
+        ]);
+    }
+
+    #[test]
+    fn odd_markdown_never_panics() {
+        let bodies = [
+            "<",
+            "<!",
+            "<!--",
+            "<!-- @ClaudeBot",
+            "</",
+            "</blockquote",
+            "<blockquote",
+            "é<é>@ClaudeBot",
+            "```",
+            "> ",
+            "<pre><pre></pre>@ClaudeBot x",
+            "\\@ClaudeBot x",
+            "[@ClaudeBot](",
+            "*@ClaudeBot",
+            "|@ClaudeBot|\n|-|",
+            "&#64;ClaudeBot x",
+            "<a href=\"@ClaudeBot x\">y</a>",
+            "\u{0}@ClaudeBot x",
+            "日本語 @ClaudeBot 直して",
+        ];
+        for body in bodies {
+            let _ = find_command(body, &bot());
+        }
+        assert_eq!(
+            find_command("日本語 @ClaudeBot 直して", &bot()),
+            Some("直して")
+        );
+        // Inside a tag's attribute is not text.
+        assert_eq!(find_command("<a href=\"@ClaudeBot x\">y</a>", &bot()), None);
+    }
+
+    #[test]
+    fn a_mention_in_an_html_comment_is_ignored() {
+        ignored(&[
+            // Inline, in a paragraph.
+            "thanks <!-- @ClaudeBot do it --> all",
+            "thanks <!-- later\n@ClaudeBot do it --> all",
+            // As a block, blank lines and all.
+            "<!-- @ClaudeBot do it -->",
+            "<!--\n@ClaudeBot do it\n-->",
+            "<!--\n\n@ClaudeBot do it\n\n-->\nthanks",
+        ]);
+    }
+
+    #[test]
+    fn a_mention_in_plain_text_still_counts() {
+        let cases = [
+            ("@ClaudeBot fix it", "fix it"),
+            ("Hi!\n\n@ClaudeBot fix it", "fix it"),
+            ("- @ClaudeBot fix it", "fix it"),
+            ("1. first\n2. @ClaudeBot fix it", "fix it"),
+            ("- [ ] @ClaudeBot fix it", "fix it"),
+            ("## @ClaudeBot fix it", "fix it"),
+            ("*@ClaudeBot fix it*", "fix it*"),
+            ("**@ClaudeBot** fix it", "** fix it"),
+            ("_please_ @ClaudeBot fix it", "fix it"),
+            ("~~no~~ @ClaudeBot fix it", "fix it"),
+            ("| a |\n|---|\n| @ClaudeBot fix it |", "fix it |"),
+            (
+                "see [@ClaudeBot fix it](https://example.com)",
+                "fix it](https://example.com)",
+            ),
+            (
+                "<details>\n\n@ClaudeBot fix it\n\n</details>",
+                "fix it\n\n</details>",
+            ),
+            ("> quoted\n\n@ClaudeBot fix it", "fix it"),
+            ("`code` @ClaudeBot fix it", "fix it"),
+            ("<!-- note --> @ClaudeBot fix it", "fix it"),
+            ("```\nlog\n```\n@ClaudeBot fix it", "fix it"),
+            (
+                "<blockquote>\n\nold\n\n</blockquote>\n\n@ClaudeBot fix it",
+                "fix it",
+            ),
+            ("<div>\n@ClaudeBot fix it\n</div>", "fix it\n</div>"),
+            (
+                "<details><summary>more</summary>\n@ClaudeBot fix it\n</details>",
+                "fix it\n</details>",
+            ),
+            ("line<br>@ClaudeBot fix it", "fix it"),
+            ("<code>x</code> @ClaudeBot fix it", "fix it"),
+            ("<br/><code/>@ClaudeBot fix it", "fix it"),
+            ("1 < 2 @ClaudeBot fix it", "fix it"),
+            ("the <code> tag is odd\n\n@ClaudeBot fix it", "fix it"),
+            ("<code>x</code>\n\n@ClaudeBot fix it", "fix it"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(find_command(body, &bot()), Some(want), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_mention_outside_code_and_quotes_counts() {
+        let cases = [
+            ("```\n@ClaudeBot old\n```\n@ClaudeBot new", "new"),
+            ("> @ClaudeBot old\n\n@ClaudeBot new", "new"),
+            ("`@ClaudeBot old` @ClaudeBot new", "new"),
+            ("<!-- @ClaudeBot old -->\n@ClaudeBot new", "new"),
+            ("    @ClaudeBot old\n\n@ClaudeBot new", "new"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(find_command(body, &bot()), Some(want), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn the_command_is_the_raw_text_after_the_mention() {
+        // Everything after the mention, code blocks and all, as written.
+        let body = "@ClaudeBot fix this test:\n\n```rust\nassert_eq!(1, 2); // @ClaudeBot\n```\n\n> the error\n\nthanks";
+        assert_eq!(
+            find_command(body, &bot()),
+            Some("fix this test:\n\n```rust\nassert_eq!(1, 2); // @ClaudeBot\n```\n\n> the error\n\nthanks")
+        );
+        assert_eq!(
+            find_command("Hey @claudebot,  *please* fix `x`  \n", &bot()),
+            Some("*please* fix `x`")
+        );
+        assert_eq!(
+            find_command("a\r\n\r\n@ClaudeBot fix\r\nit\r\n", &bot()),
+            Some("fix\r\nit")
+        );
+    }
+
+    #[test]
+    fn a_mention_only_in_code_is_an_ignored_delivery() {
+        let event = Event::from_webhook(
+            "issue_comment",
+            &comment(json!("Try:\n```\n@ClaudeBot go\n```"), json!("me")),
+            &bot(),
+        );
+        assert!(matches!(event, Ok(Event::Ignored(_))), "{event:?}");
     }
 
     #[test]

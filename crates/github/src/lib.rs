@@ -7,6 +7,7 @@
 //! - [`repo`]: the names that go into API URLs ([`RepoName`], [`BotName`]), checked on entry.
 //! - [`comment`]: the answer, failure and refusal comments (bot mentions defanged,
 //!   GitHub's length limit kept).
+//! - [`refusal`]: [`RefusalLimit`], at most one refusal per user and issue per hour.
 //! - [`api`]: [`GitHubClient`], the three calls with retries and rate-limit waits.
 //!
 //! Only [`api`] does I/O; the rest is pure and tested in microseconds.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod comment;
 pub mod event;
+pub mod refusal;
 pub mod repo;
 pub mod signature;
 
@@ -22,5 +24,6 @@ pub use comment::{
     answer_comment, failure_comment, unauthorized_comment, Failure, MAX_COMMENT_CHARS,
 };
 pub use event::{authorized, Event, EventError, ReactionTarget, Trigger};
+pub use refusal::RefusalLimit;
 pub use repo::{BotName, NameError, RepoName};
 pub use signature::{sign, verify, SignatureError};

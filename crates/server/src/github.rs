@@ -12,11 +12,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 use warmpool_core::config::GithubConfig;
 use warmpool_github::signature::Verifier;
 use warmpool_github::{
     answer_comment, authorized, failure_comment, unauthorized_comment, BotName, Event, Failure,
-    GitHubClient, Reaction, RepoName, Trigger,
+    GitHubClient, Reaction, RefusalLimit, RepoName, Trigger,
 };
 use warmpool_store::{JobState, NewJob};
 
@@ -40,6 +41,9 @@ pub struct GithubBot {
     jobs: Mutex<HashMap<String, (String, Meta)>>,
     /// Webhook bodies being read (hashed as they arrive, bounded).
     bodies: crate::webhook_body::Bodies,
+    /// Refusals posted to unauthorized users, at most one per user and issue
+    /// per hour; this node's own (in a cluster, each node keeps its own).
+    refusals: Mutex<RefusalLimit>,
 }
 
 impl GithubBot {
@@ -61,6 +65,7 @@ impl GithubBot {
             svc: Arc::downgrade(svc),
             jobs: Mutex::new(HashMap::new()),
             bodies: Default::default(),
+            refusals: Mutex::new(RefusalLimit::default()),
         }))
     }
 
@@ -132,6 +137,18 @@ impl GithubBot {
     async fn accept(self: &Arc<Self>, svc: &Arc<Service>, delivery: &str, t: Trigger) -> Response {
         if !authorized(&t.author, &self.config.authorized_users) {
             tracing::info!(author = %t.author, repo = %t.repo_full_name, "a mention by an unauthorized user");
+            let tell = lock(&self.refusals).allow(
+                &t.repo_full_name,
+                t.issue_number,
+                &t.author,
+                Instant::now(),
+            );
+            if !tell {
+                return note(
+                    StatusCode::OK,
+                    "the author may not trigger jobs; told them so within the hour already",
+                );
+            }
             self.comment_later(
                 t.repo_full_name.clone(),
                 t.issue_number,
