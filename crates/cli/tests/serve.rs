@@ -549,3 +549,100 @@ fn the_env_of_a_job_that_never_started_is_scrubbed_from_the_store() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A job's JSON shows a head of its output, never the whole of a large one:
+/// 10 MiB of NUL bytes (once 63 MB of `\u0000` escapes) is a body under 2 MiB
+/// that says how much there is, and `/output` has every byte.
+#[test]
+fn a_job_with_megabytes_of_nul_bytes_shows_a_head() {
+    const TEN_MIB: usize = 10 << 20;
+    let s = Server::start("output_limit = \"16m\"\n", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs?wait=true",
+        r#"{"profile":"bb","args":["head","-c","10485760","/dev/zero"]}"#,
+    );
+    assert_eq!(code, 200, "{}", s.log());
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (code, got) = s.get(&format!("/v1/jobs/{id}"));
+    assert_eq!(code, 200);
+    for body in [body, got] {
+        assert!(
+            body.len() < 2 << 20,
+            "a body of {} bytes for a 1 MiB inline limit",
+            body.len()
+        );
+        let j = json(&body);
+        assert_eq!(j["state"], "succeeded", "{}", &body[..body.len().min(500)]);
+        assert_eq!(j["stdout_bytes"], TEN_MIB as u64);
+        assert_eq!(j["stdout_cut"], true);
+        assert_eq!(j["stderr_bytes"], 0);
+        assert_eq!(j["stderr_cut"], false);
+        assert_eq!(j["truncated"], false);
+        assert_eq!(j["output_url"], format!("/v1/jobs/{id}/output"));
+        let text = j["stdout"].as_str().unwrap();
+        assert!(!text.is_empty() && text.chars().all(|c| c == '\u{FFFD}'));
+        assert!(!body.contains("\\u0000"));
+    }
+    let (code, raw) = s.get_bytes(&format!("/v1/jobs/{id}/output"));
+    assert_eq!(code, 200);
+    assert_eq!(raw.len(), TEN_MIB);
+    assert!(raw.iter().all(|&b| b == 0));
+}
+
+/// Output that is not UTF-8 is shown as text with U+FFFD for what is not, and
+/// is exact at `/output`.
+#[test]
+fn output_that_is_not_utf8_is_text_inline_and_exact_at_output() {
+    let s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs?wait=true",
+        r#"{"profile":"bb","args":["printf","ok\\377\\376\\000\\033[1mend\\n\\tx\\r\\n"]}"#,
+    );
+    assert_eq!(code, 200, "{}", s.log());
+    let j = json(&body);
+    let expected: &[u8] = b"ok\xff\xfe\0\x1b[1mend\n\tx\r\n";
+    assert_eq!(
+        j["stdout"], "ok\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}[1mend\n\tx\r\n",
+        "{body}"
+    );
+    assert_eq!(j["stdout_bytes"], expected.len() as u64);
+    assert_eq!(j["stdout_cut"], false);
+    let id = j["id"].as_str().unwrap();
+    assert_eq!(json(&s.get(&format!("/v1/jobs/{id}")).1), j);
+    let (code, raw) = s.get_bytes(&format!("/v1/jobs/{id}/output"));
+    assert_eq!((code, raw.as_slice()), (200, expected));
+}
+
+/// `[server] inline_output` sets the head; the list shows none.
+#[test]
+fn the_inline_head_is_configurable() {
+    let s = Server::start_with("inline_output = \"4k\"", "", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs?wait=true",
+        r#"{"profile":"bb","args":["sh","-c","head -c 100000 /dev/zero | tr '\\0' a; echo err >&2"]}"#,
+    );
+    assert_eq!(code, 200, "{}", s.log());
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (_, got) = s.get(&format!("/v1/jobs/{id}"));
+    for j in [json(&body), json(&got)] {
+        assert_eq!(j["stdout"].as_str().unwrap(), "a".repeat(4096));
+        assert_eq!(j["stdout_bytes"], 100_000);
+        assert_eq!(j["stdout_cut"], true);
+        assert_eq!(j["stderr"], "err\n");
+        assert_eq!(j["stderr_cut"], false);
+    }
+    let (code, list) = s.get("/v1/jobs");
+    assert_eq!(code, 200);
+    let listed = &json(&list)[0];
+    assert_eq!(listed["id"], id.as_str());
+    assert_eq!(listed["stdout"], "");
+    assert_eq!(
+        (
+            listed["stdout_bytes"].as_u64(),
+            listed["stdout_cut"].as_bool()
+        ),
+        (Some(100_000), Some(true))
+    );
+    let (code, raw) = s.get_bytes(&format!("/v1/jobs/{id}/output"));
+    assert_eq!((code, raw.len()), (200, 100_000));
+}

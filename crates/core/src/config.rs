@@ -40,6 +40,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default largest request body of the API.
 pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
+/// `[server] inline_output` unset: the head of each stream a job's JSON carries.
+pub const DEFAULT_INLINE_OUTPUT: u64 = 1024 * 1024;
+/// The largest `[server] inline_output` (a job's JSON is built in memory).
+pub const MAX_INLINE_OUTPUT: u64 = 64 * 1024 * 1024;
 /// Default address of the HTTP service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default directory of the service's state.
@@ -189,6 +193,10 @@ pub struct ServerConfig {
     pub retention: Duration,
     /// Largest request body the API accepts (a larger one is a 413).
     pub max_body: u64,
+    /// At most this many bytes of each stream's text go inline in a job's JSON
+    /// (`GET /v1/jobs/{id}`, `?wait=true`); the rest is at `/v1/jobs/{id}/output`.
+    /// 0 shows no output inline.
+    pub inline_output: u64,
     /// Address of the HTTP service; checked to parse as a [`SocketAddr`].
     pub listen: String,
     /// Directory of the service's state.
@@ -202,6 +210,7 @@ impl Default for ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             retention: DEFAULT_RETENTION,
             max_body: DEFAULT_MAX_BODY,
+            inline_output: DEFAULT_INLINE_OUTPUT,
             listen: DEFAULT_LISTEN.to_string(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
         }
@@ -795,6 +804,7 @@ struct RawServer {
     shutdown_grace: Option<toml::Value>,
     retention: Option<toml::Value>,
     max_body: Option<toml::Value>,
+    inline_output: Option<toml::Value>,
     listen: Option<toml::Value>,
     data_dir: Option<toml::Value>,
 }
@@ -833,6 +843,13 @@ impl RawServer {
                 "key `max_body`: {max_body} bytes is too small (at least 1k)"
             ));
         }
+        let inline_output = typed::<ConfigSize>("inline_output", self.inline_output)?
+            .map_or(DEFAULT_INLINE_OUTPUT, |s| s.0);
+        if inline_output > MAX_INLINE_OUTPUT {
+            return Err(format!(
+                "key `inline_output`: {inline_output} bytes is too large (at most 64m; the rest of the output is at /v1/jobs/{{id}}/output)"
+            ));
+        }
         let listen =
             typed::<String>("listen", self.listen)?.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         if listen.parse::<SocketAddr>().is_err() {
@@ -850,6 +867,7 @@ impl RawServer {
             shutdown_grace,
             retention,
             max_body,
+            inline_output,
             listen,
             data_dir,
         })
@@ -1250,6 +1268,7 @@ mod tests {
                 shutdown_grace: Duration::from_secs(30),
                 retention: DEFAULT_RETENTION,
                 max_body: DEFAULT_MAX_BODY,
+                inline_output: DEFAULT_INLINE_OUTPUT,
                 listen: "127.0.0.1:7070".into(),
                 data_dir: PathBuf::from(".warmpool"),
             }
@@ -1288,6 +1307,31 @@ mod tests {
         let longest = "a".repeat(63);
         let s = server_with(&format!("instance = \"{longest}\""), None).unwrap();
         assert_eq!(s.instance, longest);
+    }
+
+    #[test]
+    fn inline_output_is_a_bounded_size() {
+        assert_eq!(
+            server_with("", None).unwrap().inline_output,
+            DEFAULT_INLINE_OUTPUT
+        );
+        assert_eq!(DEFAULT_INLINE_OUTPUT, 1 << 20);
+        for (v, bytes) in [
+            ("\"1m\"", 1 << 20),
+            ("\"64k\"", 64 << 10),
+            ("4096", 4096),
+            ("0", 0),
+            ("\"64m\"", MAX_INLINE_OUTPUT),
+        ] {
+            let s = server_with(&format!("inline_output = {v}"), None).unwrap();
+            assert_eq!(s.inline_output, bytes, "{v}");
+        }
+        let e = server_err("inline_output = \"65m\"", "inline_output");
+        assert!(e.contains("too large") && e.contains("/output"), "{e}");
+        let e = server_err("inline_output = -1", "inline_output");
+        assert!(e.contains("negative"), "{e}");
+        let e = server_err("inline_output = \"lots\"", "inline_output");
+        assert!(e.contains("lots"), "{e}");
     }
 
     #[test]

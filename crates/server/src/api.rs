@@ -88,8 +88,26 @@ pub struct JobView {
     /// The node (`[server] instance`) that runs or ran it; none while queued.
     #[serde(default)]
     pub node: Option<String>,
+    /// The head of stdout as text (see [`inline_text`]): at most `[server]
+    /// inline_output` bytes once JSON-encoded. All of it, exactly, is at
+    /// `output_url`.
     pub stdout: String,
     pub stderr: String,
+    /// How many bytes each stream holds (what `output_url` returns).
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
+    /// The inline text is not the whole stream (a head, or none: the list shows
+    /// no output); the rest is at `output_url`.
+    #[serde(default)]
+    pub stdout_cut: bool,
+    #[serde(default)]
+    pub stderr_cut: bool,
+    /// `/v1/jobs/{id}/output`: the streams' exact bytes (`?stream=stderr`).
+    #[serde(default)]
+    pub output_url: String,
+    /// The job wrote more than its profile's `output_limit`: the rest was dropped.
     pub truncated: bool,
     pub error: Option<String>,
     pub created_at: String,
@@ -98,10 +116,14 @@ pub struct JobView {
 }
 
 impl JobView {
-    /// The view of a stored job and the output read with it (empty if not asked for).
-    pub fn new(r: JobRecord, output: [Vec<u8>; 2]) -> JobView {
-        let [stdout, stderr] = output;
+    /// The view of a stored job and the head of its output read with it
+    /// (empty if not asked for), shown in at most `inline` bytes a stream.
+    pub fn new(r: JobRecord, output: [Vec<u8>; 2], inline: usize) -> JobView {
+        let [stdout_bytes, stderr_bytes] = r.output_len;
+        let (stdout, stdout_cut) = inline_text(&output[0], stdout_bytes, inline);
+        let (stderr, stderr_cut) = inline_text(&output[1], stderr_bytes, inline);
         JobView {
+            output_url: format!("/v1/jobs/{}/output", r.id),
             id: r.id,
             profile: r.profile,
             state: r.state.as_str().to_string(),
@@ -109,9 +131,12 @@ impl JobView {
             signal: r.signal,
             warm: r.warm,
             node: r.node,
-            // Text for people; the raw bytes are at /output.
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            stdout,
+            stderr,
+            stdout_bytes,
+            stderr_bytes,
+            stdout_cut,
+            stderr_cut,
             truncated: r.truncated,
             error: r.error,
             created_at: rfc3339(r.created_ms),
@@ -119,6 +144,51 @@ impl JobView {
             finished_at: r.finished_ms.map(rfc3339),
         }
     }
+}
+
+/// A head of a stream (`head`, the first bytes of `total`) as text for
+/// people, at most `max` bytes once JSON-encoded, and whether it is cut (not
+/// the whole stream).
+///
+/// The bytes are decoded as UTF-8; each invalid sequence and each control
+/// character other than `\n`, `\t` and `\r` (which JSON would escape six-fold,
+/// `\u0000`) is shown as U+FFFD. The text ends on a character boundary where
+/// the next character would pass `max` (counting the two-byte escapes of `"`,
+/// `\\`, `\n`, `\t`, `\r`); a character cut at the head's end is left out. So no
+/// byte of output costs more than 3 bytes of JSON and no stream more than
+/// `max`, whatever the job wrote; the exact bytes are at `/output`.
+pub fn inline_text(head: &[u8], total: u64, max: usize) -> (String, bool) {
+    let is_prefix = (head.len() as u64) < total;
+    let mut out = String::with_capacity(head.len().min(max));
+    let mut budget = max;
+    let mut chunks = head.utf8_chunks().peekable();
+    while let Some(chunk) = chunks.next() {
+        for c in chunk.valid().chars() {
+            let c = if c.is_control() && !matches!(c, '\n' | '\t' | '\r') {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            };
+            let cost = match c {
+                '"' | '\\' | '\n' | '\t' | '\r' => 2,
+                c => c.len_utf8(),
+            };
+            if cost > budget {
+                return (out, true);
+            }
+            budget -= cost;
+            out.push(c);
+        }
+        if chunk.invalid().is_empty() || (is_prefix && chunks.peek().is_none()) {
+            continue;
+        }
+        if budget < 3 {
+            return (out, true);
+        }
+        budget -= 3;
+        out.push(char::REPLACEMENT_CHARACTER);
+    }
+    (out, is_prefix)
 }
 
 /// `?stream=stdout|stderr` (default stdout).
@@ -249,5 +319,94 @@ mod tests {
         assert!(parse_stream(Some("stdin")).is_err());
         assert!(parse_state(Some("sleeping")).is_err());
         assert_eq!(parse_state(Some("queued")).unwrap(), Some(JobState::Queued));
+    }
+
+    /// The JSON string `text` encodes to, in bytes.
+    fn json_len(text: &str) -> usize {
+        serde_json::to_string(text).unwrap().len() - 2
+    }
+
+    #[test]
+    fn inline_text_is_the_whole_stream_when_it_fits() {
+        assert_eq!(inline_text(b"", 0, 10), (String::new(), false));
+        assert_eq!(
+            inline_text(b"hi\n\tthere\r\n", 11, 100),
+            ("hi\n\tthere\r\n".into(), false)
+        );
+        assert_eq!(inline_text("héllo ✓".as_bytes(), 10, 100).0, "héllo ✓");
+    }
+
+    #[test]
+    fn control_and_invalid_bytes_are_one_replacement_each() {
+        let (t, cut) = inline_text(b"a\0b\x1b[0m\x7fc\xff\xfed", 12, 100);
+        assert_eq!(t, "a\u{FFFD}b\u{FFFD}[0m\u{FFFD}c\u{FFFD}\u{FFFD}d");
+        assert!(!cut);
+        // Never a `\u0000` escape: three bytes of JSON a byte at most.
+        let nul = vec![0u8; 1000];
+        let (t, cut) = inline_text(&nul, 1000, 1 << 20);
+        assert!(!cut);
+        assert_eq!(json_len(&t), 3000);
+        assert!(!serde_json::to_string(&t).unwrap().contains("\\u"));
+    }
+
+    #[test]
+    fn the_text_is_cut_at_the_limit_as_json() {
+        for (bytes, max) in [
+            (vec![0u8; 10_000], 1000),
+            (vec![b'"'; 10_000], 1001),
+            (vec![b'\n'; 10_000], 999),
+            ("✓é".repeat(3000).into_bytes(), 1000),
+            (vec![0xffu8; 10_000], 1000),
+            (b"abc".repeat(3000), 1000),
+        ] {
+            let (t, cut) = inline_text(&bytes, bytes.len() as u64, max);
+            assert!(cut);
+            let n = json_len(&t);
+            assert!(n <= max && n + 4 > max, "{n} of {max}");
+        }
+        // Limit 0: nothing inline, cut when there is something.
+        assert_eq!(inline_text(b"x", 1, 0), (String::new(), true));
+        assert_eq!(inline_text(b"", 0, 0), (String::new(), false));
+    }
+
+    #[test]
+    fn a_head_shorter_than_the_stream_is_cut_on_a_character() {
+        // "é" is c3 a9: a head ending in c3 leaves it out rather than show U+FFFD.
+        let (t, cut) = inline_text(b"ab\xc3", 10, 100);
+        assert_eq!((t.as_str(), cut), ("ab", true));
+        // The same bytes as the whole stream: an invalid end.
+        let (t, cut) = inline_text(b"ab\xc3", 3, 100);
+        assert_eq!((t.as_str(), cut), ("ab\u{FFFD}", false));
+    }
+
+    #[test]
+    fn a_view_says_how_much_there_is_and_where() {
+        let r = JobRecord {
+            id: "j-9".into(),
+            profile: "bb".into(),
+            state: JobState::Succeeded,
+            args: Vec::new(),
+            timeout_ms: None,
+            warm: Some(true),
+            exit_code: Some(0),
+            signal: None,
+            truncated: false,
+            error: None,
+            node: None,
+            cancel_requested: false,
+            output_len: [10 << 20, 2],
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+        };
+        let v = JobView::new(r, [vec![0u8; 1 << 20], b"e\n".to_vec()], 1 << 20);
+        assert_eq!((v.stdout_bytes, v.stdout_cut), (10 << 20, true));
+        assert_eq!(
+            (v.stderr.as_str(), v.stderr_bytes, v.stderr_cut),
+            ("e\n", 2, false)
+        );
+        assert_eq!(v.output_url, "/v1/jobs/j-9/output");
+        let body = serde_json::to_string(&v).unwrap();
+        assert!(body.len() < (1 << 20) + 4096, "{}", body.len());
     }
 }

@@ -255,7 +255,10 @@ impl JobHooks for GithubBot {
         let Some(svc) = self.svc.upgrade() else {
             return;
         };
-        let (record, [stdout, _]) = match svc.view(job_id, true).await {
+        // Enough bytes for the longest comment: every character takes 4 bytes
+        // or fewer, and one more than fits makes it cut.
+        let head = 4 * (warmpool_github::MAX_COMMENT_CHARS + 1);
+        let (record, [stdout, _]) = match svc.view(job_id, head).await {
             Ok(Some(found)) => found,
             _ => return tracing::warn!(job = %job_id, "the job to answer is not in the store"),
         };

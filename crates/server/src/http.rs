@@ -194,9 +194,13 @@ async fn submit(
     let id = svc.submit(job).await?;
     if q.wait {
         let stored = began.elapsed();
-        let (record, output) = svc.wait_view(&id).await?.ok_or_else(|| no_job(&id))?;
+        let inline = inline(&svc);
+        let (record, output) = svc
+            .wait_view(&id, inline)
+            .await?
+            .ok_or_else(|| no_job(&id))?;
         tracing::debug!(job = %id, ?stored, ended = ?began.elapsed(), "submit and wait");
-        return Ok((StatusCode::OK, Json(JobView::new(record, output))).into_response());
+        return Ok((StatusCode::OK, Json(JobView::new(record, output, inline))).into_response());
     }
     Ok((
         StatusCode::CREATED,
@@ -205,10 +209,16 @@ async fn submit(
         .into_response())
 }
 
+/// `[server] inline_output`: the head of each stream a job's JSON shows.
+fn inline(svc: &Service) -> usize {
+    usize::try_from(svc.config.server.inline_output).unwrap_or(usize::MAX)
+}
+
 async fn load(svc: &Service, id: &str, with_output: bool) -> Result<JobView, ApiError> {
-    svc.view(id, with_output)
+    let inline = if with_output { inline(svc) } else { 0 };
+    svc.view(id, inline)
         .await?
-        .map(|(record, output)| JobView::new(record, output))
+        .map(|(record, output)| JobView::new(record, output, inline))
         .ok_or_else(|| no_job(id))
 }
 
@@ -243,7 +253,7 @@ async fn list(
     let jobs = svc.list(&query).await?;
     Ok(Json(
         jobs.into_iter()
-            .map(|r| JobView::new(r, [Vec::new(), Vec::new()]))
+            .map(|r| JobView::new(r, [Vec::new(), Vec::new()], 0))
             .collect(),
     ))
 }

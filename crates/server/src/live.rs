@@ -122,13 +122,16 @@ impl LiveJob {
         self.progress.send_modify(|p| p.ended = Some(state));
     }
 
-    /// The job as its end was stored, and its whole output if memory still
-    /// holds all of it; `None` otherwise (then the store has it).
-    pub fn ended_view(&self) -> Option<(JobRecord, [Vec<u8>; 2])> {
+    /// The job as its end was stored, and the first `max` bytes of each
+    /// stream if memory still holds them; `None` otherwise (then the store
+    /// has them).
+    pub fn ended_view(&self, max: usize) -> Option<(JobRecord, [Vec<u8>; 2])> {
         let record = lock(&self.ended).clone()?;
         let mut output = [Vec::new(), Vec::new()];
         for stream in StreamName::BOTH {
-            let len = usize::try_from(record.output_len[stream.index()]).ok()?;
+            let len = usize::try_from(record.output_len[stream.index()])
+                .ok()?
+                .min(max);
             match self.read(stream, 0, len) {
                 Read::Here(bytes) if bytes.len() == len => output[stream.index()] = bytes,
                 _ => return None,

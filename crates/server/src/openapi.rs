@@ -45,7 +45,7 @@ pub fn document() -> Value {
                 },
                 "Job": {
                     "type": "object",
-                    "required": ["id", "profile", "state", "stdout", "stderr", "truncated", "created_at"],
+                    "required": ["id", "profile", "state", "stdout", "stderr", "stdout_bytes", "stderr_bytes", "stdout_cut", "stderr_cut", "output_url", "truncated", "created_at"],
                     "properties": {
                         "id": {"type": "string"},
                         "profile": {"type": "string"},
@@ -54,9 +54,14 @@ pub fn document() -> Value {
                         "signal": {"type": "integer", "nullable": true},
                         "warm": {"type": "boolean", "nullable": true},
                         "node": {"type": "string", "nullable": true, "description": "the node that runs or ran it"},
-                        "stdout": {"type": "string"},
-                        "stderr": {"type": "string"},
-                        "truncated": {"type": "boolean"},
+                        "stdout": {"type": "string", "description": "the head of stdout as text: decoded as UTF-8, each invalid sequence and each control character but \\n, \\t and \\r shown as U+FFFD, cut so that it is at most [server] inline_output bytes (default 1 MiB) JSON-encoded; empty in the list. The exact bytes are at output_url."},
+                        "stderr": {"type": "string", "description": "the head of stderr, as stdout"},
+                        "stdout_bytes": {"type": "integer", "format": "int64", "minimum": 0, "description": "bytes stdout holds (what output_url returns)"},
+                        "stderr_bytes": {"type": "integer", "format": "int64", "minimum": 0, "description": "bytes stderr holds (output_url?stream=stderr)"},
+                        "stdout_cut": {"type": "boolean", "description": "stdout shows only a head (or nothing) of the stream; the rest is at output_url"},
+                        "stderr_cut": {"type": "boolean", "description": "stderr shows only a head (or nothing) of the stream; the rest is at output_url?stream=stderr"},
+                        "output_url": {"type": "string", "example": "/v1/jobs/j-1/output", "description": "the streams' exact bytes"},
+                        "truncated": {"type": "boolean", "description": "the job wrote more than its profile's output_limit; the rest was dropped"},
                         "error": {"type": "string", "nullable": true},
                         "created_at": {"type": "string", "format": "date-time"},
                         "started_at": {"type": "string", "format": "date-time", "nullable": true},
@@ -130,7 +135,7 @@ pub fn document() -> Value {
             },
             "/v1/jobs/{id}": {
                 "get": {
-                    "summary": "One job.",
+                    "summary": "One job, with the head of each stream inline (see Job.stdout; all of it at /v1/jobs/{id}/output).",
                     "parameters": [id_param()],
                     "responses": {
                         "200": {"description": "the job", "content": {"application/json": {"schema": job_ref}}},

@@ -479,13 +479,14 @@ impl Service {
         }
     }
 
-    /// Wait until a job's end is stored, then the job with its output (what
-    /// `?wait=true` answers): from memory when the job ended on this node and
-    /// memory holds all of its output, else from the store. A shutdown ends
-    /// the wait (the job is then shown as it is).
+    /// Wait until a job's end is stored, then the job with the first `max`
+    /// bytes of each stream (what `?wait=true` answers): from memory when the
+    /// job ended on this node and memory holds that head, else from the store.
+    /// A shutdown ends the wait (the job is then shown as it is).
     pub async fn wait_view(
         &self,
         id: &str,
+        max: usize,
     ) -> Result<Option<(JobRecord, [Vec<u8>; 2])>, ServiceError> {
         let live = lock(&self.live).get(id).cloned();
         if let Some(live) = live {
@@ -494,39 +495,42 @@ impl Service {
                 _ = rx.wait_for(|p| p.ended.is_some()) => {}
                 _ = self.stopping.cancelled() => {}
             }
-            if let Some(view) = live.ended_view() {
+            if let Some(view) = live.ended_view(max) {
                 return Ok(Some(view));
             }
         } else {
             self.wait_stored(id).await?;
         }
-        self.view(id, true).await
+        self.view(id, max).await
     }
 
-    /// A job, with its stored output when `with_output`; `None` if unknown.
+    /// A job with the first `max` bytes of each stream it stored (none when
+    /// `max` is 0: only the head is read, never the whole stream, so a job's
+    /// view costs at most `2 * max` bytes however much it wrote); `None` if
+    /// unknown.
     pub async fn view(
         &self,
         id: &str,
-        with_output: bool,
+        max: usize,
     ) -> Result<Option<(JobRecord, [Vec<u8>; 2])>, ServiceError> {
         let Some(record) = self.store.get(id).await? else {
             return Ok(None);
         };
         let mut output = [Vec::new(), Vec::new()];
-        if with_output {
-            for s in StreamName::BOTH {
-                let len = usize::try_from(record.output_len[s.index()]).unwrap_or(usize::MAX);
-                // Nothing stored: no read (the `?wait=true` answer is on the hot
-                // path, and most jobs write one stream or none).
-                if len == 0 {
-                    continue;
-                }
-                output[s.index()] = self
-                    .store
-                    .read_output(id, s, 0, len)
-                    .await?
-                    .unwrap_or_default();
+        for s in StreamName::BOTH {
+            let len = usize::try_from(record.output_len[s.index()])
+                .unwrap_or(usize::MAX)
+                .min(max);
+            // Nothing stored (or asked for): no read (the `?wait=true` answer
+            // is on the hot path, and most jobs write one stream or none).
+            if len == 0 {
+                continue;
             }
+            output[s.index()] = self
+                .store
+                .read_output(id, s, 0, len)
+                .await?
+                .unwrap_or_default();
         }
         Ok(Some((record, output)))
     }

@@ -27,6 +27,11 @@ pub fn free_port() -> u16 {
 
 impl Server {
     pub fn start(extra: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_with("", extra, env)
+    }
+
+    /// [`Server::start`] with keys of its own in `[server]`.
+    pub fn start_with(server: &str, extra: &str, env: &[(&str, &str)]) -> Server {
         ensure_images();
         let label = unique("srv");
         // Extra profiles carry this server's test label too: "@LABEL@" stands for it.
@@ -45,6 +50,7 @@ listen = "127.0.0.1:{port}"
 data_dir = "{data}"
 instance = "{instance}"
 shutdown_grace = "5s"
+{server}
 
 [profiles.bb]
 image = "{BUSYBOX}"
@@ -126,6 +132,25 @@ labels = {{ "{TEST_LABEL}" = "{label}" }}
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// A GET's status and exact body bytes.
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let file = self.dir.join(unique("body"));
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-S", "-w", "%{http_code}", "--max-time", "60", "-o"])
+            .arg(&file);
+        if let Some(t) = &self.token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = cmd.arg(format!("{}{path}", self.base)).output().unwrap();
+        let code = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let body = std::fs::read(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        (code, body)
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
