@@ -646,3 +646,161 @@ fn the_inline_head_is_configurable() {
     let (code, raw) = s.get_bytes(&format!("/v1/jobs/{id}/output"));
     assert_eq!((code, raw.len()), (200, 100_000));
 }
+
+/// POST a body too large for a command line (curl reads it from a file).
+fn post_file(s: &Server, path: &str, body: &str) -> (u16, String) {
+    let file = std::env::temp_dir().join(unique("body.json"));
+    std::fs::write(&file, body).unwrap();
+    let r = s.curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ],
+        path,
+    );
+    let _ = std::fs::remove_file(&file);
+    r
+}
+
+/// `n` env entries `Knnnn=vvv...`, each `len` bytes as the kernel counts them
+/// (with its NUL).
+fn env_entries(n: usize, len: usize) -> serde_json::Map<String, serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            let key = format!("K{i:04}");
+            let value = "v".repeat(len - key.len() - 2);
+            (key, serde_json::Value::String(value))
+        })
+        .collect()
+}
+
+#[test]
+fn job_input_over_the_limits_is_a_fast_400_naming_the_limit() {
+    let s = Server::start("", &[]);
+    let json_body = |v: serde_json::Value| v.to_string();
+    let cases = [
+        (
+            json_body(
+                serde_json::json!({"profile": "bb", "args": ["true"], "env": env_entries(60_000, 16)}),
+            ),
+            "env: 60000 entries, over the limit of 4096 ([server] max_env)",
+        ),
+        (
+            json_body(
+                serde_json::json!({"profile": "bb", "args": ["true"], "env": {"BIG": "x".repeat(1 << 20)}}),
+            ),
+            "over the limit of 1048576 ([server] max_env_bytes)",
+        ),
+        (
+            json_body(serde_json::json!({"profile": "bb", "args": vec!["a"; 5000]})),
+            "args: 5000 arguments, over the limit of 4096 ([server] max_args)",
+        ),
+        (
+            json_body(
+                serde_json::json!({"profile": "bb", "args": ["echo", "x".repeat(512 << 10)]}),
+            ),
+            "over the limit of 524288 ([server] max_args_bytes)",
+        ),
+    ];
+    for (body, want) in cases {
+        let began = Instant::now();
+        let (code, resp) = post_file(&s, "/v1/jobs", &body);
+        let took = began.elapsed();
+        assert_eq!(code, 400, "{want}: {resp}");
+        let error = json(&resp)["error"].as_str().unwrap().to_string();
+        assert!(error.contains(want), "{error}");
+        // Before the limits a 60k-entry env took 8 s to be accepted; a refusal
+        // is milliseconds. Bounded generously for a busy machine.
+        assert!(took < Duration::from_secs(20), "{want}: took {took:?}");
+    }
+    let (code, body) = s.get("/v1/jobs");
+    assert_eq!((code, body.as_str()), (200, "[]"), "nothing was stored");
+}
+
+#[test]
+fn a_job_at_the_limits_runs_with_all_its_input() {
+    let s = Server::start("", &[]);
+    // 4096 env entries of 256 bytes: 1 MiB, both env limits exactly.
+    let env = env_entries(4096, 256);
+    // 4096 arguments in 512 KiB exactly: sh -c SCRIPT sh ARGS...
+    let script = "echo $#; env | grep -c ^K; printf %s \"$K4095\" | wc -c; wc -c";
+    let mut args: Vec<String> = vec!["sh".into(), "-c".into(), script.into(), "sh".into()];
+    let used: usize = args.iter().map(|a| a.len() + 1).sum();
+    let rest = 512 * 1024 - used;
+    let n = 4096 - args.len();
+    for i in 0..n {
+        let len = rest / n - 1 + if i == n - 1 { rest % n } else { 0 };
+        args.push("a".repeat(len));
+    }
+    assert_eq!(args.iter().map(|a| a.len() + 1).sum::<usize>(), 512 * 1024);
+    let stdin = "x".repeat(1 << 20);
+    let body = serde_json::json!({"profile": "bb", "env": env, "args": args, "stdin": stdin});
+    let (code, resp) = post_file(&s, "/v1/jobs?wait=true", &body.to_string());
+    assert_eq!(code, 200, "{resp}\n{}", s.log());
+    let j = json(&resp);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let lines: Vec<&str> = j["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .collect();
+    assert_eq!(lines, ["4092", "4096", "249", "1048576"], "{j}");
+
+    // The job's timeout runs from the hand-over, whatever the spec's size: a
+    // job at the limits that overruns a 2s timeout ends within its grace.
+    let body = serde_json::json!({"profile": "bb", "env": env_entries(4096, 256), "args": ["sleep", "120"], "timeout": "2s"});
+    let began = Instant::now();
+    let (code, resp) = post_file(&s, "/v1/jobs?wait=true", &body.to_string());
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(json(&resp)["state"], "timed_out", "{resp}");
+    assert!(
+        began.elapsed() < Duration::from_secs(50),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+#[test]
+fn big_submits_do_not_stall_healthz() {
+    let s = Server::start("", &[]);
+    let over =
+        serde_json::json!({"profile": "bb", "args": ["true"], "env": env_entries(60_000, 16)})
+            .to_string();
+    let near =
+        serde_json::json!({"profile": "bb", "args": ["true"], "env": env_entries(4000, 250)})
+            .to_string();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let (checks, slow) = std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..3 {
+                    let (code, resp) = post_file(&s, "/v1/jobs", &over);
+                    assert_eq!(code, 400, "{resp}");
+                    let (code, resp) = post_file(&s, "/v1/jobs", &near);
+                    assert_eq!(code, 201, "{resp}");
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        // Before, two 60k-entry submits held both async workers for 8 s and
+        // /healthz with them. Every check must answer within a generous bound.
+        let (mut checks, mut slow) = (0, Vec::new());
+        while done.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            let began = Instant::now();
+            let (code, body) = s.curl(&["--max-time", "5"], "/healthz");
+            checks += 1;
+            if code != 200 {
+                slow.push((code, body, began.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (checks, slow)
+    });
+    assert!(checks > 0);
+    assert!(slow.is_empty(), "{checks} checks, failed: {slow:?}");
+}

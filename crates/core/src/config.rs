@@ -44,6 +44,12 @@ pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_INLINE_OUTPUT: u64 = 1024 * 1024;
 /// The largest `[server] inline_output` (a job's JSON is built in memory).
 pub const MAX_INLINE_OUTPUT: u64 = 64 * 1024 * 1024;
+/// Default limits on one job's input, checked at the API (see [`JobLimits`]).
+pub const DEFAULT_MAX_ENV: usize = 4096;
+pub const DEFAULT_MAX_ENV_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_MAX_ARGS: usize = 4096;
+pub const DEFAULT_MAX_ARGS_BYTES: u64 = 512 * 1024;
+pub const DEFAULT_MAX_STDIN: u64 = 10 * 1024 * 1024;
 /// Default address of the HTTP service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default directory of the service's state.
@@ -197,6 +203,8 @@ pub struct ServerConfig {
     /// (`GET /v1/jobs/{id}`, `?wait=true`); the rest is at `/v1/jobs/{id}/output`.
     /// 0 shows no output inline.
     pub inline_output: u64,
+    /// Limits on one job's env, args and stdin (a job over one is a 400).
+    pub limits: JobLimits,
     /// Address of the HTTP service; checked to parse as a [`SocketAddr`].
     pub listen: String,
     /// Directory of the service's state.
@@ -211,6 +219,7 @@ impl Default for ServerConfig {
             retention: DEFAULT_RETENTION,
             max_body: DEFAULT_MAX_BODY,
             inline_output: DEFAULT_INLINE_OUTPUT,
+            limits: JobLimits::default(),
             listen: DEFAULT_LISTEN.to_string(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
         }
@@ -225,6 +234,113 @@ impl ServerConfig {
             Some(h) if !h.is_empty() => h.to_string(),
             _ => FALLBACK_INSTANCE.to_string(),
         }
+    }
+}
+
+/// Limits on one job's input, enforced where the API parses a submit (before
+/// anything is stored or composed). Linux itself caps a process's args and env
+/// together, strings and pointers, at a quarter of the stack limit (2 MiB under
+/// the usual 8 MiB), so the defaults (4096 env entries in 1 MiB, 4096 arguments
+/// in 512 KiB: about 1.6 MiB with their pointers) leave a job at every limit
+/// room for the profile's and the image's env and still able to exec; stdin
+/// defaults to `max_body`'s default (10 MiB). Bytes count as the kernel counts
+/// them: `KEY=VALUE` and each argument with its terminating NUL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// `[server] max_env`: env entries.
+    pub max_env: usize,
+    /// `[server] max_env_bytes`: all env entries together.
+    pub max_env_bytes: u64,
+    /// `[server] max_args`: arguments.
+    pub max_args: usize,
+    /// `[server] max_args_bytes`: all arguments together.
+    pub max_args_bytes: u64,
+    /// `[server] max_stdin`: stdin bytes.
+    pub max_stdin: u64,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_env: DEFAULT_MAX_ENV,
+            max_env_bytes: DEFAULT_MAX_ENV_BYTES,
+            max_args: DEFAULT_MAX_ARGS,
+            max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
+            max_stdin: DEFAULT_MAX_STDIN,
+        }
+    }
+}
+
+/// A job over one of its [`JobLimits`]; the message names the limit and its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {got} {unit}, over the limit of {limit} ([server] {key})")]
+pub struct OverLimit {
+    pub what: &'static str,
+    pub got: u64,
+    pub unit: &'static str,
+    pub limit: u64,
+    pub key: &'static str,
+}
+
+impl JobLimits {
+    /// Check a job's input against the limits: linear in its size, the counts
+    /// first (a count over its limit is refused before any entry is looked at).
+    pub fn check<'a>(
+        &self,
+        env: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+        args: &[String],
+        stdin_len: Option<usize>,
+    ) -> Result<(), OverLimit> {
+        let over = |what, got: u64, unit, limit: u64, key| {
+            if got > limit {
+                Err(OverLimit {
+                    what,
+                    got,
+                    unit,
+                    limit,
+                    key,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        over(
+            "env",
+            env.len() as u64,
+            "entries",
+            self.max_env as u64,
+            "max_env",
+        )?;
+        over(
+            "args",
+            args.len() as u64,
+            "arguments",
+            self.max_args as u64,
+            "max_args",
+        )?;
+        let env_bytes: u64 = env.map(|(k, v)| k.len() as u64 + v.len() as u64 + 2).sum();
+        over(
+            "env",
+            env_bytes,
+            "bytes",
+            self.max_env_bytes,
+            "max_env_bytes",
+        )?;
+        let args_bytes: u64 = args.iter().map(|a| a.len() as u64 + 1).sum();
+        over(
+            "args",
+            args_bytes,
+            "bytes",
+            self.max_args_bytes,
+            "max_args_bytes",
+        )?;
+        over(
+            "stdin",
+            stdin_len.unwrap_or(0) as u64,
+            "bytes",
+            self.max_stdin,
+            "max_stdin",
+        )
     }
 }
 
@@ -805,6 +921,11 @@ struct RawServer {
     retention: Option<toml::Value>,
     max_body: Option<toml::Value>,
     inline_output: Option<toml::Value>,
+    max_env: Option<toml::Value>,
+    max_env_bytes: Option<toml::Value>,
+    max_args: Option<toml::Value>,
+    max_args_bytes: Option<toml::Value>,
+    max_stdin: Option<toml::Value>,
     listen: Option<toml::Value>,
     data_dir: Option<toml::Value>,
 }
@@ -850,6 +971,37 @@ impl RawServer {
                 "key `inline_output`: {inline_output} bytes is too large (at most 64m; the rest of the output is at /v1/jobs/{{id}}/output)"
             ));
         }
+        let count = |key: &str, v: Option<toml::Value>, default: usize| -> Result<usize, String> {
+            match typed::<i64>(key, v)? {
+                None => Ok(default),
+                Some(n) if (0..=MAX_JOB_COUNT).contains(&n) => Ok(n as usize),
+                Some(n) => Err(format!(
+                    "key `{key}`: {n} is out of range (0 to {MAX_JOB_COUNT})"
+                )),
+            }
+        };
+        let size = |key: &str, v: Option<toml::Value>, default: u64| -> Result<u64, String> {
+            Ok(typed::<ConfigSize>(key, v)?.map_or(default, |s| s.0))
+        };
+        let limits = JobLimits {
+            max_env: count("max_env", self.max_env, DEFAULT_MAX_ENV)?,
+            max_env_bytes: size("max_env_bytes", self.max_env_bytes, DEFAULT_MAX_ENV_BYTES)?,
+            max_args: count("max_args", self.max_args, DEFAULT_MAX_ARGS)?,
+            max_args_bytes: size(
+                "max_args_bytes",
+                self.max_args_bytes,
+                DEFAULT_MAX_ARGS_BYTES,
+            )?,
+            max_stdin: size("max_stdin", self.max_stdin, DEFAULT_MAX_STDIN)?,
+        };
+        // What the API accepts must fit the gate's spec, with room for the
+        // profile's and the image's own env.
+        let total = limits.max_env_bytes + limits.max_args_bytes + limits.max_stdin;
+        if total > MAX_JOB_INPUT {
+            return Err(format!(
+                "keys `max_env_bytes`, `max_args_bytes` and `max_stdin`: {total} bytes together, over the {MAX_JOB_INPUT} bytes a job spec can carry"
+            ));
+        }
         let listen =
             typed::<String>("listen", self.listen)?.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         if listen.parse::<SocketAddr>().is_err() {
@@ -868,11 +1020,18 @@ impl RawServer {
             retention,
             max_body,
             inline_output,
+            limits,
             listen,
             data_dir,
         })
     }
 }
+
+/// Largest `max_env` / `max_args`.
+const MAX_JOB_COUNT: i64 = 1 << 20;
+/// Largest sum of `max_env_bytes`, `max_args_bytes` and `max_stdin`: half the
+/// gate's spec limit, the rest left to the profile's and the image's env.
+const MAX_JOB_INPUT: u64 = warmpool_gate::protocol::MAX_SPEC_BODY as u64 / 2;
 
 /// Profile names become container names and labels: keep them plain.
 fn valid_profile_name(name: &str) -> bool {
@@ -1269,6 +1428,13 @@ mod tests {
                 retention: DEFAULT_RETENTION,
                 max_body: DEFAULT_MAX_BODY,
                 inline_output: DEFAULT_INLINE_OUTPUT,
+                limits: JobLimits {
+                    max_env: 4096,
+                    max_env_bytes: 1 << 20,
+                    max_args: 4096,
+                    max_args_bytes: 512 << 10,
+                    max_stdin: 10 << 20,
+                },
                 listen: "127.0.0.1:7070".into(),
                 data_dir: PathBuf::from(".warmpool"),
             }
@@ -1332,6 +1498,75 @@ mod tests {
         assert!(e.contains("negative"), "{e}");
         let e = server_err("inline_output = \"lots\"", "inline_output");
         assert!(e.contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn job_limits_parse_and_are_validated() {
+        let s = server_with(
+            "max_env = 10\nmax_env_bytes = \"64k\"\nmax_args = 0\nmax_args_bytes = 100\nmax_stdin = \"1M\"",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.limits,
+            JobLimits {
+                max_env: 10,
+                max_env_bytes: 64 << 10,
+                max_args: 0,
+                max_args_bytes: 100,
+                max_stdin: 1 << 20,
+            }
+        );
+        let e = server_err("max_env = -1", "max_env");
+        assert!(e.contains("out of range"), "{e}");
+        let e = server_err("max_args = 2000000", "max_args");
+        assert!(e.contains("out of range"), "{e}");
+        server_err("max_env = \"many\"", "max_env");
+        server_err("max_stdin = \"12 furlongs\"", "max_stdin");
+        let e = server_with("max_stdin = \"200M\"", None).unwrap_err();
+        assert!(e.contains("max_stdin") && e.contains("spec"), "{e}");
+    }
+
+    #[test]
+    fn job_limits_check_names_the_limit() {
+        let l = JobLimits {
+            max_env: 2,
+            max_env_bytes: 10,
+            max_args: 2,
+            max_args_bytes: 6,
+            max_stdin: 4,
+        };
+        let env = |pairs: &'static [(&'static str, &'static str)]| pairs.iter().copied();
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // At the limits: "A=1234\0" + "B=\0" is 10 bytes; "ab\0" + "cd\0" is 6.
+        l.check(
+            env(&[("A", "1234"), ("B", "")]),
+            &args(&["ab", "cd"]),
+            Some(4),
+        )
+        .unwrap();
+        l.check(env(&[]), &[], None).unwrap();
+        let e = l
+            .check(env(&[("A", ""), ("B", ""), ("C", "")]), &[], None)
+            .unwrap_err();
+        assert_eq!(e.key, "max_env");
+        assert_eq!(
+            e.to_string(),
+            "env: 3 entries, over the limit of 2 ([server] max_env)"
+        );
+        let e = l.check(env(&[("A", "12345678")]), &[], None).unwrap_err();
+        assert_eq!((e.key, e.got), ("max_env_bytes", 11));
+        let e = l
+            .check(env(&[]), &args(&["a", "b", "c"]), None)
+            .unwrap_err();
+        assert_eq!(e.key, "max_args");
+        let e = l.check(env(&[]), &args(&["abcdefg"]), None).unwrap_err();
+        assert_eq!((e.key, e.got), ("max_args_bytes", 8));
+        let e = l.check(env(&[]), &[], Some(5)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "stdin: 5 bytes, over the limit of 4 ([server] max_stdin)"
+        );
     }
 
     #[test]

@@ -34,8 +34,18 @@ pub fn parse_submit(req: SubmitRequest, config: &Config) -> Result<NewJob, BadRe
             config.profile_names()
         ))
     })?;
+    // The limits first: a job far over one is refused before its entries are read.
+    config
+        .server
+        .limits
+        .check(
+            req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &req.args,
+            req.stdin.as_ref().map(String::len),
+        )
+        .map_err(|e| BadRequest(e.to_string()))?;
     let secret: BTreeSet<&String> = profile.secret_env.iter().collect();
-    let mut env = Vec::new();
+    let mut env = Vec::with_capacity(req.env.len());
     for (k, v) in req.env {
         if !valid_env_name(&k) {
             return Err(BadRequest(format!(
@@ -408,5 +418,67 @@ mod tests {
         assert_eq!(v.output_url, "/v1/jobs/j-9/output");
         let body = serde_json::to_string(&v).unwrap();
         assert!(body.len() < (1 << 20) + 4096, "{}", body.len());
+    }
+
+    #[test]
+    fn jobs_over_the_limits_are_refused_naming_the_limit() {
+        let mut c = Config::parse(
+            "[server]\nmax_env = 3\nmax_env_bytes = 20\nmax_args = 2\nmax_args_bytes = 8\nmax_stdin = 4\n[profiles.echo]\nimage = \"x\"\n",
+        )
+        .unwrap();
+        let parse = |c: &Config, json: String| {
+            let r: SubmitRequest = serde_json::from_str(&json).unwrap();
+            parse_submit(r, c)
+        };
+        // At every limit: 3 entries of 6 bytes ("Kn=vv" and its NUL) and 2 args of 4.
+        let at = r#"{"profile":"echo","env":{"K1":"vv","K2":"vv","K3":"vv"},"args":["abc","def"],"stdin":"1234"}"#;
+        let j = parse(&c, at.to_string()).unwrap();
+        assert_eq!(j.env.len(), 3);
+        let over = [
+            (
+                r#""env":{"A":"","B":"","C":"","D":""}"#,
+                "env: 4 entries, over the limit of 3 ([server] max_env)",
+            ),
+            (
+                r#""env":{"A":"12345678901234567890"}"#,
+                "env: 23 bytes, over the limit of 20 ([server] max_env_bytes)",
+            ),
+            (
+                r#""args":["a","b","c"]"#,
+                "args: 3 arguments, over the limit of 2 ([server] max_args)",
+            ),
+            (
+                r#""args":["abcdefgh"]"#,
+                "args: 9 bytes, over the limit of 8 ([server] max_args_bytes)",
+            ),
+            (
+                r#""stdin":"12345""#,
+                "stdin: 5 bytes, over the limit of 4 ([server] max_stdin)",
+            ),
+        ];
+        for (part, want) in over {
+            let e = parse(&c, format!(r#"{{"profile":"echo",{part}}}"#))
+                .unwrap_err()
+                .0;
+            assert_eq!(e, want);
+        }
+        // A count over its limit is refused even when the entries are bad too.
+        let e = parse(
+            &c,
+            r#"{"profile":"echo","env":{"A-1":"","B":"","C":"","D":""}}"#.into(),
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("max_env"), "{e}");
+        // The defaults: 4096 entries pass, 4097 do not.
+        c.server.limits = Default::default();
+        let env = |n: usize| {
+            let m: BTreeMap<String, String> =
+                (0..n).map(|i| (format!("K{i}"), "v".to_string())).collect();
+            serde_json::json!({"profile": "echo", "env": m}).to_string()
+        };
+        assert_eq!(parse(&c, env(4096)).unwrap().env.len(), 4096);
+        let e = parse(&c, env(4097)).unwrap_err().0;
+        assert!(e.contains("4097 entries") && e.contains("max_env"), "{e}");
     }
 }

@@ -187,9 +187,16 @@ async fn submit(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let req: SubmitRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
-    let job = api::parse_submit(req, &svc.config)?;
+    // Up to `max_body` of JSON, and the limits checked on every entry: off the
+    // async workers, which /healthz and every other request share.
+    let config = svc.config.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let req: SubmitRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
+        Ok::<_, ApiError>(api::parse_submit(req, &config)?)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let began = std::time::Instant::now();
     let id = svc.submit(job).await?;
     if q.wait {

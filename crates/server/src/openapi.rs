@@ -37,9 +37,9 @@ pub fn document() -> Value {
                     "additionalProperties": false,
                     "properties": {
                         "profile": {"type": "string"},
-                        "env": {"type": "object", "additionalProperties": {"type": "string"}},
-                        "args": {"type": "array", "items": {"type": "string"}},
-                        "stdin": {"type": "string"},
+                        "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "at most [server] max_env entries (default 4096) in max_env_bytes (default 1 MiB)"},
+                        "args": {"type": "array", "items": {"type": "string"}, "description": "at most [server] max_args (default 4096) in max_args_bytes (default 512 KiB)"},
+                        "stdin": {"type": "string", "description": "at most [server] max_stdin bytes (default 10 MiB)"},
                         "timeout": {"type": "string", "example": "30s"}
                     }
                 },
@@ -112,7 +112,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["id", "state"],
                             "properties": {"id": {"type": "string"}, "state": {"type": "string"}}}}}},
                         "200": {"description": "with wait=true: the ended job", "content": {"application/json": {"schema": job_ref}}},
-                        "400": error_response("invalid job"),
+                        "400": error_response("invalid job: malformed JSON, unknown fields or profile, a bad env name, a NUL byte, a bad timeout, or input over a [server] limit (max_env entries, default 4096; max_env_bytes, 1 MiB of KEY=VALUE with a NUL each; max_args, 4096; max_args_bytes, 512 KiB; max_stdin, 10 MiB), the error naming the limit"),
                         "401": error_response("missing or wrong token"),
                         "413": {"description": "body over [server] max_body"},
                         "429": error_response("the profile's queue is full; see Retry-After"),

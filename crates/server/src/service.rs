@@ -217,6 +217,8 @@ impl Service {
     }
 
     /// Refuse now what could never run (no command, too large) before it is stored.
+    /// Linear in the job's size (bounded by `[server]`'s limits at the API), and
+    /// its stdin is only measured, never copied.
     fn validate(&self, job: &NewJob) -> Result<(), ServiceError> {
         if let Some(pool) = self.pools.get(&job.profile) {
             let resolved = pool.profile();
@@ -224,11 +226,18 @@ impl Service {
                 args: job.args.clone(),
                 env: job.env.clone(),
                 unset: Vec::new(),
-                stdin: job.stdin.clone(),
+                stdin: None,
                 timeout: None,
             };
-            warmpool_core::job::compose(&resolved.image, &resolved.profile, &probe)
+            let spec = warmpool_core::job::compose(&resolved.image, &resolved.profile, &probe)
                 .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            let len = spec.body_len() + job.stdin.as_ref().map_or(0, |s| s.len() as u64);
+            let max = u64::from(warmpool_core::job::MAX_SPEC_BODY);
+            if len > max {
+                return Err(ServiceError::Invalid(
+                    warmpool_core::JobError::TooLarge(len, max).to_string(),
+                ));
+            }
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use protocol::{
     exit_payload, frame_header, ExitStatus, JobSpec, FRAME_EXIT, FRAME_OOM, FRAME_READY,
     FRAME_SIGNAL, FRAME_STARTED, FRAME_START_FAILED, FRAME_STDERR, FRAME_STDOUT,
 };
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -281,32 +282,42 @@ fn wait_for_stdin_eof(timeout_ms: i32) {
 /// the spec's entries replacing, appending or (a bare KEY) removing, and HOME (which
 /// the runtime derives from the user) kept at the end when the spec does not set it.
 fn job_env(spec_env: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut env: Vec<(Vec<u8>, Vec<u8>)> = vec![(b"PATH".to_vec(), DEFAULT_PATH.into())];
+    // Slots in order (a removed one left empty) and where each key is: linear in
+    // the spec's size, however many entries it has.
+    let mut slots: Slots = Vec::with_capacity(spec_env.len() + 3);
+    let mut at: HashMap<Vec<u8>, usize> = HashMap::with_capacity(spec_env.len() + 3);
+    type Slots = Vec<Option<(Vec<u8>, Vec<u8>)>>;
+    fn set(slots: &mut Slots, at: &mut HashMap<Vec<u8>, usize>, k: &[u8], v: &[u8]) {
+        match at.get(k) {
+            Some(&i) => slots[i] = Some((k.to_vec(), v.to_vec())),
+            None => {
+                at.insert(k.to_vec(), slots.len());
+                slots.push(Some((k.to_vec(), v.to_vec())));
+            }
+        }
+    }
+    set(&mut slots, &mut at, b"PATH", DEFAULT_PATH.as_bytes());
     if let Some(h) = std::env::var_os("HOSTNAME") {
-        env.push((b"HOSTNAME".to_vec(), h.as_bytes().to_vec()));
+        set(&mut slots, &mut at, b"HOSTNAME", h.as_bytes());
     }
     let mut home_removed = false;
     for entry in spec_env {
         match entry.iter().position(|b| *b == b'=') {
-            Some(eq) => {
-                let (k, v) = (&entry[..eq], &entry[eq + 1..]);
-                match env.iter_mut().find(|(key, _)| key == k) {
-                    Some(slot) => slot.1 = v.to_vec(),
-                    None => env.push((k.to_vec(), v.to_vec())),
-                }
-            }
+            Some(eq) => set(&mut slots, &mut at, &entry[..eq], &entry[eq + 1..]),
             None => {
-                env.retain(|(key, _)| key != entry);
+                if let Some(i) = at.remove(entry.as_slice()) {
+                    slots[i] = None;
+                }
                 home_removed |= entry == b"HOME";
             }
         }
     }
-    if !home_removed && !env.iter().any(|(k, _)| k == b"HOME") {
+    if !home_removed && !at.contains_key(b"HOME".as_slice()) {
         if let Some(h) = std::env::var_os("HOME") {
-            env.push((b"HOME".to_vec(), h.as_bytes().to_vec()));
+            set(&mut slots, &mut at, b"HOME", h.as_bytes());
         }
     }
-    env
+    slots.into_iter().flatten().collect()
 }
 
 /// Resolve argv[0] the way runc does: a name without '/' is searched in the job's PATH.
