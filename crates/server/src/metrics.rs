@@ -222,14 +222,16 @@ warmpool_nodes_taken_over_total {}",
 warmpool_heartbeat_failures_total {}",
         c.heartbeat_failures.load(Ordering::Relaxed)
     );
-    let nodes = crate::lock(&svc.cluster).nodes.clone();
-    let lost = nodes.iter().filter(|n| n.lost).count();
+    let (nodes, lost) = {
+        let view = crate::lock(&svc.cluster);
+        (view.nodes, view.lost)
+    };
     let _ = writeln!(
         out,
         "# HELP warmpool_cluster_nodes Nodes of the store as of this node's last heartbeat.
 # TYPE warmpool_cluster_nodes gauge
 warmpool_cluster_nodes{{lost=\"false\"}} {}
 warmpool_cluster_nodes{{lost=\"true\"}} {lost}",
-        nodes.len() - lost
+        nodes - lost
     );
 }

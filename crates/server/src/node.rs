@@ -40,21 +40,33 @@ pub(crate) struct DispatchState {
     deferred: HashMap<String, Instant>,
 }
 
-/// What this node knows of the others (from the last heartbeat round).
+/// What this node knows of the others, as of its last heartbeat round.
 #[derive(Default, Clone)]
 pub(crate) struct ClusterView {
-    pub(crate) nodes: Vec<NodeRecord>,
+    /// Nodes of the store, lost ones included, and how many are lost.
+    pub(crate) nodes: usize,
+    pub(crate) lost: usize,
+    /// Profiles another live node had a parked container of.
+    warm_elsewhere: HashSet<String>,
 }
 
 impl ClusterView {
-    /// Does another live node have a parked container of `profile`?
-    fn warm_elsewhere(&self, me: &str, profile: &str) -> bool {
-        self.nodes
+    /// The view `me` takes of the store's `nodes` (their pools read once here,
+    /// not at every dispatch).
+    fn of(me: &str, nodes: &[NodeRecord]) -> ClusterView {
+        let warm_elsewhere = nodes
             .iter()
             .filter(|n| n.node != me && !n.lost)
             .filter_map(|n| serde_json::from_str::<Vec<PoolView>>(&n.pools).ok())
             .flatten()
-            .any(|p| p.profile == profile && p.idle > 0)
+            .filter(|p| p.idle > 0)
+            .map(|p| p.profile)
+            .collect();
+        ClusterView {
+            nodes: nodes.len(),
+            lost: nodes.iter().filter(|n| n.lost).count(),
+            warm_elsewhere,
+        }
     }
 }
 
@@ -99,6 +111,25 @@ impl Service {
         *lock(&self.lease_ok) = Some(asked);
         self.leased.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Jobs of `profile` this node took that do not hold a container yet.
+    pub(crate) fn taking(&self, profile: &str) -> usize {
+        lock(&self.dispatch)
+            .taking
+            .get(profile)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Front ends answer for jobs whose end this node stored outside their
+    /// runs (a lost node's, orphans, those killed while the lease was gone).
+    async fn answer(&self, ids: &[String]) {
+        if let Some(h) = self.hooks() {
+            for id in ids {
+                h.after_end(id).await;
+            }
+        }
     }
 
     /// Something may be queued for `profile` (`None`: for any): look now.
@@ -194,17 +225,13 @@ impl Service {
             .is_some_and(|p| p.retry_interrupted);
         let mut queued = self.store().queued_count(profile).await?;
         while queued > 0 && self.leased.load(Ordering::SeqCst) && !self.stopping().is_cancelled() {
-            let taking = lock(&self.dispatch)
-                .taking
-                .get(profile)
-                .copied()
-                .unwrap_or(0);
+            let taking = self.taking(profile);
             if pool.capacity() <= taking {
                 // Full: a freed slot or a parked container looks again.
                 return Ok(Round::Done);
             }
             let warm = pool.idle() > taking;
-            if !warm && lock(&self.cluster).warm_elsewhere(self.node(), profile) {
+            if !warm && lock(&self.cluster).warm_elsewhere.contains(profile) {
                 let since = *lock(&self.dispatch)
                     .deferred
                     .entry(profile.to_string())
@@ -326,11 +353,7 @@ impl Service {
                             self.queue_changed(None);
                         }
                         // Front ends answer for the lost node (the bot's comment).
-                        if let Some(h) = self.hooks() {
-                            for id in &t.interrupted {
-                                h.after_end(id).await;
-                            }
-                        }
+                        self.answer(&t.interrupted).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for lost nodes failed"),
@@ -344,7 +367,7 @@ impl Service {
                 Err(e) => tracing::warn!(error = %e, "reading cancels failed"),
             }
             match self.store().nodes().await {
-                Ok(nodes) => lock(&self.cluster).nodes = nodes,
+                Ok(nodes) => *lock(&self.cluster) = ClusterView::of(self.node(), &nodes),
                 Err(e) => tracing::warn!(error = %e, "reading the nodes failed"),
             }
         }
@@ -415,9 +438,7 @@ impl Service {
                 Ok(Some(_)) => {
                     tracing::warn!(job = %r.id, "a job stored as running here that this node does not run is interrupted");
                     self.input_wiped();
-                    if let Some(h) = self.hooks() {
-                        h.after_end(&r.id).await;
-                    }
+                    self.answer(std::slice::from_ref(&r.id)).await;
                 }
                 Ok(None) => {}
                 // Another generation's (fenced): the join ends those.
@@ -453,11 +474,7 @@ impl Service {
             return;
         }
         // Their runs could not store an end, so no front end answered them.
-        if let Some(h) = self.hooks() {
-            for id in &interrupted {
-                h.after_end(id).await;
-            }
-        }
+        self.answer(&interrupted).await;
         tracing::info!(node = %self.node(), "lease regained; taking jobs again");
         self.queue_changed(None);
     }

@@ -282,12 +282,7 @@ impl Service {
         let admitted = lock(&self.admitted).get(profile).copied().unwrap_or(0);
         let room = match (self.config.profiles.get(profile), self.pools.get(profile)) {
             (Some(p), Some(pool)) => {
-                let taking = lock(&self.dispatch)
-                    .taking
-                    .get(profile)
-                    .copied()
-                    .unwrap_or(0);
-                pool.capacity().saturating_sub(taking) + p.max_queue
+                pool.capacity().saturating_sub(self.taking(profile)) + p.max_queue
             }
             _ => 0,
         };
@@ -414,10 +409,12 @@ impl Service {
         record: Option<JobRecord>,
         live: &LiveJob,
     ) {
+        // Its slot is free: the queue of its profile may have work for it
+        // (of any profile when its end could not be stored).
+        let profile = record.as_ref().map(|r| r.profile.clone());
         live.end(state, record);
         lock(&self.live).remove(id);
-        // Its slot is free: the queue may have work for it.
-        self.queue_changed(None);
+        self.queue_changed(profile.as_deref());
         *lock(&self.outcomes.by_state)
             .entry(state.as_str())
             .or_default() += 1;
@@ -448,16 +445,22 @@ impl Service {
     /// ended or unknown job; a shutdown ends every wait).
     pub async fn wait(&self, id: &str) -> Result<(), ServiceError> {
         let live = lock(&self.live).get(id).cloned();
-        if let Some(live) = live {
-            let mut rx = live.subscribe();
-            drop(live);
-            tokio::select! {
-                _ = rx.wait_for(|p| p.ended.is_some()) => {}
-                _ = self.stopping.cancelled() => {}
+        match live {
+            Some(live) => {
+                self.wait_live(&live).await;
+                Ok(())
             }
-            return Ok(());
+            None => self.wait_stored(id).await,
         }
-        self.wait_stored(id).await
+    }
+
+    /// Wait until a job this node runs has its end stored (or the service stops).
+    async fn wait_live(&self, live: &LiveJob) {
+        let mut rx = live.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|p| p.ended.is_some()) => {}
+            _ = self.stopping.cancelled() => {}
+        }
     }
 
     /// Wait for a job's end in the store: its `Ended` event, else a look every
@@ -499,11 +502,7 @@ impl Service {
     ) -> Result<Option<(JobRecord, [Vec<u8>; 2])>, ServiceError> {
         let live = lock(&self.live).get(id).cloned();
         if let Some(live) = live {
-            let mut rx = live.subscribe();
-            tokio::select! {
-                _ = rx.wait_for(|p| p.ended.is_some()) => {}
-                _ = self.stopping.cancelled() => {}
-            }
+            self.wait_live(&live).await;
             if let Some(view) = live.ended_view(max) {
                 return Ok(Some(view));
             }
