@@ -450,39 +450,65 @@ fn containers_running(node: &Server, needle: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_node_cut_from_the_database_is_fenced_and_its_late_writes_refused() {
-    let _serial = serial();
-    let db = unique("cut").replace('-', "_");
-    let url = pg().create_database(&db);
+/// A database of the test's own, and its URL through a TCP proxy the test can
+/// cut or stall (the runtime serves the proxy).
+struct Proxied {
+    proxy: warmpool_testkit::proxy::TcpProxy,
+    rt: tokio::runtime::Runtime,
+    url: String,
+    through_proxy: String,
+}
+
+fn proxied(tag: &str) -> Proxied {
+    let url = pg().create_database(&unique(tag).replace('-', "_"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pg_addr: std::net::SocketAddr = ([127, 0, 0, 1], pg().port()).into();
     let proxy = rt
         .block_on(warmpool_testkit::proxy::TcpProxy::start(pg_addr))
         .expect("proxy");
-    let cut_url = url.replace(&pg_addr.to_string(), &proxy.addr().to_string());
-    assert_ne!(url, cut_url, "the URL goes through the proxy");
-    let a = Server::start(&node_config(&url, "4s", ""), &[]);
-    let c = Server::start(&node_config(&cut_url, "4s", ""), &[]);
-    wait_warm(&c, "bb");
+    let through_proxy = url.replace(&pg_addr.to_string(), &proxy.addr().to_string());
+    assert_ne!(url, through_proxy, "the URL goes through the proxy");
+    Proxied {
+        proxy,
+        rt,
+        url,
+        through_proxy,
+    }
+}
+
+/// A `sleep 120` job submitted to warm `node`, once it runs in one of its
+/// containers; its id.
+fn long_job_running(node: &Server) -> String {
+    wait_warm(node, "bb");
     let id = submit(
-        &c,
+        node,
         r#"{"profile":"bb","args":["sh","-c","echo started; sleep 120"]}"#,
     )
     .unwrap();
-    c.wait_state(&id, "running");
-    let j = json(&a.get(&format!("/v1/jobs/{id}")).1);
-    assert_eq!(j["node"], c.instance.as_str(), "{j}");
+    node.wait_state(&id, "running");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while containers_running(&c, "sleep 120").len() != 1 {
+    while containers_running(node, "sleep 120").len() != 1 {
         assert!(
             Instant::now() < deadline,
-            "the job never ran in one container of c"
+            "the job never ran in one container of {}",
+            node.instance
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    id
+}
 
-    rt.block_on(proxy.cut());
+#[test]
+fn a_node_cut_from_the_database_is_fenced_and_its_late_writes_refused() {
+    let _serial = serial();
+    let p = proxied("cut");
+    let a = Server::start(&node_config(&p.url, "4s", ""), &[]);
+    let c = Server::start(&node_config(&p.through_proxy, "4s", ""), &[]);
+    let id = long_job_running(&c);
+    let j = json(&a.get(&format!("/v1/jobs/{id}")).1);
+    assert_eq!(j["node"], c.instance.as_str(), "{j}");
+
+    p.rt.block_on(p.proxy.cut());
     // Another node takes the job over: interrupted, naming the lost node.
     let done = wait_final(&a, std::slice::from_ref(&id), Duration::from_secs(20));
     let j = &done[&id];
@@ -499,7 +525,7 @@ fn a_node_cut_from_the_database_is_fenced_and_its_late_writes_refused() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Back online: it learns it was fenced; its late writes changed nothing.
-    proxy.restore();
+    p.proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = a.get("/v1/nodes");
@@ -667,26 +693,12 @@ labels = {{ "{TEST_LABEL}" = "@LABEL@" }}
 #[test]
 fn a_node_whose_database_stalls_kills_its_job_before_it_is_taken_over() {
     let _serial = serial();
-    let db = unique("stall").replace('-', "_");
-    let url = pg().create_database(&db);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pg_addr: std::net::SocketAddr = ([127, 0, 0, 1], pg().port()).into();
-    let proxy = rt
-        .block_on(warmpool_testkit::proxy::TcpProxy::start(pg_addr))
-        .expect("proxy");
-    let stall_url = url.replace(&pg_addr.to_string(), &proxy.addr().to_string());
-    let a = Server::start(&node_config(&url, "4s", ""), &[]);
-    let c = Server::start(&node_config(&stall_url, "4s", ""), &[]);
-    wait_warm(&c, "bb");
-    let id = submit(
-        &c,
-        r#"{"profile":"bb","args":["sh","-c","echo started; sleep 120"]}"#,
-    )
-    .unwrap();
-    c.wait_state(&id, "running");
-    assert_eq!(containers_running(&c, "sleep 120").len(), 1);
+    let p = proxied("stall");
+    let a = Server::start(&node_config(&p.url, "4s", ""), &[]);
+    let c = Server::start(&node_config(&p.through_proxy, "4s", ""), &[]);
+    let id = long_job_running(&c);
 
-    proxy.stall();
+    p.proxy.stall();
     let stalled = Instant::now();
     let done = wait_final(&a, std::slice::from_ref(&id), Duration::from_secs(20));
     assert_eq!(done[&id]["state"], "interrupted", "{}", done[&id]);
@@ -702,7 +714,7 @@ fn a_node_whose_database_stalls_kills_its_job_before_it_is_taken_over() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    proxy.restore();
+    p.proxy.restore();
 }
 
 /// A node alone whose database stalled past its lease kills its job, and
@@ -711,29 +723,16 @@ fn a_node_whose_database_stalls_kills_its_job_before_it_is_taken_over() {
 #[test]
 fn a_node_alone_regains_its_lease_after_a_stall() {
     let _serial = serial();
-    let db = unique("regain").replace('-', "_");
-    let url = pg().create_database(&db);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pg_addr: std::net::SocketAddr = ([127, 0, 0, 1], pg().port()).into();
-    let proxy = rt
-        .block_on(warmpool_testkit::proxy::TcpProxy::start(pg_addr))
-        .expect("proxy");
-    let stall_url = url.replace(&pg_addr.to_string(), &proxy.addr().to_string());
-    let c = Server::start(&node_config(&stall_url, "4s", ""), &[]);
-    wait_warm(&c, "bb");
-    let id = submit(
-        &c,
-        r#"{"profile":"bb","args":["sh","-c","echo started; sleep 120"]}"#,
-    )
-    .unwrap();
-    c.wait_state(&id, "running");
-    proxy.stall();
+    let p = proxied("regain");
+    let c = Server::start(&node_config(&p.through_proxy, "4s", ""), &[]);
+    let id = long_job_running(&c);
+    p.proxy.stall();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !containers_running(&c, "sleep 120").is_empty() {
         assert!(Instant::now() < deadline, "the job was never killed");
         std::thread::sleep(Duration::from_millis(100));
     }
-    proxy.restore();
+    p.proxy.restore();
     let done = wait_final(&c, std::slice::from_ref(&id), Duration::from_secs(40));
     let j = &done[&id];
     assert_eq!(j["state"], "interrupted", "{j}");
