@@ -25,6 +25,17 @@ use warmpool_runtime::{ContainerAction, EngineEvent, Runtime};
 pub use crate::decide::MAX_PARALLEL_PARKS;
 /// How often the pool re-reads its image without an image event.
 const IMAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long the engine may take to answer a ping before it counts as gone.
+const ENGINE_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A park failed because the engine is not there (not because of the profile
+/// or the image): jobs wait for it rather than fail.
+fn engine_unreachable(e: &ExecError) -> bool {
+    matches!(
+        e,
+        ExecError::Runtime(warmpool_runtime::RuntimeError::Unreachable { .. })
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -97,6 +108,9 @@ pub struct PoolStats {
     pub retried: u64,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// The pool saw its engine go away (a park could not reach it, its event
+    /// stream broke and a ping failed) and has not seen it back yet.
+    pub engine_down: bool,
 }
 
 struct Idle {
@@ -130,6 +144,10 @@ struct State {
     replenish: bool,
     backoff: Backoff,
     last_error: Option<String>,
+    /// The engine cannot be reached: nothing is parked, claims wait rather
+    /// than fail, and the pool takes no new work (capacity 0) until the
+    /// engine answers again, which resets the back-off.
+    engine_down: bool,
 }
 
 impl State {
@@ -315,6 +333,7 @@ impl Pool {
                 replenish: true,
                 backoff: Backoff::default(),
                 last_error: None,
+                engine_down: false,
             }),
             wake: Notify::new(),
             counters: Counters::default(),
@@ -390,16 +409,17 @@ impl Pool {
             retried: c.retried.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             last_error: st.last_error.clone(),
+            engine_down: st.engine_down,
         }
     }
 
     /// How many more jobs this pool can take now without queueing behind a
     /// full pool: its parked containers, the parks in flight, and the room
-    /// `max_containers` leaves to start more (0 when claims already wait or the
-    /// pool is closed). A peek: nothing is reserved.
+    /// `max_containers` leaves to start more (0 when claims already wait, the
+    /// engine is down or the pool is closed). A peek: nothing is reserved.
     pub fn capacity(&self) -> usize {
         let mut st = lock(&self.inner.state);
-        if st.closed {
+        if st.closed || st.engine_down {
             return 0;
         }
         let idle = st.idle.len();
@@ -576,6 +596,14 @@ impl Pool {
             }
             let (now, action) = self.plan_claim(&mut st, &profile);
             st.demand.on_arrival(now);
+            // With the engine away a cold start would only fail: the claim
+            // waits (up to max_wait) for the first container parked once the
+            // engine is back. It was admitted already, so max_queue is not
+            // asked again.
+            let action = match action {
+                ClaimAction::Cold if st.engine_down => ClaimAction::Queue,
+                other => other,
+            };
             match action {
                 ClaimAction::Hit => Plan::Hit(Box::new(self.take_parked(&mut st))),
                 ClaimAction::Cold => {
@@ -615,53 +643,58 @@ impl Pool {
             }
             Plan::Cold(rx) => {
                 add(&c.misses, 1);
-                // Bounded by the park's own timeout; an error is the park's.
-                match rx.await {
-                    Ok(Ok(Delivered { parked, slot })) => (parked, slot, false),
-                    Ok(Err(e)) => return Err(e),
-                    // The pool closed while we parked: the container serves nobody.
-                    Err(_) => {
-                        return Err(PoolError::ShuttingDown {
-                            profile: self.err_profile(),
-                        })
-                    }
-                }
+                // Bounded by the park's own timeout; an error is the park's. A
+                // park that found the engine gone makes this claim a waiter
+                // (its sender joins the queue): bounded by max_wait on top.
+                let (parked, slot) = self
+                    .await_delivery(rx, warmpool_exec::PARK_TIMEOUT + self.inner.limits.max_wait)
+                    .await?;
+                (parked, slot, false)
             }
-            Plan::Wait(mut rx) => {
+            Plan::Wait(rx) => {
                 add(&c.misses, 1);
                 add(&c.queued, 1);
                 let waited = Instant::now();
-                let got = match tokio::time::timeout(self.inner.limits.max_wait, &mut rx).await {
-                    Ok(got) => got,
-                    Err(_) => {
-                        // Closing first means nothing can arrive after the check; a
-                        // container that came at the deadline is used, not dropped.
-                        rx.close();
-                        match rx.try_recv() {
-                            Ok(got) => Ok(got),
-                            Err(_) => {
-                                add(&c.wait_time_us, micros(waited.elapsed()));
-                                return Err(PoolError::WaitTimeout {
-                                    profile: self.err_profile(),
-                                    wait: self.inner.limits.max_wait,
-                                });
-                            }
-                        }
-                    }
-                };
+                let got = self.await_delivery(rx, self.inner.limits.max_wait).await;
                 add(&c.wait_time_us, micros(waited.elapsed()));
-                match got {
-                    Ok(Ok(Delivered { parked, slot })) => (parked, slot, false),
-                    Ok(Err(e)) => return Err(e),
+                let (parked, slot) = got?;
+                (parked, slot, false)
+            }
+        };
+        Ok(self.claimed(parked, slot, hit, started))
+    }
+
+    /// The container a claim was promised, within `limit`.
+    async fn await_delivery(
+        &self,
+        mut rx: oneshot::Receiver<Result<Delivered, PoolError>>,
+        limit: Duration,
+    ) -> Result<(Parked, Slot), PoolError> {
+        let got = match tokio::time::timeout(limit, &mut rx).await {
+            Ok(got) => got,
+            Err(_) => {
+                // Closing first means nothing can arrive after the check; a
+                // container that came at the deadline is used, not dropped.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(got) => Ok(got),
                     Err(_) => {
-                        return Err(PoolError::ShuttingDown {
+                        return Err(PoolError::WaitTimeout {
                             profile: self.err_profile(),
+                            wait: self.inner.limits.max_wait,
                         })
                     }
                 }
             }
         };
-        Ok(self.claimed(parked, slot, hit, started))
+        match got {
+            Ok(Ok(Delivered { parked, slot })) => Ok((parked, slot)),
+            Ok(Err(e)) => Err(e),
+            // The pool closed meanwhile: the container serves nobody.
+            Err(_) => Err(PoolError::ShuttingDown {
+                profile: self.err_profile(),
+            }),
+        }
     }
 
     /// Claim a container and run `job` on it. If the container turns out dead
@@ -795,6 +828,7 @@ impl Pool {
             // removes it; the claim, if still there, hears "shutting down").
             Ok(parked) if st.closed => drop(parked),
             Ok(parked) => {
+                st.engine_down = false;
                 let took = parked.park_timings().total;
                 st.demand.on_park_time(took);
                 add(&c.started, 1);
@@ -812,14 +846,48 @@ impl Pool {
             Err(e) => {
                 st.last_error = Some(e.to_string());
                 add(&c.failed, 1);
-                let _ = tx.send(Err(PoolError::Exec {
-                    profile: self.err_profile(),
-                    source: e,
-                }));
+                if engine_unreachable(&e) && !st.closed {
+                    // Not the job's fault: it waits, first in line, for the
+                    // engine to come back.
+                    self.engine_lost(&mut st, &e);
+                    if !tx.is_closed() {
+                        st.waiters.push_front(Waiter { tx });
+                    }
+                } else {
+                    let _ = tx.send(Err(PoolError::Exec {
+                        profile: self.err_profile(),
+                        source: e,
+                    }));
+                }
             }
         }
         drop(st);
         self.inner.wake.notify_one();
+    }
+
+    /// The engine cannot be reached: say so once, and hold parks until it is
+    /// back (see [`engine_back`](Self::engine_back)).
+    fn engine_lost(&self, st: &mut State, why: &(dyn std::fmt::Display + Sync)) {
+        if !st.engine_down {
+            st.engine_down = true;
+            tracing::warn!(profile = %self.inner.name, error = %why, "the engine cannot be reached; jobs wait until it is back");
+        }
+    }
+
+    /// The engine answers again: the back-off of the outage is forgotten and
+    /// the pool refills at once.
+    fn engine_back(&self) {
+        let mut st = lock(&self.inner.state);
+        let was_down = std::mem::replace(&mut st.engine_down, false);
+        if was_down {
+            st.backoff.succeeded();
+            st.last_error = None;
+            tracing::info!(profile = %self.inner.name, "the engine is back; refilling the pool");
+        }
+        drop(st);
+        if was_down {
+            self.inner.wake.notify_one();
+        }
     }
 
     async fn reconcile_loop(&self) {
@@ -865,7 +933,7 @@ impl Pool {
                 st.idle_views(&profile.image.id),
                 counts,
                 target,
-                st.backoff.holds(now),
+                st.backoff.holds(now) || st.engine_down,
                 &self.inner.limits,
             );
             // Highest index first, so the others stay where they are.
@@ -901,6 +969,7 @@ impl Pool {
         match result {
             Ok(parked) => {
                 st.backoff.succeeded();
+                st.engine_down = false;
                 let took = parked.park_timings().total;
                 st.demand.on_park_time(took);
                 add(&c.started, 1);
@@ -919,7 +988,13 @@ impl Pool {
                 let message = e.to_string();
                 tracing::warn!(profile = %self.inner.name, error = %message, retry_in = ?failed.retry_at.saturating_sub(now), "parking a container failed");
                 st.last_error = Some(message);
-                if failed.fail_oldest_waiter {
+                let unreachable = engine_unreachable(&e);
+                if unreachable {
+                    self.engine_lost(&mut st, &e);
+                }
+                // Waiters wait out an outage (up to max_wait); a park that fails
+                // for the profile's own reasons fails the oldest of them.
+                if failed.fail_oldest_waiter && !unreachable {
                     if let Some(w) = st.waiters.pop_front() {
                         let _ = w.tx.send(Err(PoolError::Exec {
                             profile: self.err_profile(),
@@ -979,7 +1054,15 @@ impl Pool {
                 Ok(mut events) => {
                     // What died while we were not subscribed (or before the first
                     // subscription) is found by asking the engine which are running.
-                    self.drop_idle_not_running(&runtime, &filters).await;
+                    // The answer also says the engine is there (a subscription
+                    // may only fail at its first item).
+                    let up = match self.drop_idle_not_running(&runtime, &filters).await {
+                        Ok(()) => true,
+                        Err(e) => self.engine_unanswered(&runtime, &e).await,
+                    };
+                    if up {
+                        self.engine_back();
+                    }
                     self.inner.wake.notify_one();
                     loop {
                         let next = tokio::select! {
@@ -1005,13 +1088,22 @@ impl Pool {
                             }
                             Some(Err(e)) => {
                                 tracing::debug!(error = %e, "engine events broke; resubscribing");
+                                let _ = self.engine_unanswered(&runtime, &e).await;
                                 break;
                             }
-                            None => break,
+                            None => {
+                                let _ = self
+                                    .engine_unanswered(&runtime, &"the event stream ended")
+                                    .await;
+                                break;
+                            }
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot follow engine events; retrying"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot follow engine events; retrying");
+                    let _ = self.engine_unanswered(&runtime, &e).await;
+                }
             }
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return,
@@ -1020,7 +1112,32 @@ impl Pool {
         }
     }
 
-    async fn drop_idle_not_running(&self, runtime: &Arc<dyn Runtime>, filters: &[(&str, &str)]) {
+    /// Something failed that the engine's absence would explain: ask it (an
+    /// event stream may also end for reasons of its own, e.g. a proxy's idle
+    /// timeout, and the pool must not stop taking work for that).
+    /// Whether the engine answered.
+    async fn engine_unanswered(
+        &self,
+        runtime: &Arc<dyn Runtime>,
+        why: &(dyn std::fmt::Display + Sync),
+    ) -> bool {
+        let answered = tokio::time::timeout(ENGINE_PING_TIMEOUT, runtime.info())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !answered {
+            let mut st = lock(&self.inner.state);
+            if !st.closed {
+                self.engine_lost(&mut st, why);
+            }
+        }
+        answered
+    }
+
+    async fn drop_idle_not_running(
+        &self,
+        runtime: &Arc<dyn Runtime>,
+        filters: &[(&str, &str)],
+    ) -> Result<(), warmpool_runtime::RuntimeError> {
         match runtime.list(filters).await {
             Ok(list) => {
                 let running: std::collections::HashSet<String> = list
@@ -1033,8 +1150,12 @@ impl Pool {
                         self.drop_idle(&id);
                     }
                 }
+                Ok(())
             }
-            Err(e) => tracing::debug!(error = %e, "listing the pool's containers failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the pool's containers failed");
+                Err(e)
+            }
         }
     }
 

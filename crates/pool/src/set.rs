@@ -77,6 +77,11 @@ impl Pools {
         &self.instance
     }
 
+    /// The engine the pools run on.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        self.executor.runtime()
+    }
+
     /// Every pool at (or above) its `min_idle`?
     pub fn ready(&self) -> bool {
         self.pools

@@ -394,26 +394,13 @@ async fn nodes(State(svc): State<Arc<Service>>) -> Result<Json<Vec<NodeView>>, A
 }
 
 async fn readyz(State(svc): State<Arc<Service>>) -> Response {
-    let engine = svc.pools.iter().next().map(|(_, p)| p.clone());
-    let engine_ok = match engine {
-        Some(p) => p.engine_reachable().await,
-        None => true,
-    };
-    if engine_ok && svc.pools.ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else if !engine_ok {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the engine is not reachable\n",
-        )
-            .into_response()
+    let r = crate::ready::readiness(&svc).await;
+    let code = if r.ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "pools are filling to min_idle\n",
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(r)).into_response()
 }
 
 async fn metrics(State(svc): State<Arc<Service>>) -> Response {

@@ -26,6 +26,7 @@ mod live;
 pub mod metrics;
 mod node;
 pub mod openapi;
+pub mod ready;
 mod run;
 pub mod service;
 mod sink;

@@ -70,12 +70,16 @@ fn escape(v: &str) -> String {
 
 pub fn render(svc: &Service) -> String {
     let mut out = String::new();
-    let gauges: [(&str, &str); 5] = [
+    let gauges: [(&str, &str); 6] = [
         ("warmpool_pool_idle", "Parked containers ready for a job."),
         ("warmpool_pool_busy", "Containers running a job."),
         ("warmpool_pool_starting", "Containers being parked."),
         ("warmpool_pool_queued", "Jobs waiting for a container."),
         ("warmpool_pool_target_idle", "The adaptive idle target."),
+        (
+            "warmpool_pool_engine_down",
+            "1 while the pool cannot reach its engine (jobs wait), else 0.",
+        ),
     ];
     let stats: Vec<_> = svc
         .pools
@@ -85,7 +89,14 @@ pub fn render(svc: &Service) -> String {
     for (i, (name, help)) in gauges.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (s, _) in &stats {
-            let v = [s.idle, s.busy, s.starting, s.queued, s.target_idle][i];
+            let v = [
+                s.idle,
+                s.busy,
+                s.starting,
+                s.queued,
+                s.target_idle,
+                usize::from(s.engine_down),
+            ][i];
             let _ = writeln!(out, "{name}{{profile=\"{}\"}} {v}", escape(&s.profile));
         }
     }

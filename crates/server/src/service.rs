@@ -106,6 +106,9 @@ pub struct Service {
     /// profile: the queue count cannot see them.
     admitting: tokio::sync::Mutex<()>,
     admitted: Mutex<HashMap<String, usize>>,
+    /// The last answer of the engine to `/readyz`'s ping (one ping at a time,
+    /// at most one a second, whatever the probe rate).
+    pub(crate) engine_probe: tokio::sync::Mutex<Option<crate::ready::EngineProbe>>,
 }
 
 impl Service {
@@ -132,6 +135,7 @@ impl Service {
             cluster_counters: ClusterCounters::default(),
             admitting: tokio::sync::Mutex::new(()),
             admitted: Mutex::default(),
+            engine_probe: tokio::sync::Mutex::new(None),
         })
     }
 
