@@ -497,6 +497,10 @@ pub struct Profile {
     /// `interrupted` (for idempotent jobs only: it may have done part of its work;
     /// its input is kept in the store while it runs). Default false.
     pub retry_interrupted: bool,
+    /// Jobs a container may serve, reset and checked by its gate between them
+    /// (1: single use, the default). Above 1 only for a profile whose every
+    /// writable place the gate can empty: `read_only` with `tmpfs` mounts.
+    pub reuse: usize,
 }
 
 impl Profile {
@@ -531,6 +535,7 @@ impl Profile {
             max_age: DEFAULT_MAX_AGE,
             idle_ttl: DEFAULT_IDLE_TTL,
             retry_interrupted: false,
+            reuse: 1,
         }
     }
 }
@@ -748,6 +753,7 @@ struct RawProfile {
     idle_ttl: Option<toml::Value>,
     #[serde(default)]
     retry_interrupted: bool,
+    reuse: Option<toml::Value>,
 }
 
 /// Is `name` a valid environment variable name (POSIX: letters, digits, `_`, not
@@ -862,6 +868,14 @@ impl RawProfile {
                 "key `max_containers`: {max_containers} cannot hold min_idle ({min_idle}) parked containers; raise max_containers or lower min_idle"
             ));
         }
+        let reuse = count("reuse", self.reuse, 1)?;
+        if reuse == 0 {
+            return Err("key `reuse`: must be at least 1 (1: a container serves one job)".into());
+        }
+        if reuse > 1 {
+            reusable(self.read_only, &self.cap_add, &self.security_opt)
+                .map_err(|why| format!("key `reuse`: {reuse} jobs per container {why}; or set reuse = 1"))?;
+        }
         let max_wait = positive_duration("max_wait", self.max_wait, DEFAULT_MAX_WAIT)?;
         let max_age = positive_duration("max_age", self.max_age, DEFAULT_MAX_AGE)?;
         let idle_ttl = positive_duration("idle_ttl", self.idle_ttl, DEFAULT_IDLE_TTL)?;
@@ -908,8 +922,42 @@ impl RawProfile {
             max_age,
             idle_ttl,
             retry_interrupted: self.retry_interrupted,
+            reuse,
         })
     }
+}
+
+/// Whether a container of these settings can be reset between jobs: every
+/// place a job can write must be one the gate empties (its tmpfs mounts,
+/// /dev, /dev/shm, /dev/mqueue), and a job must not be able to reach past
+/// them (mount, or read the gate's memory).
+fn reusable(read_only: bool, cap_add: &[String], security_opt: &[String]) -> Result<(), String> {
+    if !read_only {
+        return Err("needs read_only = true: with a writable root filesystem a job's files \
+                    would be there for the next job, and no reset can prove otherwise \
+                    (give jobs scratch space with tmpfs = [\"/tmp\"], which is emptied between jobs)"
+            .into());
+    }
+    for cap in cap_add {
+        let c = cap.trim().to_ascii_uppercase();
+        let c = c.strip_prefix("CAP_").unwrap_or(&c);
+        if matches!(c, "ALL" | "SYS_ADMIN" | "SYS_PTRACE") {
+            return Err(format!(
+                "cannot add the capability {cap}: with it a job could mount over what is reset, \
+                 or read the gate's memory"
+            ));
+        }
+    }
+    for opt in security_opt {
+        let o = opt.replace(' ', "");
+        if o.contains("seccomp=unconfined") || o.contains("seccomp:unconfined") {
+            return Err(format!(
+                "cannot run with security_opt \"{opt}\": Docker's default seccomp profile keeps \
+                 jobs from kernel state the reset cannot see (keyrings, mounts)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The `[server]` section as written in TOML, before validation.
@@ -1699,6 +1747,39 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn reuse_is_single_use_unless_asked_and_only_where_a_reset_holds() {
+        let c = Config::parse(ONE_PROFILE).unwrap();
+        assert!(c.profiles.values().all(|p| p.reuse == 1));
+        let ok = Config::parse(&format!(
+            "{ONE_PROFILE}\nread_only = true\ntmpfs = [\"/tmp\"]\nreuse = 50"
+        ))
+        .unwrap();
+        assert!(ok.profiles.values().all(|p| p.reuse == 50));
+        for (extra, says) in [
+            ("reuse = 2", "needs read_only = true"),
+            ("reuse = 0", "at least 1"),
+            ("reuse = -1", "reuse"),
+            ("reuse = \"many\"", "reuse"),
+            (
+                "read_only = true\nreuse = 2\ncap_add = [\"SYS_ADMIN\"]",
+                "SYS_ADMIN",
+            ),
+            (
+                "read_only = true\nreuse = 2\ncap_add = [\"cap_sys_ptrace\"]",
+                "cap_sys_ptrace",
+            ),
+            (
+                "read_only = true\nreuse = 2\nsecurity_opt = [\"seccomp=unconfined\"]",
+                "seccomp",
+            ),
+        ] {
+            let err = Config::parse(&format!("{ONE_PROFILE}\n{extra}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{extra}: {err}");
+            assert!(err.to_string().contains("reuse"), "{extra}: {err}");
         }
     }
 

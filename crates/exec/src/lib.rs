@@ -12,7 +12,7 @@ mod parked;
 mod spec;
 
 pub use outcome::{Outcome, ParkTimings, RunTimings, StreamKind};
-pub use parked::{cut_marker, OutputSink, Parked, RunControl};
+pub use parked::{cut_marker, AfterRun, OutputSink, Parked, Recycle, RunControl};
 pub use spec::container_spec;
 /// The signals a [`RunControl`] passes on.
 pub use warmpool_runtime::Signal;

@@ -102,7 +102,23 @@ const RETIRE_DELAY: Duration = Duration::from_millis(20);
 /// without an exit frame; no answer by then counts as the engine gone.
 const ENGINE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A started container whose gate waits for its one job.
+/// How long a gate may take to reset its container after a job (reuse).
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What became of a reusable container after a job (see [`Parked::run_then`]).
+pub enum AfterRun {
+    /// Its gate reset it and checked the reset: parked again, for the next job.
+    Reset(Parked),
+    /// Its gate could not reset it (why): it is removed.
+    ResetFailed(String),
+}
+
+/// Told what became of a container after its job, once its gate has reset it
+/// (or failed to). Dropped uncalled when the container is not reused (single
+/// use, its last job, a job that ended without its gate's word).
+pub type Recycle = Box<dyn FnOnce(AfterRun) + Send>;
+
+/// A started container whose gate waits for a job.
 pub struct Parked {
     executor: Executor,
     profile: Arc<ResolvedProfile>,
@@ -111,6 +127,10 @@ pub struct Parked {
     input: Pin<Box<dyn AsyncWrite + Send>>,
     decoder: FrameDecoder,
     parked_at: Instant,
+    /// When it was first parked (its age counts against `max_age`).
+    born: Instant,
+    /// Jobs it has run.
+    jobs: usize,
     timings: ParkTimings,
     /// The engine's wait on this container, sent when it was parked (see `run`).
     watchdog: Option<tokio::task::JoinHandle<Result<i64, RuntimeError>>>,
@@ -161,6 +181,8 @@ impl Parked {
             input,
             decoder,
             parked_at: Instant::now(),
+            born: Instant::now(),
+            jobs: 0,
             timings,
             watchdog: Some(watchdog),
         }
@@ -183,14 +205,39 @@ impl Parked {
         self.timings
     }
 
+    /// How long ago it was first parked.
+    pub fn age(&self) -> Duration {
+        self.born.elapsed()
+    }
+
+    /// Jobs it has run (0 for a fresh container).
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
     /// Run `job` here: the only way any job runs. Consumes the container; it is
     /// removed in the background once the job has ended. The job is only read
     /// (a caller that may run it again lends it instead of copying its stdin).
     pub async fn run<S: OutputSink>(
+        self,
+        job: impl std::borrow::Borrow<Job> + Send,
+        sink: &mut S,
+        control: RunControl,
+    ) -> Result<Outcome, ExecError> {
+        self.run_then(job, sink, control, None).await
+    }
+
+    /// [`run`](Self::run), and for a profile with `reuse` above 1 whose
+    /// container has jobs left: once the job's exit is reported (the outcome
+    /// returns then), its gate resets the container, and `recycle` is told
+    /// whether it can take the next job. Otherwise the container is removed
+    /// and `recycle` dropped.
+    pub async fn run_then<S: OutputSink>(
         mut self,
         job: impl std::borrow::Borrow<Job> + Send,
         sink: &mut S,
         control: RunControl,
+        recycle: Option<Recycle>,
     ) -> Result<Outcome, ExecError> {
         let job = job.borrow();
         let id = self.id().to_string();
@@ -232,9 +279,10 @@ impl Parked {
         // The engine's wait is a watchdog for a container that dies without an exit
         // frame (killed from outside, out of memory): the frames stay the source of
         // truth. Its request went out when the container was parked.
-        let watchdog = self.watchdog.take();
-        let mut stopped = Box::pin(async move {
-            match watchdog {
+        // Polled by reference: a container that is reused keeps its wait.
+        let mut watchdog = self.watchdog.take();
+        let stopped = async {
+            match watchdog.as_mut() {
                 Some(w) => w.await.unwrap_or_else(|e| {
                     Err(RuntimeError::Engine {
                         action: "wait for the container".into(),
@@ -243,7 +291,8 @@ impl Parked {
                 }),
                 None => std::future::pending().await,
             }
-        });
+        };
+        tokio::pin!(stopped);
         let mut watching = true;
         let mut stop_code: Option<i64> = None;
 
@@ -253,6 +302,7 @@ impl Parked {
         let mut start_error = None;
         let mut gate_stderr = Vec::new();
         let mut exit: Option<ExitStatus> = None;
+        let mut exit_framed = false;
         let mut lost: Option<String> = None;
         let mut oom_killed = false;
         let mut give_up_at = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
@@ -296,10 +346,14 @@ impl Parked {
                                 }
                                 Frame::Exit(status) => {
                                     exit = Some(status);
+                                    exit_framed = true;
                                     break 'run;
                                 }
                                 Frame::Ready(_) => {
                                     return Err(ExecError::Protocol { container: id, reason: "a second READY frame".into() });
+                                }
+                                Frame::Reset { .. } => {
+                                    return Err(ExecError::Protocol { container: id, reason: "a RESET frame during a job".into() });
                                 }
                             };
                             if first_output.is_none() && !data.is_empty() {
@@ -355,7 +409,14 @@ impl Parked {
         let mut lost_engine = false;
 
         let mut ack = None;
+        // The gate's own word on the exit, its container alive: a reuse
+        // profile's container with jobs left is reset by its gate next.
+        let reset_next = exit_framed
+            && watching
+            && recycle.is_some()
+            && self.jobs + 1 < self.profile.profile.reuse;
         let exit = match exit {
+            Some(status) if reset_next => status,
             // The gate waits for the acknowledgement (EOF) before it exits; it goes
             // out with the removal, a moment after the caller has the outcome.
             Some(status) => {
@@ -403,9 +464,35 @@ impl Parked {
             }
         };
 
-        // The container served its one job: remove it off the job's path.
-        if let Some(id) = self.id.take() {
-            self.executor.remove_after(id, RETIRE_DELAY, ack);
+        // Its wait goes on with it, if it goes on.
+        let _ = stopped;
+        self.watchdog = watchdog.filter(|_| watching);
+        self.jobs += 1;
+        let park = self.timings;
+        match recycle {
+            Some(recycle) if reset_next => {
+                // Off the job's path: the caller has its outcome meanwhile.
+                tokio::spawn(async move {
+                    let after = match tokio::time::timeout(RESET_TIMEOUT, self.await_reset()).await {
+                        Ok(Ok(())) => {
+                            self.parked_at = Instant::now();
+                            AfterRun::Reset(self)
+                        }
+                        // Dropped: the container is removed.
+                        Ok(Err(why)) => AfterRun::ResetFailed(why),
+                        Err(_) => AfterRun::ResetFailed(format!(
+                            "the gate did not report its reset within {RESET_TIMEOUT:?}"
+                        )),
+                    };
+                    recycle(after);
+                });
+            }
+            // The container served its last job: remove it off the job's path.
+            _ => {
+                if let Some(id) = self.id.take() {
+                    self.executor.remove_after(id, RETIRE_DELAY, ack);
+                }
+            }
         }
         Ok(Outcome {
             container: id,
@@ -419,12 +506,52 @@ impl Parked {
             oom_killed,
             outside_signal,
             engine_lost: lost_engine,
-            park: self.timings,
+            park,
             run: RunTimings {
                 first_output,
                 exit: exit_time,
             },
         })
+    }
+}
+
+impl Parked {
+    /// After a job's exit, in reuse mode: the gate's RESET, then its READY for
+    /// the next job. `Err`: why the container cannot serve again.
+    async fn await_reset(&mut self) -> Result<(), String> {
+        let mut gate_stderr = Vec::new();
+        let mut reset = false;
+        loop {
+            while let Some(frame) = self.decoder.next_frame().map_err(|e| e.to_string())? {
+                match frame {
+                    Frame::Reset { ok: true, .. } if !reset => reset = true,
+                    Frame::Reset { ok: false, report } => {
+                        return Err(format!("its gate could not reset it: {report}"))
+                    }
+                    Frame::Ready(_) if reset => return Ok(()),
+                    other => {
+                        let kind = match other {
+                            Frame::Stdout(_) | Frame::Stderr(_) => "output",
+                            Frame::Ready(_) => "READY before RESET",
+                            Frame::Reset { .. } => "a second RESET",
+                            _ => "a job's frame",
+                        };
+                        return Err(format!("its gate sent {kind} where a reset was due"));
+                    }
+                }
+            }
+            match self.output.next().await {
+                Some(Ok(Output::Stdout(bytes))) => self.decoder.push(&bytes),
+                Some(Ok(Output::Stderr(bytes))) => keep_tail(&mut gate_stderr, &bytes),
+                Some(Err(e)) => return Err(format!("the attach stream broke during its reset: {e}")),
+                None => {
+                    return Err(format!(
+                        "the container ended during its reset{}",
+                        stderr_note(&gate_stderr)
+                    ))
+                }
+            }
+        }
     }
 }
 

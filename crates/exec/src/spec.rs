@@ -44,6 +44,11 @@ pub fn container_spec(profile: &Profile, image: &ImageConfig) -> ContainerSpec {
         cap_drop: profile.cap_drop.clone(),
         security_opt: profile.security_opt.clone(),
         runtime: profile.runtime.clone(),
+        gate_args: if profile.reuse > 1 {
+            vec!["--reuse".to_string()]
+        } else {
+            Vec::new()
+        },
     }
 }
 

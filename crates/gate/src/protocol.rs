@@ -56,6 +56,7 @@ pub const FRAME_START_FAILED: u8 = 5;
 pub const FRAME_EXIT: u8 = 6;
 pub const FRAME_SIGNAL: u8 = 7;
 pub const FRAME_OOM: u8 = 8;
+pub const FRAME_RESET: u8 = 9;
 
 /// What a job is, as far as the gate is concerned: everything is already
 /// resolved by the host (argv, the complete environment, working directory).
@@ -345,6 +346,9 @@ pub enum Frame {
     /// The kernel's OOM killer killed this many processes of the job's container
     /// while the job ran.
     Oom(u32),
+    /// Reuse mode: the gate reset the container after a job (`ok`: checked,
+    /// it takes another job; else it exits), with what it checked or why not.
+    Reset { ok: bool, report: String },
 }
 
 /// Header bytes of a frame with a payload of `len` bytes.
@@ -374,6 +378,11 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
         Frame::Exit(s) => (FRAME_EXIT, exit_payload(*s).to_vec()),
         Frame::Signal(sig) => (FRAME_SIGNAL, sig.to_be_bytes().to_vec()),
         Frame::Oom(kills) => (FRAME_OOM, kills.to_be_bytes().to_vec()),
+        Frame::Reset { ok, report } => {
+            let mut p = vec![u8::from(!*ok)];
+            p.extend_from_slice(report.as_bytes());
+            (FRAME_RESET, p)
+        }
     };
     let mut out = frame_header(kind, payload.len()).to_vec();
     out.extend_from_slice(&payload);
@@ -449,7 +458,7 @@ impl FrameDecoder {
         if len > MAX_FRAME_PAYLOAD {
             return Err(FrameError::TooLarge(len));
         }
-        if !(FRAME_READY..=FRAME_OOM).contains(&kind) {
+        if !(FRAME_READY..=FRAME_RESET).contains(&kind) {
             return Err(FrameError::UnknownKind(kind));
         }
         let total = FRAME_HEADER_LEN + len as usize;
@@ -473,6 +482,13 @@ impl FrameDecoder {
             FRAME_OOM => match <[u8; 4]>::try_from(payload) {
                 Ok(b) => Frame::Oom(u32::from_be_bytes(b)),
                 Err(_) => return Err(FrameError::BadNumber(kind)),
+            },
+            FRAME_RESET => match payload.split_first() {
+                Some((status, report)) => Frame::Reset {
+                    ok: *status == 0,
+                    report: String::from_utf8_lossy(report).into_owned(),
+                },
+                None => return Err(FrameError::BadExit),
             },
             _ => {
                 if payload.len() != 5 {

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warmpool_core::{labels, Job, Profile};
 use warmpool_exec::{
-    ExecError, Executor, Outcome, OutputSink, Parked, ResolvedProfile, RunControl,
+    AfterRun, ExecError, Executor, Outcome, OutputSink, Parked, Recycle, ResolvedProfile,
+    RunControl,
 };
 use warmpool_runtime::{ContainerAction, EngineEvent, Runtime};
 
@@ -79,6 +80,10 @@ pub struct Counters {
     pub shrunk: AtomicU64,
     /// Jobs moved to another container because theirs died before the job started.
     pub retried: AtomicU64,
+    /// Containers reset by their gate after a job and parked again (reuse).
+    pub reused: AtomicU64,
+    /// Resets that failed (the container was removed instead).
+    pub reset_failed: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -107,6 +112,10 @@ pub struct PoolStats {
     pub reaped: u64,
     pub retried: u64,
     pub failed: u64,
+    /// Containers parked again after a job, reset by their gate (reuse).
+    pub reused: u64,
+    /// Resets that failed (the container was removed instead).
+    pub reset_failed: u64,
     pub last_error: Option<String>,
     /// The pool saw its engine go away (a park could not reach it, its event
     /// stream broke and a ping failed) and has not seen it back yet.
@@ -227,9 +236,15 @@ impl Claimed {
         sink: &mut S,
         control: RunControl,
     ) -> Result<Outcome, ExecError> {
-        // The slot stays taken until the job is done with its container.
+        // The slot stays taken until the job is done with its container: for a
+        // container that is reused, until its gate has reset it.
         let Claimed { parked, _slot, .. } = self;
-        parked.run(job, sink, control).await
+        if parked.profile().profile.reuse <= 1 {
+            return parked.run(job, sink, control).await;
+        }
+        let pool = Pool::internal(&_slot.inner);
+        let recycle: Recycle = Box::new(move |after| pool.recycled(after, _slot));
+        parked.run_then(job, sink, control, Some(recycle)).await
     }
 }
 
@@ -408,6 +423,8 @@ impl Pool {
             reaped: c.reaped.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            reused: c.reused.load(Ordering::Relaxed),
+            reset_failed: c.reset_failed.load(Ordering::Relaxed),
             last_error: st.last_error.clone(),
             engine_down: st.engine_down,
         }
@@ -765,6 +782,31 @@ impl Pool {
         })
     }
 
+    /// A container's gate reset it after a job: it serves the next (a waiter,
+    /// or parked) unless the pool closed or it is past `max_age`. Then its
+    /// job's slot is given back.
+    fn recycled(&self, after: AfterRun, slot: Slot) {
+        let c = &self.inner.counters;
+        match after {
+            AfterRun::Reset(parked) => {
+                let mut st = lock(&self.inner.state);
+                if st.closed || parked.age() >= self.inner.limits.max_age {
+                    // Dropping it removes it.
+                    drop(parked);
+                } else {
+                    add(&c.reused, 1);
+                    self.deliver(&mut st, parked);
+                }
+            }
+            AfterRun::ResetFailed(why) => {
+                add(&c.reset_failed, 1);
+                tracing::warn!(profile = %self.inner.name, reason = %why, "a container could not be reset after its job; removed it");
+            }
+        }
+        drop(slot);
+        self.inner.wake.notify_one();
+    }
+
     /// A parked container is ready and nobody claimed it in particular: the
     /// oldest live waiter gets it, else the pool (`decide::place_parked`).
     fn deliver(&self, st: &mut State, mut parked: Parked) {
@@ -778,10 +820,11 @@ impl Pool {
                 Some(returned) => parked = returned,
             }
         }
-        st.idle.push_back(Idle {
-            parked,
-            parked_at: self.now(),
-        });
+        // A reused container's age runs from its first park (max_age).
+        // The queue stays ordered longest parked first, as the rules expect.
+        let parked_at = self.now().saturating_sub(parked.age());
+        let at = st.idle.partition_point(|i| i.parked_at <= parked_at);
+        st.idle.insert(at, Idle { parked, parked_at });
     }
 
     /// Hand `parked` with a busy slot to one claim; if that claim is gone, the

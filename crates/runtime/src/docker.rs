@@ -338,7 +338,11 @@ impl Runtime for DockerRuntime {
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            entrypoint: Some(vec![GATE_PATH.to_string()]),
+            entrypoint: Some(
+                std::iter::once(GATE_PATH.to_string())
+                    .chain(spec.gate_args.iter().cloned())
+                    .collect(),
+            ),
             env: Some(spec.env.clone()),
             user: spec.user.clone(),
             working_dir: spec.workdir.clone(),

@@ -41,6 +41,9 @@ pub struct ContainerSpec {
     pub cap_drop: Vec<String>,
     pub security_opt: Vec<String>,
     pub runtime: Option<String>,
+    /// Arguments of the gate (`--reuse`: it resets the container after each
+    /// job and takes another).
+    pub gate_args: Vec<String>,
 }
 
 /// A chunk of what a container wrote.

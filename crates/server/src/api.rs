@@ -237,6 +237,22 @@ pub struct PoolView {
     pub target_idle: usize,
     pub hits: u64,
     pub misses: u64,
+    /// Jobs a container may serve (the profile's `reuse`; 1: single use).
+    #[serde(default = "one")]
+    pub reuse: usize,
+    /// Containers reset by their gate after a job and parked again.
+    #[serde(default)]
+    pub reused: u64,
+    /// Resets that failed (the container was removed instead).
+    #[serde(default)]
+    pub reset_failed: u64,
+    /// Jobs run per container parked, so far (claims / containers parked).
+    #[serde(default)]
+    pub jobs_per_container: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One node, as `GET /v1/nodes` shows it.

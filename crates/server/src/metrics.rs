@@ -100,7 +100,7 @@ pub fn render(svc: &Service) -> String {
             let _ = writeln!(out, "{name}{{profile=\"{}\"}} {v}", escape(&s.profile));
         }
     }
-    let counters: [(&str, &str); 8] = [
+    let counters: [(&str, &str); 10] = [
         (
             "warmpool_pool_hits_total",
             "Claims that found a parked container.",
@@ -130,6 +130,14 @@ pub fn render(svc: &Service) -> String {
             "warmpool_pool_retried_total",
             "Jobs moved to another container before starting.",
         ),
+        (
+            "warmpool_pool_reused_total",
+            "Containers reset by their gate after a job and parked again (reuse).",
+        ),
+        (
+            "warmpool_pool_reset_failed_total",
+            "Resets that failed; the container was removed.",
+        ),
     ];
     for (i, (name, help)) in counters.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -144,6 +152,8 @@ pub fn render(svc: &Service) -> String {
                 &c.replaced,
                 &c.reaped,
                 &c.retried,
+                &c.reused,
+                &c.reset_failed,
             ][i]
                 .load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{profile=\"{}\"}} {v}", escape(&s.profile));

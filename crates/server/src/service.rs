@@ -564,6 +564,18 @@ impl Service {
                     target_idle: s.target_idle,
                     hits: s.hits,
                     misses: s.misses,
+                    reuse: p.profile().profile.reuse,
+                    reused: s.reused,
+                    reset_failed: s.reset_failed,
+                    jobs_per_container: {
+                        let started = p.counters().started.load(Ordering::Relaxed);
+                        let claims = p.counters().claims.load(Ordering::Relaxed);
+                        if started == 0 {
+                            0.0
+                        } else {
+                            (claims as f64 / started as f64 * 100.0).round() / 100.0
+                        }
+                    },
                 }
             })
             .collect()

@@ -141,6 +141,10 @@ mod tests {
             target_idle: 5,
             hits: 6,
             misses: 2,
+            reuse: 1,
+            reused: 0,
+            reset_failed: 0,
+            jobs_per_container: 1.0,
         }]);
         let mut lines = t.lines();
         assert!(lines.next().unwrap().starts_with("NODE"));
