@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the images the test suite runs, all FROM scratch (no registry is needed):
-#   warmpool-test/busybox   static busybox with its applets, CMD sh
+#   warmpool-test/busybox   static busybox with its applets (and jobtool), CMD sh
 #   warmpool-test/cmd       busybox with a CMD only
 #   warmpool-test/entry     busybox with an ENTRYPOINT and a CMD
 #   warmpool-test/user      busybox with USER 1000:1000, WORKDIR and ENV
 #   warmpool-test/noshell   nothing but a static test program (no shell at all)
+#   warmpool-test/suid      busybox, USER 1000, a setuid-root jobtool-suid
 # Needs: docker, rustc, and a static busybox (Debian: busybox-static, installed
 # here when missing and we are root). Idempotent; the engine's cache makes reruns cheap.
 set -euo pipefail
@@ -34,6 +35,8 @@ chmod 1777 "$ctx/rootfs/tmp"
 
 rustc --edition=2021 -O -C target-feature=+crt-static -C strip=symbols \
   -o "$ctx/jobtool" "$here/jobtool.rs"
+# busybox has no SysV IPC applets: the reuse tests make objects with jobtool.
+cp "$ctx/jobtool" "$ctx/rootfs/bin/jobtool"
 
 build() { # name, dockerfile text
   printf '%s\n' "$2" > "$ctx/Dockerfile.$1"
@@ -65,6 +68,13 @@ ENV APP_MODE=test
 USER 1000:1000
 WORKDIR /home/app
 CMD ["sh", "-c", "id; pwd"]'
+
+# warmpool-test/suid: a setuid-root jobtool for a user job (a process its gate
+# may not kill: a reset that cannot be completed).
+build suid 'FROM warmpool-test/busybox:latest
+COPY jobtool /bin/jobtool-suid
+RUN ["/bin/chmod", "4755", "/bin/jobtool-suid"]
+USER 1000:1000'
 
 build noshell 'FROM scratch
 COPY jobtool /jobtool

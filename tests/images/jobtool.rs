@@ -9,13 +9,24 @@
 //! jobtool exit N         exit with code N
 //! jobtool stderr TEXT    print TEXT on stderr
 //! jobtool flood BYTES    write BYTES bytes of a repeating pattern to stdout
+//! jobtool sysv           create a SysV shared memory segment, message queue
+//!                        and semaphore set (private keys), print their ids
+//! jobtool rootsleep SECS become root for good (setresuid 0: needs the binary
+//!                        setuid root, see the suid image), then sleep
 
 use std::io::{Read, Write};
 
 extern "C" {
     fn getuid() -> u32;
     fn getgid() -> u32;
+    fn shmget(key: i32, size: usize, flags: i32) -> i32;
+    fn msgget(key: i32, flags: i32) -> i32;
+    fn semget(key: i32, nsems: i32, flags: i32) -> i32;
+    fn setresuid(r: u32, e: u32, s: u32) -> i32;
 }
+
+const IPC_PRIVATE: i32 = 0;
+const IPC_CREAT: i32 = 0o1000;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -62,6 +73,24 @@ fn main() {
                 }
                 left -= n as u64;
             }
+        }
+        "sysv" => {
+            let flags = IPC_CREAT | 0o600;
+            let shm = unsafe { shmget(IPC_PRIVATE, 4096, flags) };
+            let msg = unsafe { msgget(IPC_PRIVATE, flags) };
+            let sem = unsafe { semget(IPC_PRIVATE, 1, flags) };
+            let _ = writeln!(out, "shm={shm} msg={msg} sem={sem}");
+            if shm < 0 || msg < 0 || sem < 0 {
+                std::process::exit(1);
+            }
+        }
+        "rootsleep" => {
+            if unsafe { setresuid(0, 0, 0) } != 0 {
+                eprintln!("jobtool: setresuid(0, 0, 0) failed: is the binary setuid root?");
+                std::process::exit(1);
+            }
+            let secs: u64 = rest.first().and_then(|c| c.parse().ok()).unwrap_or(1000);
+            std::thread::sleep(std::time::Duration::from_secs(secs));
         }
         other => {
             eprintln!("jobtool: unknown command {other}");

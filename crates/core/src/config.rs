@@ -873,8 +873,9 @@ impl RawProfile {
             return Err("key `reuse`: must be at least 1 (1: a container serves one job)".into());
         }
         if reuse > 1 {
-            reusable(self.read_only, &self.cap_add, &self.security_opt)
-                .map_err(|why| format!("key `reuse`: {reuse} jobs per container {why}; or set reuse = 1"))?;
+            reusable(self.read_only, &self.cap_add, &self.security_opt).map_err(|why| {
+                format!("key `reuse`: {reuse} jobs per container {why}; or set reuse = 1")
+            })?;
         }
         let max_wait = positive_duration("max_wait", self.max_wait, DEFAULT_MAX_WAIT)?;
         let max_age = positive_duration("max_age", self.max_age, DEFAULT_MAX_AGE)?;

@@ -473,7 +473,8 @@ impl Parked {
             Some(recycle) if reset_next => {
                 // Off the job's path: the caller has its outcome meanwhile.
                 tokio::spawn(async move {
-                    let after = match tokio::time::timeout(RESET_TIMEOUT, self.await_reset()).await {
+                    let after = match tokio::time::timeout(RESET_TIMEOUT, self.await_reset()).await
+                    {
                         Ok(Ok(())) => {
                             self.parked_at = Instant::now();
                             AfterRun::Reset(self)
@@ -543,7 +544,9 @@ impl Parked {
             match self.output.next().await {
                 Some(Ok(Output::Stdout(bytes))) => self.decoder.push(&bytes),
                 Some(Ok(Output::Stderr(bytes))) => keep_tail(&mut gate_stderr, &bytes),
-                Some(Err(e)) => return Err(format!("the attach stream broke during its reset: {e}")),
+                Some(Err(e)) => {
+                    return Err(format!("the attach stream broke during its reset: {e}"))
+                }
                 None => {
                     return Err(format!(
                         "the container ended during its reset{}",

@@ -348,7 +348,10 @@ pub enum Frame {
     Oom(u32),
     /// Reuse mode: the gate reset the container after a job (`ok`: checked,
     /// it takes another job; else it exits), with what it checked or why not.
-    Reset { ok: bool, report: String },
+    Reset {
+        ok: bool,
+        report: String,
+    },
 }
 
 /// Header bytes of a frame with a payload of `len` bytes.
