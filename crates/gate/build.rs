@@ -12,6 +12,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/gate/main.rs");
     println!("cargo:rerun-if-changed=src/protocol.rs");
     println!("cargo:rerun-if-changed=src/cgroup.rs");
+    println!("cargo:rerun-if-changed=src/reset.rs");
     println!("cargo:rerun-if-changed=build.rs");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

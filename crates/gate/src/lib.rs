@@ -2,11 +2,13 @@
 //!
 //! `protocol` is shared source with the gate itself (src/gate/main.rs), so both sides
 //! frame bytes the same way; so is `cgroup` (how the gate reads the OOM-kill
-//! counter), so its parsing is tested here. `GATE_BINARY` is the static gate built
-//! by build.rs.
+//! counter), so its parsing is tested here; so is `reset` (the pure part of the
+//! reset between jobs in reuse mode). `GATE_BINARY` is the static gate built by
+//! build.rs.
 
 pub mod cgroup;
 pub mod protocol;
+pub mod reset;
 
 /// The static gate binary, ready to be copied into a container.
 pub static GATE_BINARY: &[u8] = include_bytes!(env!("WARMPOOL_GATE_PATH"));

@@ -30,6 +30,31 @@
 //! read everything before the container ends; stdin closing *during* a job
 //! means the host is gone, and the gate kills the job.
 //! The gate's own diagnostics go to the container's stderr, never into frames.
+//!
+//! **Reuse mode** (version 3). Started with the single argument `--reuse` (the
+//! host sets the entrypoint to `[GATE_PATH, "--reuse"]`), the gate serves one job
+//! after another; without it, everything above holds unchanged. The flow:
+//!
+//! ```text
+//! READY -> spec -> (STARTED | START_FAILED) ... frames ... (OOM) EXIT
+//!       -> RESET(0, report) -> READY -> spec -> ... (same as above)
+//!       -> RESET(1, why) and the gate exits 0
+//! ```
+//!
+//! After `EXIT` the gate does not wait for stdin to close: it resets the
+//! container at once and sends `RESET` (payload: one status byte, 0 = the reset
+//! is done and checked and the gate takes another job, 1 = it failed and the
+//! gate exits; then a UTF-8 report: on success what was checked and cleaned,
+//! on failure why). After `RESET(0, ..)` comes `READY` with the same payload as
+//! the first, and the gate waits for the next spec. Stdin closing while it
+//! waits for a spec (parked) makes it exit 0 quietly; stdin closing during a
+//! job still means the host is gone (the job is killed and the gate exits, no
+//! reset). A stop signal while parked exits the gate as in single-use mode.
+//! The reset (see docs/reuse.md): no process but the gate is left (the gate
+//! must be PID 1), every read-write tmpfs/mqueue mount is back to what it held
+//! before the first READY (a read-write mount of any other type means the
+//! container cannot be reset), no SysV IPC object is left, the gate's working
+//! directory is where it started, and the gate holds nothing of the last job.
 
 use std::fmt;
 use std::io::Read;
@@ -39,8 +64,8 @@ pub const SPEC_MAGIC: [u8; 4] = *b"WPGS";
 /// Version of the protocol this file speaks: the spec encoding and the set of
 /// frames. Bump it with any change to either, so a host and a gate of different
 /// builds refuse each other at the spec instead of misreading a frame.
-/// 2: `SIGNAL` and `OOM` frames.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 2: `SIGNAL` and `OOM` frames. 3: reuse mode and the `RESET` frame.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest spec body the gate accepts (argv + env + stdin bytes).
 pub const MAX_SPEC_BODY: u32 = 256 * 1024 * 1024;
 /// Largest payload of one gate frame the host accepts.
@@ -56,7 +81,12 @@ pub const FRAME_START_FAILED: u8 = 5;
 pub const FRAME_EXIT: u8 = 6;
 pub const FRAME_SIGNAL: u8 = 7;
 pub const FRAME_OOM: u8 = 8;
+/// Reuse mode only: the reset after a job; payload = status byte (0 = done and
+/// checked, another job may come; 1 = failed, the gate exits) + UTF-8 report.
 pub const FRAME_RESET: u8 = 9;
+/// Status bytes of a `RESET` frame.
+pub const RESET_OK: u8 = 0;
+pub const RESET_FAILED: u8 = 1;
 
 /// What a job is, as far as the gate is concerned: everything is already
 /// resolved by the host (argv, the complete environment, working directory).
@@ -207,8 +237,11 @@ impl JobSpec {
             return Err(SpecError::TooLarge(len));
         }
         let mut body = vec![0u8; len as usize];
-        read_exact(r, &mut body, "body")?;
-        Self::decode_body(&body)
+        let spec = read_exact(r, &mut body, "body").and_then(|()| Self::decode_body(&body));
+        // The body holds the job's env (secrets) and stdin: the gate keeps no
+        // copy of them once the job is over, so this one goes at once.
+        wipe(&mut body);
+        spec
     }
 
     fn decode_body(body: &[u8]) -> Result<JobSpec, SpecError> {
@@ -257,6 +290,29 @@ impl JobSpec {
             stdin,
         })
     }
+}
+
+/// Overwrite `buf` with zeros in a way the compiler may not leave out (the
+/// buffer is about to be freed, which would otherwise make the writes dead).
+pub fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: a valid, aligned &mut u8.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `wipe` over a Vec's whole allocation (spare capacity included: it may hold
+/// bytes from before a `clear` or `truncate`), leaving it empty.
+pub fn wipe_vec(v: &mut Vec<u8>) {
+    v.clear();
+    let cap = v.capacity();
+    let p = v.as_mut_ptr();
+    for i in 0..cap {
+        // SAFETY: within the allocation of `cap` bytes; u8 has no invalid values.
+        unsafe { std::ptr::write_volatile(p.add(i), 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
 
 fn read_exact(r: &mut impl Read, buf: &mut [u8], phase: &'static str) -> Result<(), SpecError> {
@@ -346,8 +402,10 @@ pub enum Frame {
     /// The kernel's OOM killer killed this many processes of the job's container
     /// while the job ran.
     Oom(u32),
-    /// Reuse mode: the gate reset the container after a job (`ok`: checked,
-    /// it takes another job; else it exits), with what it checked or why not.
+    /// Reuse mode: the gate reset the container after a job. `ok`: the reset
+    /// was done and checked and another job may come (a `READY` follows);
+    /// otherwise the gate exits. `report`: what was checked and cleaned, or why
+    /// the reset failed.
     Reset {
         ok: bool,
         report: String,
@@ -370,6 +428,14 @@ pub fn exit_payload(status: ExitStatus) -> [u8; 5] {
     [tag, b[0], b[1], b[2], b[3]]
 }
 
+/// The payload of a `RESET` frame: status byte, then the report.
+pub fn reset_payload(ok: bool, report: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + report.len());
+    p.push(if ok { RESET_OK } else { RESET_FAILED });
+    p.extend_from_slice(report.as_bytes());
+    p
+}
+
 /// A frame encoded whole (header and payload); used by tests and the gate.
 pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     let (kind, payload): (u8, Vec<u8>) = match frame {
@@ -381,11 +447,7 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
         Frame::Exit(s) => (FRAME_EXIT, exit_payload(*s).to_vec()),
         Frame::Signal(sig) => (FRAME_SIGNAL, sig.to_be_bytes().to_vec()),
         Frame::Oom(kills) => (FRAME_OOM, kills.to_be_bytes().to_vec()),
-        Frame::Reset { ok, report } => {
-            let mut p = vec![u8::from(!*ok)];
-            p.extend_from_slice(report.as_bytes());
-            (FRAME_RESET, p)
-        }
+        Frame::Reset { ok, report } => (FRAME_RESET, reset_payload(*ok, report)),
     };
     let mut out = frame_header(kind, payload.len()).to_vec();
     out.extend_from_slice(&payload);
@@ -400,6 +462,8 @@ pub enum FrameError {
     BadExit,
     /// A `SIGNAL` or `OOM` frame whose payload is not 4 bytes.
     BadNumber(u8),
+    /// A `RESET` frame without a status byte, or with an unknown one.
+    BadReset,
 }
 
 impl fmt::Display for FrameError {
@@ -414,6 +478,10 @@ impl fmt::Display for FrameError {
             FrameError::BadNumber(k) => write!(
                 f,
                 "the gate sent a frame of kind {k} whose payload is not a 4-byte number"
+            ),
+            FrameError::BadReset => write!(
+                f,
+                "the gate sent a reset frame without a valid status byte (want 0 or 1)"
             ),
         }
     }
@@ -487,11 +555,15 @@ impl FrameDecoder {
                 Err(_) => return Err(FrameError::BadNumber(kind)),
             },
             FRAME_RESET => match payload.split_first() {
-                Some((status, report)) => Frame::Reset {
-                    ok: *status == 0,
+                Some((&RESET_OK, report)) => Frame::Reset {
+                    ok: true,
                     report: String::from_utf8_lossy(report).into_owned(),
                 },
-                None => return Err(FrameError::BadExit),
+                Some((&RESET_FAILED, report)) => Frame::Reset {
+                    ok: false,
+                    report: String::from_utf8_lossy(report).into_owned(),
+                },
+                _ => return Err(FrameError::BadReset),
             },
             _ => {
                 if payload.len() != 5 {
@@ -507,5 +579,128 @@ impl FrameDecoder {
         };
         self.start += total;
         Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
+        let mut dec = FrameDecoder::new();
+        dec.push(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = dec.next_frame()? {
+            out.push(f);
+        }
+        assert_eq!(dec.pending(), 0);
+        Ok(out)
+    }
+
+    #[test]
+    fn reset_frames_round_trip() {
+        let frames = vec![
+            Frame::Reset {
+                ok: true,
+                report: "processes: 2 killed, none left; /tmp: 3 entries removed".into(),
+            },
+            Frame::Reset {
+                ok: false,
+                report: String::new(),
+            },
+            Frame::Reset {
+                ok: false,
+                report: "not PID 1".into(),
+            },
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(encode_frame).collect();
+        // Split anywhere: one byte at a time.
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for b in &bytes {
+            dec.push(&[*b]);
+            while let Some(f) = dec.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn reset_frame_layout_is_status_byte_then_report() {
+        let bytes = encode_frame(&Frame::Reset {
+            ok: true,
+            report: "ok".into(),
+        });
+        assert_eq!(bytes, [FRAME_RESET, 0, 0, 0, 3, RESET_OK, b'o', b'k']);
+        let bytes = encode_frame(&Frame::Reset {
+            ok: false,
+            report: "x".into(),
+        });
+        assert_eq!(bytes, [9, 0, 0, 0, 2, 1, b'x']);
+        assert_eq!(reset_payload(false, "why"), b"\x01why");
+    }
+
+    #[test]
+    fn malformed_reset_frames_are_refused() {
+        // No status byte at all.
+        assert_eq!(
+            decode_all(&[FRAME_RESET, 0, 0, 0, 0]),
+            Err(FrameError::BadReset)
+        );
+        // An unknown status byte.
+        assert_eq!(
+            decode_all(&[FRAME_RESET, 0, 0, 0, 2, 2, b'x']),
+            Err(FrameError::BadReset)
+        );
+        // A report that is not UTF-8 is shown lossily, not refused.
+        assert_eq!(
+            decode_all(&[FRAME_RESET, 0, 0, 0, 2, 1, 0xff]).unwrap(),
+            [Frame::Reset {
+                ok: false,
+                report: "\u{fffd}".into()
+            }]
+        );
+        // Kind 10 does not exist (yet).
+        assert_eq!(
+            decode_all(&[10, 0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(10))
+        );
+    }
+
+    #[test]
+    fn version_3_specs_round_trip_and_older_ones_are_refused() {
+        assert_eq!(PROTOCOL_VERSION, 3);
+        let s = JobSpec {
+            argv: vec![b"true".to_vec()],
+            env: vec![b"SECRET=x".to_vec()],
+            cwd: Vec::new(),
+            stdin: Some(b"in".to_vec()),
+        };
+        let mut bytes = s.encode();
+        assert_eq!(&bytes[4..6], &[0, 3]);
+        assert_eq!(JobSpec::read_from(&mut &bytes[..]).unwrap(), s);
+        bytes[5] = 2;
+        assert_eq!(
+            JobSpec::read_from(&mut &bytes[..]),
+            Err(SpecError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn wiping_zeroes_contents_and_spare_capacity() {
+        let mut a = *b"secret";
+        wipe(&mut a);
+        assert_eq!(a, [0; 6]);
+        let mut v = b"secret value".to_vec();
+        v.truncate(3);
+        let p = v.as_ptr();
+        let cap = v.capacity();
+        wipe_vec(&mut v);
+        assert!(v.is_empty());
+        assert_eq!(v.capacity(), cap);
+        // SAFETY: still the same allocation, `cap` bytes, all written by wipe_vec.
+        let all = unsafe { std::slice::from_raw_parts(p, cap) };
+        assert!(all.iter().all(|b| *b == 0));
     }
 }

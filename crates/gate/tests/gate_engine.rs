@@ -1,0 +1,343 @@
+//! Reuse mode in a real container, where the gate is PID 1 and the reset runs:
+//! what one job leaves behind (files in tmpfs mounts and /dev, a double-forked
+//! daemon, SysV IPC objects, changed modes and symlinks) is gone for the next,
+//! which cannot read the earlier job's env or stdin through /proc/1 either; a
+//! container that cannot be put back says so and ends. Needs the engine and
+//! the test images (`tests/images/build.sh`, built here when missing). Every
+//! container carries this run's label and is removed when the test ends.
+
+mod common;
+
+use common::{gate_dir, spec, stdout_of, Session};
+use std::io::{Read, Seek, SeekFrom};
+use std::process::Command;
+use warmpool_gate::protocol::{ExitStatus, Frame, JobSpec};
+
+const BUSYBOX: &str = "warmpool-test/busybox:latest";
+const TEST_LABEL: &str = "warmpool-gate-test";
+
+fn ensure_images() {
+    let have = Command::new("docker")
+        .args(["image", "inspect", BUSYBOX])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/images/build.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run tests/images/build.sh");
+    assert!(
+        out.status.success(),
+        "building the test images failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// Removes every container carrying this test's label when dropped, so a failed
+/// assertion leaves nothing behind.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let filter = format!("label={TEST_LABEL}={}", self.0);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
+/// A container whose PID 1 is the gate in reuse mode, attached through
+/// `docker run -i`; `extra` goes before the image (`--read-only` etc.).
+fn reuse_container(run: &str, name: &str, extra: &[&str]) -> Session {
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "-i", "--rm", "--name", name])
+        .args(["--label", &format!("{TEST_LABEL}={run}")])
+        .args(["--network", "none", "--log-driver", "none"])
+        .args(["--entrypoint", "/g/gate"])
+        .args(["-v", &format!("{}:/g:ro", gate_dir().display())])
+        .args(extra)
+        .args([BUSYBOX, "--reuse"]);
+    Session::start(cmd)
+}
+
+/// A static helper that creates one SysV shared memory segment, message queue
+/// and semaphore set (busybox has no `ipcmk`), built with the rustc at hand;
+/// None (that part of the test is skipped) when it cannot be built.
+fn ipc_helper() -> Option<&'static str> {
+    let src = gate_dir().join("ipcmk.rs");
+    std::fs::write(
+        &src,
+        r#"
+extern "C" {
+    fn shmget(key: i32, size: usize, flags: i32) -> i32;
+    fn msgget(key: i32, flags: i32) -> i32;
+    fn semget(key: i32, nsems: i32, flags: i32) -> i32;
+}
+fn main() {
+    // IPC_PRIVATE, IPC_CREAT | 0600
+    let (shm, msg, sem) = unsafe { (shmget(0, 4096, 0o1600), msgget(0, 0o1600), semget(0, 1, 0o1600)) };
+    println!("ipc made: shm {shm} msg {msg} sem {sem}");
+    if shm < 0 || msg < 0 || sem < 0 { std::process::exit(1) }
+}
+"#,
+    )
+    .ok()?;
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let ok = Command::new(rustc)
+        .args(["--edition=2021", "-O", "-C", "target-feature=+crt-static"])
+        .arg("-o")
+        .arg(gate_dir().join("ipcmk"))
+        .arg(&src)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Some("/g/ipcmk")
+    } else {
+        eprintln!("no static SysV IPC helper could be built: that part is skipped");
+        None
+    }
+}
+
+/// Whether the gate's memory (the container's PID 1, read from the host through
+/// /proc/<pid>/mem) holds any of `needles`. None when it cannot be read here
+/// (not root, or the engine's processes are in another PID namespace).
+fn gate_memory_holds(name: &str, needles: &[&[u8]]) -> Option<Vec<String>> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", name])
+        .output()
+        .ok()?;
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if !cmdline.windows(7).any(|w| w == b"--reuse") {
+        return None;
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut found = Vec::new();
+    let mut scanned = 0usize;
+    for line in maps.lines() {
+        let mut cols = line.split_whitespace();
+        let (Some(range), Some(perms)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        scanned += buf.len();
+        for n in needles {
+            if buf.windows(n.len()).any(|w| w == *n) {
+                found.push(format!("{} in {line}", String::from_utf8_lossy(n)));
+            }
+        }
+    }
+    assert!(scanned > 0, "nothing of the gate's memory could be read");
+    Some(found)
+}
+
+#[test]
+fn the_next_job_finds_nothing_of_the_last() {
+    ensure_images();
+    let run = unique("reset");
+    let _cleanup = Cleanup(run.clone());
+    let name = unique("wp-gate-reset");
+    let ipcmk = ipc_helper();
+    let mut g = reuse_container(&run, &name, &["--read-only", "--tmpfs", "/tmp"]);
+    g.ready();
+
+    let secret_env = unique("wp-secret-env");
+    let secret_in = unique("wp-secret-stdin");
+    let script = format!(
+        "echo \"env $SECRET_ENV\"; cat; echo; \
+         cd /tmp && touch /tmp/a /dev/shm/b /dev/leftover /dev/mqueue/q && \
+         mkdir -p /tmp/d/e && touch /tmp/d/e/f && chmod 000 /tmp/d && chmod 700 /tmp && \
+         mknod /dev/leftnode c 1 3 && rm /dev/fd && ln -s /etc /dev/fd && \
+         {ipc} \
+         (setsid sh -c 'sleep 1000 & echo daemon $!' &) ; sleep 0.3; ps; echo job1 done",
+        ipc = ipcmk.map(|p| format!("{p} &&")).unwrap_or_default()
+    );
+    let mut job1 = spec(&["sh", "-c", &script]);
+    job1.env = vec![
+        b"PATH=/usr/bin:/bin".to_vec(),
+        format!("SECRET_ENV={secret_env}").into_bytes(),
+        b"HOSTNAME=job1-host".to_vec(),
+        b"HOME=/job1-home".to_vec(),
+    ];
+    job1.stdin = Some(secret_in.clone().into_bytes());
+    let (frames, (ok, report)) = g.job(&job1);
+    let out = stdout_of(&frames);
+    assert!(out.contains("job1 done"), "{frames:?}");
+    assert!(
+        out.contains(&secret_env) && out.contains(&secret_in),
+        "{out}"
+    );
+    assert!(out.contains("sleep 1000"), "the daemon runs: {out}");
+    if ipcmk.is_some() {
+        assert!(out.contains("ipc made"), "{out}");
+    }
+    assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(0))));
+    eprintln!("reset after job 1: {report}");
+    assert!(ok, "the reset failed: {report}");
+    for part in [
+        "processes: 1 killed, none left",
+        "/tmp: 2 entries removed, 1 restored",
+        "/dev/shm: 1 entry removed",
+        "/dev/mqueue: 1 entry removed",
+        "cwd: /",
+        "job state zeroed",
+    ] {
+        assert!(report.contains(part), "want {part:?} in {report:?}");
+    }
+    assert!(
+        report.contains("/dev: 3 entries removed, 1 restored"),
+        "{report}"
+    );
+    if ipcmk.is_some() {
+        assert!(
+            report.contains("sysvipc: 1 shm, 1 msg, 1 sem removed"),
+            "{report}"
+        );
+    }
+    // READY again, with the same payload.
+    g.ready();
+
+    // Parked again: nothing of job 1's env or stdin is left in the gate's memory.
+    match gate_memory_holds(&name, &[secret_env.as_bytes(), secret_in.as_bytes()]) {
+        Some(found) => assert!(found.is_empty(), "the gate still holds: {found:?}"),
+        None => eprintln!("the gate's memory cannot be read from here: that check is skipped"),
+    }
+
+    let script = "echo TMP; ls -a /tmp; echo SHM; ls -a /dev/shm; echo MQ; ls -a /dev/mqueue; \
+                  echo DEV; ls /dev; echo PS; ps; echo IPC; cat /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; \
+                  echo ENV; env; echo ENVIRON; cat /proc/1/environ; echo; echo CMDLINE; cat /proc/1/cmdline; echo; \
+                  echo MEM; head -c 64 /proc/1/mem; echo; echo MODE; stat -c '%a' /tmp; readlink /dev/fd; pwd";
+    let job2 = spec(&["sh", "-c", script]);
+    let (frames, (ok, report)) = g.job(&job2);
+    let out = stdout_of(&frames);
+    let err = common::stderr_of(&frames);
+    assert!(ok, "{report}");
+    let section = |name: &str| -> String {
+        let start = out
+            .find(&format!("{name}\n"))
+            .unwrap_or_else(|| panic!("no {name} in {out}"));
+        let rest = &out[start + name.len() + 1..];
+        let end = rest
+            .find(|c: char| c.is_ascii_uppercase())
+            .map(|i| rest[..i].rfind('\n').map_or(0, |j| j + 1))
+            .unwrap_or(rest.len());
+        rest[..end].to_string()
+    };
+    assert_eq!(section("TMP"), ".\n..\n", "{out}");
+    assert_eq!(section("SHM"), ".\n..\n", "{out}");
+    assert_eq!(section("MQ"), ".\n..\n", "{out}");
+    let dev = section("DEV");
+    assert!(
+        !dev.contains("leftover") && !dev.contains("leftnode"),
+        "{dev}"
+    );
+    assert!(dev.contains("null") && dev.contains("fd"), "{dev}");
+    assert!(!out.contains("sleep"), "a process of job 1 survived: {out}");
+    let ipc_lines = out.lines().filter(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|id| id.parse::<i32>().is_ok())
+    });
+    assert_eq!(ipc_lines.count(), 0, "SysV objects left: {out}");
+    assert!(
+        !out.contains(&secret_env) && !err.contains(&secret_env),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&secret_in) && !err.contains(&secret_in),
+        "{out}"
+    );
+    assert!(
+        !out.contains("job1-host") && !out.contains("/job1-home"),
+        "{out}"
+    );
+    assert!(
+        out.contains("HOSTNAME="),
+        "docker's HOSTNAME as for any job: {out}"
+    );
+    assert!(
+        err.contains("/proc/1/environ") && err.contains("/proc/1/mem"),
+        "job 2 must not read the gate's environ or memory: {err}"
+    );
+    assert!(out.contains("/g/gate\0--reuse\0"), "{out}");
+    assert!(out.ends_with("1777\n/proc/self/fd\n/\n"), "{out}");
+
+    // Parked: the host closing stdin ends the container, quietly.
+    g.ready();
+    g.close_stdin();
+    let (rest, stderr, code) = g.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+fn one_job_then_reset(extra: &[&str], job: &JobSpec) -> (bool, String, Option<i32>) {
+    ensure_images();
+    let run = unique("reset-fail");
+    let _cleanup = Cleanup(run.clone());
+    let name = unique("wp-gate-reset-fail");
+    let mut g = reuse_container(&run, &name, extra);
+    g.ready();
+    let (_, (ok, report)) = g.job(job);
+    let (rest, _, code) = if ok {
+        g.close_stdin();
+        g.finish()
+    } else {
+        g.finish()
+    };
+    assert!(
+        ok || rest.is_empty(),
+        "nothing after a failed reset: {rest:?}"
+    );
+    (ok, report, code)
+}
+
+#[test]
+fn a_writable_root_cannot_be_reset() {
+    let (ok, report, code) = one_job_then_reset(&["--tmpfs", "/tmp"], &spec(&["true"]));
+    assert!(!ok);
+    assert!(
+        report.contains("/ is a read-write") && report.contains("overlay"),
+        "{report}"
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn what_cannot_be_put_back_fails_the_reset() {
+    let (ok, report, code) = one_job_then_reset(
+        &["--read-only", "--tmpfs", "/tmp"],
+        &spec(&["rm", "/dev/null"]),
+    );
+    assert!(!ok);
+    assert!(report.contains("/dev/null"), "{report}");
+    assert_eq!(code, Some(0));
+}
