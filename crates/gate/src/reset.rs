@@ -80,8 +80,8 @@ pub enum MountClass {
     Tree,
     /// Writable and of a kind the gate cannot put back (an overlay root, a bind
     /// mount or volume on a disk filesystem, a writable cgroup): the container
-    /// cannot be reset. Applies to directories; a single file bound in (such as
-    /// /etc/hosts) is checked by content instead (see `FileState`).
+    /// cannot be reset. The gate applies this to directories and regular files
+    /// (a file volume); a device bound over a masked path is skipped.
     Refuse,
 }
 
@@ -260,20 +260,9 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
         let cur = if below(&gone) { None } else { now.get(path) };
         let Some(n) = cur else {
             // Missing (or under something that is being removed).
-            match &s.kind {
-                Kind::Dir => creates.push(Fix::Mkdir {
-                    path: path.clone(),
-                    mode: s.mode,
-                    uid: s.uid,
-                    gid: s.gid,
-                }),
-                Kind::Symlink(t) => creates.push(Fix::Symlink {
-                    path: path.clone(),
-                    target: t.clone(),
-                    uid: s.uid,
-                    gid: s.gid,
-                }),
-                _ => unfixable.push(Fix::Unfixable {
+            match recreate(path, s) {
+                Some(fix) => creates.push(fix),
+                None => unfixable.push(Fix::Unfixable {
                     path: path.clone(),
                     why: format!("{} of the snapshot is gone", kind_name(&s.kind)),
                 }),
@@ -284,25 +273,11 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
         };
         let same_kind = std::mem::discriminant(&s.kind) == std::mem::discriminant(&n.kind);
         if !same_kind {
-            match &s.kind {
-                Kind::Dir | Kind::Symlink(_) if !path.is_empty() && n.kind != Kind::Mount => {
+            match recreate(path, s) {
+                Some(fix) if !path.is_empty() && n.kind != Kind::Mount => {
                     removes.push(Fix::Remove(path.clone()));
                     gone.insert(path.clone());
-                    creates.push(match &s.kind {
-                        Kind::Dir => Fix::Mkdir {
-                            path: path.clone(),
-                            mode: s.mode,
-                            uid: s.uid,
-                            gid: s.gid,
-                        },
-                        Kind::Symlink(t) => Fix::Symlink {
-                            path: path.clone(),
-                            target: t.clone(),
-                            uid: s.uid,
-                            gid: s.gid,
-                        },
-                        _ => unreachable!("matched above"),
-                    });
+                    creates.push(fix);
                 }
                 _ => unfixable.push(Fix::Unfixable {
                     path: path.clone(),
@@ -373,6 +348,26 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
     out.extend(chmods);
     out.extend(unfixable);
     out
+}
+
+/// The step that re-creates a snapshot entry, for the kinds the gate re-creates
+/// (directories and symlinks: their whole state is in the snapshot).
+fn recreate(path: &[u8], s: &Entry) -> Option<Fix> {
+    match &s.kind {
+        Kind::Dir => Some(Fix::Mkdir {
+            path: path.to_vec(),
+            mode: s.mode,
+            uid: s.uid,
+            gid: s.gid,
+        }),
+        Kind::Symlink(t) => Some(Fix::Symlink {
+            path: path.to_vec(),
+            target: t.clone(),
+            uid: s.uid,
+            gid: s.gid,
+        }),
+        _ => None,
+    }
 }
 
 pub fn kind_name(k: &Kind) -> &'static str {

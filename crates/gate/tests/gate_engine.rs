@@ -341,3 +341,61 @@ fn what_cannot_be_put_back_fails_the_reset() {
     assert!(report.contains("/dev/null"), "{report}");
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_gate_of_another_user_resets_what_its_jobs_leave() {
+    // The gate runs as the container's user, as the job does: it kills what that
+    // uid started, opens up directories the job made unreadable before removing
+    // them, and a later job of the same uid still cannot read its memory.
+    ensure_images();
+    let run = unique("reset-user");
+    let _cleanup = Cleanup(run.clone());
+    let name = unique("wp-gate-reset-user");
+    let ipcmk = ipc_helper();
+    let mut g = reuse_container(
+        &run,
+        &name,
+        &["--read-only", "--tmpfs", "/tmp", "--user", "1000:1000"],
+    );
+    g.ready();
+    let secret = unique("wp-secret-user");
+    let script = format!(
+        "id -u; mkdir -p /tmp/d/e && touch /tmp/d/e/f && chmod 000 /tmp/d/e /tmp/d && \
+         touch /dev/shm/x && {ipc} (setsid sh -c 'sleep 1000 &' &); echo job1 done",
+        ipc = ipcmk.map(|p| format!("{p} &&")).unwrap_or_default()
+    );
+    let mut job1 = spec(&["sh", "-c", &script]);
+    job1.env.push(format!("SECRET={secret}").into_bytes());
+    let (frames, (ok, report)) = g.job(&job1);
+    let out = stdout_of(&frames);
+    assert!(
+        out.starts_with("1000\n") && out.contains("job1 done"),
+        "{frames:?}"
+    );
+    eprintln!("reset after job 1 (uid 1000): {report}");
+    assert!(ok, "{report}");
+    assert!(report.contains("/tmp: 1 entry removed"), "{report}");
+    assert!(report.contains("/dev/shm: 1 entry removed"), "{report}");
+    if ipcmk.is_some() {
+        assert!(
+            report.contains("sysvipc: 1 shm, 1 msg, 1 sem removed"),
+            "{report}"
+        );
+    }
+    g.ready();
+    let script = "ls -a /tmp; ps; cat /proc/1/environ; head -c 16 /proc/1/mem; echo end";
+    let (frames, (ok, report)) = g.job(&spec(&["sh", "-c", script]));
+    assert!(ok, "{report}");
+    let out = stdout_of(&frames);
+    let err = common::stderr_of(&frames);
+    assert!(out.starts_with(".\n..\n"), "{out}");
+    assert!(!out.contains("sleep"), "{out}");
+    assert!(!out.contains(&secret), "{out}");
+    assert!(
+        err.contains("/proc/1/environ") && err.contains("/proc/1/mem"),
+        "same uid, but the gate is not dumpable: {err}"
+    );
+    g.ready();
+    g.close_stdin();
+    assert_eq!(g.finish().2, Some(0));
+}

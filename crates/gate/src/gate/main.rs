@@ -963,26 +963,46 @@ impl Resetter {
                 continue;
             }
             let path = PathBuf::from(OsStr::from_bytes(&m.mount_point));
-            // A file bound in (a masked path, /etc/hosts and friends) is no tree.
-            if !std::fs::metadata(&path).is_ok_and(|md| md.is_dir()) {
-                continue;
-            }
-            match class {
-                MountClass::Tree => match walk(&path) {
-                    Ok(tree) => r.trees.push((path, tree)),
-                    Err(e) => r.refused.push(format!(
-                        "cannot record {} ({}): {e}",
-                        path.display(),
-                        m.fstype
-                    )),
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    r.refused
+                        .push(format!("cannot stat the mount {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let why = match (class, meta.is_dir()) {
+                (MountClass::Tree, true) => match walk(&path) {
+                    Ok(tree) => {
+                        r.trees.push((path, tree));
+                        continue;
+                    }
+                    Err(e) => format!("cannot record {} ({}): {e}", path.display(), m.fstype),
                 },
-                _ => r.refused.push(format!(
-                    "{} is a read-write {} mount, which the gate cannot reset \
-                     (a writable root filesystem or volume)",
+                // A device bound over a masked path (/proc/kcore and friends) holds
+                // no state of a job's.
+                (MountClass::Tree, false) => continue,
+                (_, false) if !meta.is_file() => continue,
+                // A regular file bound in writable (a file volume; /etc/hosts and
+                // friends when the root is writable too) keeps what a job writes.
+                (_, false) => format!(
+                    "{} is a read-write {} file mount, which the gate cannot reset",
                     path.display(),
                     m.fstype
-                )),
-            }
+                ),
+                (_, true) if m.fstype.starts_with("cgroup") => format!(
+                    "{} is a read-write {} mount (a writable cgroup), which the gate cannot reset",
+                    path.display(),
+                    m.fstype
+                ),
+                (_, true) => format!(
+                    "{} is a read-write {} mount (a writable root filesystem, bind mount or \
+                     volume), which the gate cannot reset",
+                    path.display(),
+                    m.fstype
+                ),
+            };
+            r.refused.push(why);
         }
         r
     }
@@ -1357,19 +1377,17 @@ fn remove_sysvipc() -> Result<String, String> {
             Err(e) => Err(format!("cannot read {file}: {e}")),
         };
         let ids = list()?;
+        // An object gone in between is what the step wants; the list after says.
+        let mut failure = None;
         for &id in &ids {
             if rmid(id) != 0 {
-                let e = io::Error::last_os_error();
-                // Gone in between (EINVAL / EIDRM) is what we want; the check below says.
-                let _ = e;
+                failure = Some(io::Error::last_os_error());
             }
         }
         let left = list()?;
         if !left.is_empty() {
-            return Err(format!(
-                "SysV {name} {left:?} cannot be removed: {}",
-                io::Error::last_os_error()
-            ));
+            let why = failure.map_or_else(|| "still listed".to_string(), |e| e.to_string());
+            return Err(format!("SysV {name} {left:?} cannot be removed: {why}"));
         }
         counts.push(format!("{} {name}", ids.len()));
     }
