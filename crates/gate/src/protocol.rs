@@ -59,6 +59,9 @@
 use std::fmt;
 use std::io::Read;
 
+/// The gate's one argument for reuse mode: the host sets the container's
+/// entrypoint to `[GATE_PATH, REUSE_ARG]`. Any other arguments are ignored.
+pub const REUSE_ARG: &str = "--reuse";
 /// Magic that opens a job spec.
 pub const SPEC_MAGIC: [u8; 4] = *b"WPGS";
 /// Version of the protocol this file speaks: the spec encoding and the set of

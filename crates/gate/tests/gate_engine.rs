@@ -72,7 +72,7 @@ fn reuse_container(run: &str, name: &str, extra: &[&str]) -> Session {
         .args(["--entrypoint", "/g/gate"])
         .args(["-v", &format!("{}:/g:ro", gate_dir().display())])
         .args(extra)
-        .args([BUSYBOX, "--reuse"]);
+        .args([BUSYBOX, warmpool_gate::protocol::REUSE_ARG]);
     Session::start(cmd)
 }
 
@@ -80,6 +80,11 @@ fn reuse_container(run: &str, name: &str, extra: &[&str]) -> Session {
 /// and semaphore set (busybox has no `ipcmk`), built with the rustc at hand;
 /// None (that part of the test is skipped) when it cannot be built.
 fn ipc_helper() -> Option<&'static str> {
+    static HELPER: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *HELPER.get_or_init(build_ipc_helper)
+}
+
+fn build_ipc_helper() -> Option<&'static str> {
     let src = gate_dir().join("ipcmk.rs");
     std::fs::write(
         &src,

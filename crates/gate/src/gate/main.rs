@@ -41,6 +41,7 @@ mod reset;
 
 use protocol::{
     exit_payload, frame_header, reset_payload, wipe, wipe_vec, ExitStatus, JobSpec, SpecError,
+    REUSE_ARG,
     FRAME_EXIT, FRAME_OOM, FRAME_READY, FRAME_RESET, FRAME_SIGNAL, FRAME_STARTED,
     FRAME_START_FAILED, FRAME_STDERR, FRAME_STDOUT,
 };
@@ -85,6 +86,7 @@ mod sys {
     pub const PR_SET_DUMPABLE: i32 = 4;
     pub const EPERM: i32 = 1;
     pub const ESRCH: i32 = 3;
+    pub const EBADF: i32 = 9;
     pub const IPC_RMID: i32 = 0;
     pub const P_ALL: i32 = 0;
     pub const WEXITED: i32 = 4;
@@ -124,8 +126,6 @@ const EXIT_BAD_SPEC: i32 = 2;
 const EXIT_IO: i32 = 3;
 /// How long to wait, after the exit frame, for the host to close stdin.
 const ACK_TIMEOUT_MS: i32 = 60_000;
-/// The argument that makes the gate serve job after job, resetting in between.
-const REUSE_ARG: &str = "--reuse";
 /// How long the reset waits for the last job's processes to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most entries the reset records or walks in one mount.
@@ -346,7 +346,12 @@ impl Read for Fd0 {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let r = unsafe { sys::read(0, buf.as_mut_ptr(), buf.len()) };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // No stdin at all reads as an empty one, as std's Stdin has it.
+            if e.raw_os_error() == Some(sys::EBADF) {
+                return Ok(0);
+            }
+            return Err(e);
         }
         self.read += r as u64;
         Ok(r as usize)
