@@ -404,3 +404,50 @@ fn a_gate_of_another_user_resets_what_its_jobs_leave() {
     g.close_stdin();
     assert_eq!(g.finish().2, Some(0));
 }
+
+#[test]
+fn many_jobs_in_one_container_leak_nothing() {
+    // Job after job: each gets its own env, stdin and exit; the gate's open
+    // files (seen from the host) do not grow with the number of jobs.
+    ensure_images();
+    let run = unique("reset-many");
+    let _cleanup = Cleanup(run.clone());
+    let name = unique("wp-gate-reset-many");
+    let mut g = reuse_container(&run, &name, &["--read-only", "--tmpfs", "/tmp"]);
+    g.ready();
+    let pid = String::from_utf8_lossy(
+        &Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &name])
+            .output()
+            .expect("docker inspect")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let open_files = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
+    let mut after_first = None;
+    for i in 0..20 {
+        let mut job = spec(&[
+            "sh",
+            "-c",
+            "echo $N; cat; touch /tmp/$N; sleep 100 & exit $N",
+        ]);
+        job.env.push(format!("N={i}").into_bytes());
+        job.stdin = Some(format!("in{i}\n").into_bytes());
+        let (frames, (ok, report)) = g.job(&job);
+        assert!(ok, "job {i}: {report}");
+        assert_eq!(stdout_of(&frames), format!("{i}\nin{i}\n"));
+        assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(i))));
+        assert!(report.contains("processes: 1 killed"), "{report}");
+        assert!(report.contains("/tmp: 1 entry removed"), "{report}");
+        g.ready();
+        if i == 0 {
+            after_first = open_files().ok();
+        }
+    }
+    if let (Some(first), Ok(last)) = (after_first, open_files()) {
+        assert_eq!(first, last, "the gate's open files grew");
+    }
+    g.close_stdin();
+    assert_eq!(g.finish().2, Some(0));
+}
