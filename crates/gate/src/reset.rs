@@ -135,6 +135,10 @@ pub struct Entry {
     pub ctime: (i64, i64),
     /// A directory the gate could not list: what is under it is unknown.
     pub unreadable: bool,
+    /// Extended attributes the gate can see (name, value), sorted by name:
+    /// tmpfs keeps `user.*` attributes (Linux 6.6 and later), a channel from
+    /// one job to the next like any file.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Entry {
@@ -150,6 +154,7 @@ impl Entry {
             mtime: (0, 0),
             ctime: (0, 0),
             unreadable: false,
+            xattrs: Vec::new(),
         }
     }
 }
@@ -185,6 +190,11 @@ pub enum Fix {
     Chmod {
         path: Vec<u8>,
         mode: u32,
+    },
+    /// Extended attributes differ: remove those not recorded, set the recorded.
+    Xattrs {
+        path: Vec<u8>,
+        want: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Something of the snapshot changed in a way the gate does not put back
     /// (a regular file's content or metadata, a device node replaced).
@@ -225,6 +235,7 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
     let mut creates = Vec::new();
     let mut chowns = Vec::new();
     let mut chmods = Vec::new();
+    let mut xattrs = Vec::new();
     let mut unfixable = Vec::new();
     // Paths that go whole: nothing under them needs its own step.
     let mut gone: HashSet<Vec<u8>> = HashSet::new();
@@ -293,8 +304,8 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
         match (&s.kind, &n.kind) {
             (Kind::Mount, _) => {}
             (Kind::File, _) => {
-                if (s.mode, s.uid, s.gid, s.size, s.mtime, s.ctime)
-                    != (n.mode, n.uid, n.gid, n.size, n.mtime, n.ctime)
+                if (s.mode, s.uid, s.gid, s.size, s.mtime, s.ctime, &s.xattrs)
+                    != (n.mode, n.uid, n.gid, n.size, n.mtime, n.ctime, &n.xattrs)
                 {
                     unfixable.push(Fix::Unfixable {
                         path: path.clone(),
@@ -333,6 +344,12 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
                         mode: s.mode,
                     });
                 }
+                if s.xattrs != n.xattrs {
+                    xattrs.push(Fix::Xattrs {
+                        path: path.clone(),
+                        want: s.xattrs.clone(),
+                    });
+                }
                 if s.kind == Kind::Dir && n.unreadable && !s.unreadable && s.mode == n.mode {
                     unfixable.push(Fix::Unfixable {
                         path: path.clone(),
@@ -346,6 +363,7 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
     out.extend(creates);
     out.extend(chowns);
     out.extend(chmods);
+    out.extend(xattrs);
     out.extend(unfixable);
     out
 }
@@ -507,6 +525,7 @@ garbage line
             mtime: (1, 0),
             ctime: (1, 0),
             unreadable: false,
+            xattrs: Vec::new(),
         }
     }
 
@@ -669,6 +688,32 @@ garbage line
         // Unreadable with the right mode (the gate lost access some other way).
         let sub = now.get_mut(b"sub".as_slice()).unwrap();
         sub.mode = 0o755;
+        assert!(matches!(&diff(&snap, &now)[..], [Fix::Unfixable { .. }]));
+    }
+
+    #[test]
+    fn extended_attributes_are_put_back() {
+        let mut snap = dev_snapshot();
+        snap.get_mut(b"sub".as_slice()).unwrap().xattrs = vec![(b"user.a".to_vec(), b"1".to_vec())];
+        let mut now = snap.clone();
+        now.get_mut(b"".as_slice()).unwrap().xattrs = vec![(b"user.leak".to_vec(), b"x".to_vec())];
+        now.get_mut(b"sub".as_slice()).unwrap().xattrs = vec![(b"user.a".to_vec(), b"2".to_vec())];
+        assert_eq!(
+            diff(&snap, &now),
+            vec![
+                Fix::Xattrs {
+                    path: b"".to_vec(),
+                    want: vec![]
+                },
+                Fix::Xattrs {
+                    path: b"sub".to_vec(),
+                    want: vec![(b"user.a".to_vec(), b"1".to_vec())]
+                },
+            ]
+        );
+        // On a regular file of the snapshot, a change is a change of the file.
+        let mut now = snap.clone();
+        now.get_mut(b"sub/file".as_slice()).unwrap().xattrs = vec![(b"user.x".to_vec(), vec![])];
         assert!(matches!(&diff(&snap, &now)[..], [Fix::Unfixable { .. }]));
     }
 

@@ -76,16 +76,18 @@ fn reuse_container(run: &str, name: &str, extra: &[&str]) -> Session {
     Session::start(cmd)
 }
 
-/// A static helper that creates one SysV shared memory segment, message queue
-/// and semaphore set (busybox has no `ipcmk`), built with the rustc at hand;
-/// None (that part of the test is skipped) when it cannot be built.
+/// A static helper (busybox has no `ipcmk` nor `setfattr`), built with the rustc
+/// at hand: without arguments it creates one SysV shared memory segment, message
+/// queue and semaphore set; `xattr-set PATH` / `xattr-get PATH` set and show a
+/// `user.wp` extended attribute. None (those parts of the tests are skipped)
+/// when it cannot be built.
 fn ipc_helper() -> Option<&'static str> {
     static HELPER: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
     *HELPER.get_or_init(build_ipc_helper)
 }
 
 fn build_ipc_helper() -> Option<&'static str> {
-    let src = gate_dir().join("ipcmk.rs");
+    let src = gate_dir().join("helper.rs");
     std::fs::write(
         &src,
         r#"
@@ -93,12 +95,34 @@ extern "C" {
     fn shmget(key: i32, size: usize, flags: i32) -> i32;
     fn msgget(key: i32, flags: i32) -> i32;
     fn semget(key: i32, nsems: i32, flags: i32) -> i32;
+    fn setxattr(path: *const u8, name: *const u8, value: *const u8, size: usize, flags: i32) -> i32;
+    fn getxattr(path: *const u8, name: *const u8, value: *mut u8, size: usize) -> isize;
 }
 fn main() {
-    // IPC_PRIVATE, IPC_CREAT | 0600
-    let (shm, msg, sem) = unsafe { (shmget(0, 4096, 0o1600), msgget(0, 0o1600), semget(0, 1, 0o1600)) };
-    println!("ipc made: shm {shm} msg {msg} sem {sem}");
-    if shm < 0 || msg < 0 || sem < 0 { std::process::exit(1) }
+    let args: Vec<String> = std::env::args().collect();
+    let c = |s: &str| format!("{s}\0");
+    match args.get(1).map(String::as_str) {
+        Some("xattr-set") => {
+            let (p, n, v) = (c(&args[2]), c("user.wp"), "leak");
+            let r = unsafe { setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr(), v.len(), 0) };
+            println!("xattr set on {}: {r}", args[2]);
+            if r != 0 { std::process::exit(1) }
+        }
+        Some("xattr-get") => {
+            let (p, n) = (c(&args[2]), c("user.wp"));
+            let mut buf = [0u8; 64];
+            let r = unsafe { getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr(), buf.len()) };
+            if r < 0 { println!("xattr on {}: none", args[2]) } else {
+                println!("xattr on {}: {}", args[2], String::from_utf8_lossy(&buf[..r as usize]))
+            }
+        }
+        _ => {
+            // IPC_PRIVATE, IPC_CREAT | 0600
+            let (shm, msg, sem) = unsafe { (shmget(0, 4096, 0o1600), msgget(0, 0o1600), semget(0, 1, 0o1600)) };
+            println!("ipc made: shm {shm} msg {msg} sem {sem}");
+            if shm < 0 || msg < 0 || sem < 0 { std::process::exit(1) }
+        }
+    }
 }
 "#,
     )
@@ -107,12 +131,12 @@ fn main() {
     let ok = Command::new(rustc)
         .args(["--edition=2021", "-O", "-C", "target-feature=+crt-static"])
         .arg("-o")
-        .arg(gate_dir().join("ipcmk"))
+        .arg(gate_dir().join("helper"))
         .arg(&src)
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
-        Some("/g/ipcmk")
+        Some("/g/helper")
     } else {
         eprintln!("no static SysV IPC helper could be built: that part is skipped");
         None
@@ -182,9 +206,12 @@ fn the_next_job_finds_nothing_of_the_last() {
          cd /tmp && touch /tmp/a /dev/shm/b /dev/leftover /dev/mqueue/q && \
          mkdir -p /tmp/d/e && touch /tmp/d/e/f && chmod 000 /tmp/d && chmod 700 /tmp && \
          mknod /dev/leftnode c 1 3 && rm /dev/fd && ln -s /etc /dev/fd && \
-         {ipc} \
+         {ipc} {xattr} \
          (setsid sh -c 'sleep 1000 & echo daemon $!' &) ; sleep 0.3; ps; echo job1 done",
-        ipc = ipcmk.map(|p| format!("{p} &&")).unwrap_or_default()
+        ipc = ipcmk.map(|p| format!("{p} &&")).unwrap_or_default(),
+        xattr = ipcmk
+            .map(|p| format!("{p} xattr-set /tmp && {p} xattr-set /dev/shm &&"))
+            .unwrap_or_default(),
     );
     let mut job1 = spec(&["sh", "-c", &script]);
     job1.env = vec![
@@ -208,10 +235,21 @@ fn the_next_job_finds_nothing_of_the_last() {
     assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(0))));
     eprintln!("reset after job 1: {report}");
     assert!(ok, "the reset failed: {report}");
+    // Restored on /tmp: its mode (and its xattr); on /dev/shm: its xattr.
+    let (tmp, shm) = match ipcmk {
+        Some(_) => (
+            "/tmp: 2 entries removed, 2 restored",
+            "/dev/shm: 1 entry removed, 1 restored",
+        ),
+        None => (
+            "/tmp: 2 entries removed, 1 restored",
+            "/dev/shm: 1 entry removed;",
+        ),
+    };
     for part in [
         "processes: 1 killed, none left",
-        "/tmp: 2 entries removed, 1 restored",
-        "/dev/shm: 1 entry removed",
+        tmp,
+        shm,
         "/dev/mqueue: 1 entry removed",
         "cwd: /",
         "job state zeroed",
@@ -241,7 +279,11 @@ fn the_next_job_finds_nothing_of_the_last() {
                   echo DEV; ls /dev; echo PS; ps; echo IPC; cat /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; \
                   echo ENV; env; echo ENVIRON; cat /proc/1/environ; echo; echo CMDLINE; cat /proc/1/cmdline; echo; \
                   echo MEM; head -c 64 /proc/1/mem; echo; echo MODE; stat -c '%a' /tmp; readlink /dev/fd; pwd";
-    let job2 = spec(&["sh", "-c", script]);
+    let script = match ipcmk {
+        Some(p) => format!("{p} xattr-get /tmp; {p} xattr-get /dev/shm; {script}"),
+        None => script.to_string(),
+    };
+    let job2 = spec(&["sh", "-c", &script]);
     let (frames, (ok, report)) = g.job(&job2);
     let out = stdout_of(&frames);
     let err = common::stderr_of(&frames);
@@ -257,6 +299,12 @@ fn the_next_job_finds_nothing_of_the_last() {
             .unwrap_or(rest.len());
         rest[..end].to_string()
     };
+    if ipcmk.is_some() {
+        assert!(
+            out.starts_with("xattr on /tmp: none\nxattr on /dev/shm: none\n"),
+            "{out}"
+        );
+    }
     assert_eq!(section("TMP"), ".\n..\n", "{out}");
     assert_eq!(section("SHM"), ".\n..\n", "{out}");
     assert_eq!(section("MQ"), ".\n..\n", "{out}");

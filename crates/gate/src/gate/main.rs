@@ -87,6 +87,7 @@ mod sys {
     pub const EPERM: i32 = 1;
     pub const ESRCH: i32 = 3;
     pub const EBADF: i32 = 9;
+    pub const ENOTSUP: i32 = 95;
     pub const IPC_RMID: i32 = 0;
     pub const P_ALL: i32 = 0;
     pub const WEXITED: i32 = 4;
@@ -116,6 +117,16 @@ mod sys {
         pub fn shmctl(id: i32, cmd: i32, buf: *mut u8) -> i32;
         pub fn msgctl(id: i32, cmd: i32, buf: *mut u8) -> i32;
         pub fn semctl(id: i32, num: i32, cmd: i32, ...) -> i32;
+        pub fn llistxattr(path: *const u8, list: *mut u8, size: usize) -> isize;
+        pub fn lgetxattr(path: *const u8, name: *const u8, value: *mut u8, size: usize) -> isize;
+        pub fn lsetxattr(
+            path: *const u8,
+            name: *const u8,
+            value: *const u8,
+            size: usize,
+            flags: i32,
+        ) -> i32;
+        pub fn lremovexattr(path: *const u8, name: *const u8) -> i32;
     }
 }
 
@@ -1198,7 +1209,76 @@ fn entry_of(path: &Path, m: &std::fs::Metadata) -> io::Result<Entry> {
         mtime: (m.mtime(), m.mtime_nsec()),
         ctime: (m.ctime(), m.ctime_nsec()),
         unreadable: false,
+        xattrs: read_xattrs(path)?,
     })
+}
+
+/// The extended attributes of `path` (not following a symlink) that the gate can
+/// see, sorted by name; none where the filesystem has none (mqueue).
+fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let p = c_bytes(&[path.as_os_str().as_bytes()]);
+    // Sizes can change between the calls only if something else writes them:
+    // no job process is left while the gate reads (or it is the record, before
+    // the first job). Still, a size that grew is an error, not a short read.
+    let n = unsafe { sys::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(sys::ENOTSUP) => Ok(Vec::new()),
+            _ => Err(e),
+        };
+    }
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; n as usize];
+    let n = unsafe { sys::llistxattr(p.as_ptr(), names.as_mut_ptr(), names.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = c_bytes(&[name]);
+        let len = unsafe { sys::lgetxattr(p.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; len as usize];
+        let got = unsafe {
+            sys::lgetxattr(p.as_ptr(), cname.as_ptr(), value.as_mut_ptr(), value.len())
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(got as usize);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Make `path`'s extended attributes exactly `want`.
+fn set_xattrs(path: &Path, want: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    let p = c_bytes(&[path.as_os_str().as_bytes()]);
+    for (name, _) in read_xattrs(path)? {
+        if !want.iter().any(|(w, _)| *w == name) {
+            let cname = c_bytes(&[&name]);
+            if unsafe { sys::lremovexattr(p.as_ptr(), cname.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    for (name, value) in want {
+        let cname = c_bytes(&[name]);
+        let r = unsafe {
+            sys::lsetxattr(p.as_ptr(), cname.as_ptr(), value.as_ptr(), value.len(), 0)
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 use std::os::unix::ffi::OsStringExt;
@@ -1254,6 +1334,10 @@ fn restore_tree(root: &Path, snap: &Tree) -> Result<String, String> {
                     restored += 1;
                     set_mode(&join(root, path), *mode)
                 }
+                Fix::Xattrs { path, want } => {
+                    restored += 1;
+                    set_xattrs(&join(root, path), want)
+                }
                 Fix::Unfixable { path, why } => {
                     return Err(format!("{}: {why}", at(path)));
                 }
@@ -1296,6 +1380,7 @@ fn fix_path(fix: &Fix) -> &[u8] {
         | Fix::Symlink { path, .. }
         | Fix::Chown { path, .. }
         | Fix::Chmod { path, .. }
+        | Fix::Xattrs { path, .. }
         | Fix::Unfixable { path, .. } => path,
     }
 }
@@ -1307,6 +1392,7 @@ fn fix_verb(fix: &Fix) -> &'static str {
         Fix::Symlink { .. } => "re-create the symlink",
         Fix::Chown { .. } => "restore its owner",
         Fix::Chmod { .. } => "restore its mode",
+        Fix::Xattrs { .. } => "restore its extended attributes",
         Fix::Unfixable { .. } => "restore it",
     }
 }
