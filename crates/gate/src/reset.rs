@@ -105,6 +105,20 @@ pub fn parse_sysvipc_ids(text: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The inode of the initial (host's) IPC namespace, fixed by the kernel
+/// (`PROC_IPC_INIT_INO`).
+pub const INITIAL_IPC_NS_INODE: u64 = 0xEFFF_FFFF;
+
+/// Whether the target of `/proc/self/ns/ipc` (`ipc:[INODE]`) is the host's IPC
+/// namespace: then the SysV objects and POSIX queues the reset would remove are
+/// the host's, and the container cannot be reset.
+pub fn is_initial_ipc_ns(link: &str) -> bool {
+    link.strip_prefix("ipc:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|n| n.parse::<u64>().ok())
+        == Some(INITIAL_IPC_NS_INODE)
+}
+
 /// What a tree entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -512,6 +526,14 @@ garbage line
         let sem = "       key      semid perms      nsems   uid   gid  cuid  cgid      otime      ctime\n";
         assert!(parse_sysvipc_ids(sem).is_empty());
         assert!(parse_sysvipc_ids("").is_empty());
+    }
+
+    #[test]
+    fn the_hosts_ipc_namespace_is_recognised() {
+        assert!(is_initial_ipc_ns("ipc:[4026531839]"));
+        assert!(!is_initial_ipc_ns("ipc:[4026532451]"));
+        assert!(!is_initial_ipc_ns("ipc:[]"));
+        assert!(!is_initial_ipc_ns("mnt:[4026531839]"));
     }
 
     fn entry(kind: Kind, mode: u32) -> Entry {

@@ -499,3 +499,23 @@ fn many_jobs_in_one_container_leak_nothing() {
     g.close_stdin();
     assert_eq!(g.finish().2, Some(0));
 }
+
+#[test]
+fn the_hosts_ipc_namespace_is_not_reset() {
+    // The reset removes every SysV object and POSIX queue of its IPC namespace:
+    // with --ipc host those would be the host's, so the gate refuses.
+    let host_ns = std::fs::read_link("/proc/self/ns/ipc")
+        .map(|l| l.to_string_lossy() == "ipc:[4026531839]")
+        .unwrap_or(false);
+    if !host_ns {
+        eprintln!("this test does not run in the initial IPC namespace: skipped");
+        return;
+    }
+    let (ok, report, code) = one_job_then_reset(
+        &["--read-only", "--tmpfs", "/tmp", "--ipc", "host"],
+        &spec(&["true"]),
+    );
+    assert!(!ok);
+    assert!(report.contains("host's IPC namespace"), "{report}");
+    assert_eq!(code, Some(0));
+}

@@ -967,6 +967,31 @@ impl Resetter {
                 return r;
             }
         };
+        // SysV IPC and POSIX queues are the IPC namespace's: the reset removes
+        // them all, so that namespace must be the container's own. The host's
+        // is refused outright; one holding objects before any job ran is shared
+        // (a fresh namespace has none).
+        match std::fs::read_link("/proc/self/ns/ipc") {
+            Ok(link) if reset::is_initial_ipc_ns(&link.to_string_lossy()) => {
+                r.refused.push(
+                    "the container shares the host's IPC namespace (--ipc host)".into(),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => r
+                .refused
+                .push(format!("cannot read /proc/self/ns/ipc: {e}")),
+        }
+        for kind in ["shm", "msg", "sem"] {
+            let text = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).unwrap_or_default();
+            let ids = reset::parse_sysvipc_ids(&text);
+            if !ids.is_empty() {
+                r.refused.push(format!(
+                    "SysV {kind} objects {ids:?} exist before the first job: the IPC \
+                     namespace is shared (--ipc host or container:...)"
+                ));
+            }
+        }
         // A mount point listed twice shows only its last mount.
         let mut mounts = reset::parse_mountinfo(&text);
         let mut seen = HashSet::new();
