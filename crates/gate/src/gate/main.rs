@@ -317,7 +317,6 @@ impl Gate {
         JOB_PGID.store(0, Ordering::SeqCst);
         STATE.store(STARTING, Ordering::SeqCst);
         let mut end = run(&mut spec, self);
-        wipe_spec(&mut spec);
         STATE.store(ENDED, Ordering::SeqCst);
         // What the host cannot see for itself, before the exit it waits for.
         report_signals(&mut self.out, self.signal_reports, true);
@@ -330,6 +329,8 @@ impl Gate {
             .out
             .frame(FRAME_EXIT, &exit_payload(end.status))
             .is_ok();
+        // After the exit is out, so the host does not wait for this.
+        wipe_spec(&mut spec);
         self.out.wipe();
         end
     }
