@@ -59,6 +59,9 @@
 use std::fmt;
 use std::io::Read;
 
+/// The gate's one argument for reuse mode: the host sets the container's
+/// entrypoint to `[GATE_PATH, REUSE_ARG]`. Any other arguments are ignored.
+pub const REUSE_ARG: &str = "--reuse";
 /// Magic that opens a job spec.
 pub const SPEC_MAGIC: [u8; 4] = *b"WPGS";
 /// Version of the protocol this file speaks: the spec encoding and the set of
@@ -295,22 +298,34 @@ impl JobSpec {
 /// Overwrite `buf` with zeros in a way the compiler may not leave out (the
 /// buffer is about to be freed, which would otherwise make the writes dead).
 pub fn wipe(buf: &mut [u8]) {
-    for b in buf.iter_mut() {
-        // SAFETY: a valid, aligned &mut u8.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
-    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: the whole slice is valid for writes of u8.
+    unsafe { wipe_raw(buf.as_mut_ptr(), buf.len()) };
 }
 
 /// `wipe` over a Vec's whole allocation (spare capacity included: it may hold
 /// bytes from before a `clear` or `truncate`), leaving it empty.
 pub fn wipe_vec(v: &mut Vec<u8>) {
     v.clear();
-    let cap = v.capacity();
-    let p = v.as_mut_ptr();
-    for i in 0..cap {
-        // SAFETY: within the allocation of `cap` bytes; u8 has no invalid values.
-        unsafe { std::ptr::write_volatile(p.add(i), 0) };
+    // SAFETY: the allocation holds `capacity` bytes; u8 has no invalid values.
+    unsafe { wipe_raw(v.as_mut_ptr(), v.capacity()) };
+}
+
+/// Volatile zero writes over `len` bytes at `p`: a word at a time where aligned
+/// (a spec may be hundreds of MiB), a byte at a time at the edges.
+unsafe fn wipe_raw(p: *mut u8, len: usize) {
+    const W: usize = std::mem::size_of::<usize>();
+    let mut i = 0;
+    while i < len && !(p as usize + i).is_multiple_of(W) {
+        std::ptr::write_volatile(p.add(i), 0);
+        i += 1;
+    }
+    while i + W <= len {
+        std::ptr::write_volatile(p.add(i) as *mut usize, 0);
+        i += W;
+    }
+    while i < len {
+        std::ptr::write_volatile(p.add(i), 0);
+        i += 1;
     }
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
@@ -692,7 +707,13 @@ mod tests {
         let mut a = *b"secret";
         wipe(&mut a);
         assert_eq!(a, [0; 6]);
-        let mut v = b"secret value".to_vec();
+        // Unaligned starts and ends.
+        let mut b = [7u8; 37];
+        wipe(&mut b[3..34]);
+        assert_eq!(&b[..3], &[7, 7, 7]);
+        assert!(b[3..34].iter().all(|x| *x == 0));
+        assert_eq!(&b[34..], &[7, 7, 7]);
+        let mut v = b"a secret value, longer than a few words".to_vec();
         v.truncate(3);
         let p = v.as_ptr();
         let cap = v.capacity();

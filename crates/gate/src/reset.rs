@@ -80,8 +80,8 @@ pub enum MountClass {
     Tree,
     /// Writable and of a kind the gate cannot put back (an overlay root, a bind
     /// mount or volume on a disk filesystem, a writable cgroup): the container
-    /// cannot be reset. Applies to directories; a single file bound in (such as
-    /// /etc/hosts) is checked by content instead (see `FileState`).
+    /// cannot be reset. The gate applies this to directories and regular files
+    /// (a file volume); a device bound over a masked path is skipped.
     Refuse,
 }
 
@@ -103,6 +103,20 @@ pub fn parse_sysvipc_ids(text: &str) -> Vec<i32> {
         .skip(1)
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
         .collect()
+}
+
+/// The inode of the initial (host's) IPC namespace, fixed by the kernel
+/// (`PROC_IPC_INIT_INO`).
+pub const INITIAL_IPC_NS_INODE: u64 = 0xEFFF_FFFF;
+
+/// Whether the target of `/proc/self/ns/ipc` (`ipc:[INODE]`) is the host's IPC
+/// namespace: then the SysV objects and POSIX queues the reset would remove are
+/// the host's, and the container cannot be reset.
+pub fn is_initial_ipc_ns(link: &str) -> bool {
+    link.strip_prefix("ipc:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|n| n.parse::<u64>().ok())
+        == Some(INITIAL_IPC_NS_INODE)
 }
 
 /// What a tree entry is.
@@ -135,6 +149,10 @@ pub struct Entry {
     pub ctime: (i64, i64),
     /// A directory the gate could not list: what is under it is unknown.
     pub unreadable: bool,
+    /// Extended attributes the gate can see (name, value), sorted by name:
+    /// tmpfs keeps `user.*` attributes (Linux 6.6 and later), a channel from
+    /// one job to the next like any file.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Entry {
@@ -150,6 +168,7 @@ impl Entry {
             mtime: (0, 0),
             ctime: (0, 0),
             unreadable: false,
+            xattrs: Vec::new(),
         }
     }
 }
@@ -185,6 +204,11 @@ pub enum Fix {
     Chmod {
         path: Vec<u8>,
         mode: u32,
+    },
+    /// Extended attributes differ: remove those not recorded, set the recorded.
+    Xattrs {
+        path: Vec<u8>,
+        want: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Something of the snapshot changed in a way the gate does not put back
     /// (a regular file's content or metadata, a device node replaced).
@@ -225,6 +249,7 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
     let mut creates = Vec::new();
     let mut chowns = Vec::new();
     let mut chmods = Vec::new();
+    let mut xattrs = Vec::new();
     let mut unfixable = Vec::new();
     // Paths that go whole: nothing under them needs its own step.
     let mut gone: HashSet<Vec<u8>> = HashSet::new();
@@ -260,20 +285,9 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
         let cur = if below(&gone) { None } else { now.get(path) };
         let Some(n) = cur else {
             // Missing (or under something that is being removed).
-            match &s.kind {
-                Kind::Dir => creates.push(Fix::Mkdir {
-                    path: path.clone(),
-                    mode: s.mode,
-                    uid: s.uid,
-                    gid: s.gid,
-                }),
-                Kind::Symlink(t) => creates.push(Fix::Symlink {
-                    path: path.clone(),
-                    target: t.clone(),
-                    uid: s.uid,
-                    gid: s.gid,
-                }),
-                _ => unfixable.push(Fix::Unfixable {
+            match recreate(path, s) {
+                Some(fix) => creates.push(fix),
+                None => unfixable.push(Fix::Unfixable {
                     path: path.clone(),
                     why: format!("{} of the snapshot is gone", kind_name(&s.kind)),
                 }),
@@ -284,25 +298,11 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
         };
         let same_kind = std::mem::discriminant(&s.kind) == std::mem::discriminant(&n.kind);
         if !same_kind {
-            match &s.kind {
-                Kind::Dir | Kind::Symlink(_) if !path.is_empty() && n.kind != Kind::Mount => {
+            match recreate(path, s) {
+                Some(fix) if !path.is_empty() && n.kind != Kind::Mount => {
                     removes.push(Fix::Remove(path.clone()));
                     gone.insert(path.clone());
-                    creates.push(match &s.kind {
-                        Kind::Dir => Fix::Mkdir {
-                            path: path.clone(),
-                            mode: s.mode,
-                            uid: s.uid,
-                            gid: s.gid,
-                        },
-                        Kind::Symlink(t) => Fix::Symlink {
-                            path: path.clone(),
-                            target: t.clone(),
-                            uid: s.uid,
-                            gid: s.gid,
-                        },
-                        _ => unreachable!("matched above"),
-                    });
+                    creates.push(fix);
                 }
                 _ => unfixable.push(Fix::Unfixable {
                     path: path.clone(),
@@ -318,8 +318,8 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
         match (&s.kind, &n.kind) {
             (Kind::Mount, _) => {}
             (Kind::File, _) => {
-                if (s.mode, s.uid, s.gid, s.size, s.mtime, s.ctime)
-                    != (n.mode, n.uid, n.gid, n.size, n.mtime, n.ctime)
+                if (s.mode, s.uid, s.gid, s.size, s.mtime, s.ctime, &s.xattrs)
+                    != (n.mode, n.uid, n.gid, n.size, n.mtime, n.ctime, &n.xattrs)
                 {
                     unfixable.push(Fix::Unfixable {
                         path: path.clone(),
@@ -358,6 +358,12 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
                         mode: s.mode,
                     });
                 }
+                if s.xattrs != n.xattrs {
+                    xattrs.push(Fix::Xattrs {
+                        path: path.clone(),
+                        want: s.xattrs.clone(),
+                    });
+                }
                 if s.kind == Kind::Dir && n.unreadable && !s.unreadable && s.mode == n.mode {
                     unfixable.push(Fix::Unfixable {
                         path: path.clone(),
@@ -371,8 +377,29 @@ pub fn diff(snap: &Tree, now: &Tree) -> Vec<Fix> {
     out.extend(creates);
     out.extend(chowns);
     out.extend(chmods);
+    out.extend(xattrs);
     out.extend(unfixable);
     out
+}
+
+/// The step that re-creates a snapshot entry, for the kinds the gate re-creates
+/// (directories and symlinks: their whole state is in the snapshot).
+fn recreate(path: &[u8], s: &Entry) -> Option<Fix> {
+    match &s.kind {
+        Kind::Dir => Some(Fix::Mkdir {
+            path: path.to_vec(),
+            mode: s.mode,
+            uid: s.uid,
+            gid: s.gid,
+        }),
+        Kind::Symlink(t) => Some(Fix::Symlink {
+            path: path.to_vec(),
+            target: t.clone(),
+            uid: s.uid,
+            gid: s.gid,
+        }),
+        _ => None,
+    }
 }
 
 pub fn kind_name(k: &Kind) -> &'static str {
@@ -501,6 +528,14 @@ garbage line
         assert!(parse_sysvipc_ids("").is_empty());
     }
 
+    #[test]
+    fn the_hosts_ipc_namespace_is_recognised() {
+        assert!(is_initial_ipc_ns("ipc:[4026531839]"));
+        assert!(!is_initial_ipc_ns("ipc:[4026532451]"));
+        assert!(!is_initial_ipc_ns("ipc:[]"));
+        assert!(!is_initial_ipc_ns("mnt:[4026531839]"));
+    }
+
     fn entry(kind: Kind, mode: u32) -> Entry {
         Entry {
             kind,
@@ -512,6 +547,7 @@ garbage line
             mtime: (1, 0),
             ctime: (1, 0),
             unreadable: false,
+            xattrs: Vec::new(),
         }
     }
 
@@ -674,6 +710,32 @@ garbage line
         // Unreadable with the right mode (the gate lost access some other way).
         let sub = now.get_mut(b"sub".as_slice()).unwrap();
         sub.mode = 0o755;
+        assert!(matches!(&diff(&snap, &now)[..], [Fix::Unfixable { .. }]));
+    }
+
+    #[test]
+    fn extended_attributes_are_put_back() {
+        let mut snap = dev_snapshot();
+        snap.get_mut(b"sub".as_slice()).unwrap().xattrs = vec![(b"user.a".to_vec(), b"1".to_vec())];
+        let mut now = snap.clone();
+        now.get_mut(b"".as_slice()).unwrap().xattrs = vec![(b"user.leak".to_vec(), b"x".to_vec())];
+        now.get_mut(b"sub".as_slice()).unwrap().xattrs = vec![(b"user.a".to_vec(), b"2".to_vec())];
+        assert_eq!(
+            diff(&snap, &now),
+            vec![
+                Fix::Xattrs {
+                    path: b"".to_vec(),
+                    want: vec![]
+                },
+                Fix::Xattrs {
+                    path: b"sub".to_vec(),
+                    want: vec![(b"user.a".to_vec(), b"1".to_vec())]
+                },
+            ]
+        );
+        // On a regular file of the snapshot, a change is a change of the file.
+        let mut now = snap.clone();
+        now.get_mut(b"sub/file".as_slice()).unwrap().xattrs = vec![(b"user.x".to_vec(), vec![])];
         assert!(matches!(&diff(&snap, &now)[..], [Fix::Unfixable { .. }]));
     }
 

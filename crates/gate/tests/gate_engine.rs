@@ -72,15 +72,22 @@ fn reuse_container(run: &str, name: &str, extra: &[&str]) -> Session {
         .args(["--entrypoint", "/g/gate"])
         .args(["-v", &format!("{}:/g:ro", gate_dir().display())])
         .args(extra)
-        .args([BUSYBOX, "--reuse"]);
+        .args([BUSYBOX, warmpool_gate::protocol::REUSE_ARG]);
     Session::start(cmd)
 }
 
-/// A static helper that creates one SysV shared memory segment, message queue
-/// and semaphore set (busybox has no `ipcmk`), built with the rustc at hand;
-/// None (that part of the test is skipped) when it cannot be built.
+/// A static helper (busybox has no `ipcmk` nor `setfattr`), built with the rustc
+/// at hand: without arguments it creates one SysV shared memory segment, message
+/// queue and semaphore set; `xattr-set PATH` / `xattr-get PATH` set and show a
+/// `user.wp` extended attribute. None (those parts of the tests are skipped)
+/// when it cannot be built.
 fn ipc_helper() -> Option<&'static str> {
-    let src = gate_dir().join("ipcmk.rs");
+    static HELPER: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *HELPER.get_or_init(build_ipc_helper)
+}
+
+fn build_ipc_helper() -> Option<&'static str> {
+    let src = gate_dir().join("helper.rs");
     std::fs::write(
         &src,
         r#"
@@ -88,12 +95,34 @@ extern "C" {
     fn shmget(key: i32, size: usize, flags: i32) -> i32;
     fn msgget(key: i32, flags: i32) -> i32;
     fn semget(key: i32, nsems: i32, flags: i32) -> i32;
+    fn setxattr(path: *const u8, name: *const u8, value: *const u8, size: usize, flags: i32) -> i32;
+    fn getxattr(path: *const u8, name: *const u8, value: *mut u8, size: usize) -> isize;
 }
 fn main() {
-    // IPC_PRIVATE, IPC_CREAT | 0600
-    let (shm, msg, sem) = unsafe { (shmget(0, 4096, 0o1600), msgget(0, 0o1600), semget(0, 1, 0o1600)) };
-    println!("ipc made: shm {shm} msg {msg} sem {sem}");
-    if shm < 0 || msg < 0 || sem < 0 { std::process::exit(1) }
+    let args: Vec<String> = std::env::args().collect();
+    let c = |s: &str| format!("{s}\0");
+    match args.get(1).map(String::as_str) {
+        Some("xattr-set") => {
+            let (p, n, v) = (c(&args[2]), c("user.wp"), "leak");
+            let r = unsafe { setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr(), v.len(), 0) };
+            println!("xattr set on {}: {r}", args[2]);
+            if r != 0 { std::process::exit(1) }
+        }
+        Some("xattr-get") => {
+            let (p, n) = (c(&args[2]), c("user.wp"));
+            let mut buf = [0u8; 64];
+            let r = unsafe { getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr(), buf.len()) };
+            if r < 0 { println!("xattr on {}: none", args[2]) } else {
+                println!("xattr on {}: {}", args[2], String::from_utf8_lossy(&buf[..r as usize]))
+            }
+        }
+        _ => {
+            // IPC_PRIVATE, IPC_CREAT | 0600
+            let (shm, msg, sem) = unsafe { (shmget(0, 4096, 0o1600), msgget(0, 0o1600), semget(0, 1, 0o1600)) };
+            println!("ipc made: shm {shm} msg {msg} sem {sem}");
+            if shm < 0 || msg < 0 || sem < 0 { std::process::exit(1) }
+        }
+    }
 }
 "#,
     )
@@ -102,12 +131,12 @@ fn main() {
     let ok = Command::new(rustc)
         .args(["--edition=2021", "-O", "-C", "target-feature=+crt-static"])
         .arg("-o")
-        .arg(gate_dir().join("ipcmk"))
+        .arg(gate_dir().join("helper"))
         .arg(&src)
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
-        Some("/g/ipcmk")
+        Some("/g/helper")
     } else {
         eprintln!("no static SysV IPC helper could be built: that part is skipped");
         None
@@ -177,9 +206,12 @@ fn the_next_job_finds_nothing_of_the_last() {
          cd /tmp && touch /tmp/a /dev/shm/b /dev/leftover /dev/mqueue/q && \
          mkdir -p /tmp/d/e && touch /tmp/d/e/f && chmod 000 /tmp/d && chmod 700 /tmp && \
          mknod /dev/leftnode c 1 3 && rm /dev/fd && ln -s /etc /dev/fd && \
-         {ipc} \
+         {ipc} {xattr} \
          (setsid sh -c 'sleep 1000 & echo daemon $!' &) ; sleep 0.3; ps; echo job1 done",
-        ipc = ipcmk.map(|p| format!("{p} &&")).unwrap_or_default()
+        ipc = ipcmk.map(|p| format!("{p} &&")).unwrap_or_default(),
+        xattr = ipcmk
+            .map(|p| format!("{p} xattr-set /tmp && {p} xattr-set /dev/shm &&"))
+            .unwrap_or_default(),
     );
     let mut job1 = spec(&["sh", "-c", &script]);
     job1.env = vec![
@@ -203,10 +235,21 @@ fn the_next_job_finds_nothing_of_the_last() {
     assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(0))));
     eprintln!("reset after job 1: {report}");
     assert!(ok, "the reset failed: {report}");
+    // Restored on /tmp: its mode (and its xattr); on /dev/shm: its xattr.
+    let (tmp, shm) = match ipcmk {
+        Some(_) => (
+            "/tmp: 2 entries removed, 2 restored",
+            "/dev/shm: 1 entry removed, 1 restored",
+        ),
+        None => (
+            "/tmp: 2 entries removed, 1 restored",
+            "/dev/shm: 1 entry removed;",
+        ),
+    };
     for part in [
         "processes: 1 killed, none left",
-        "/tmp: 2 entries removed, 1 restored",
-        "/dev/shm: 1 entry removed",
+        tmp,
+        shm,
         "/dev/mqueue: 1 entry removed",
         "cwd: /",
         "job state zeroed",
@@ -236,7 +279,11 @@ fn the_next_job_finds_nothing_of_the_last() {
                   echo DEV; ls /dev; echo PS; ps; echo IPC; cat /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; \
                   echo ENV; env; echo ENVIRON; cat /proc/1/environ; echo; echo CMDLINE; cat /proc/1/cmdline; echo; \
                   echo MEM; head -c 64 /proc/1/mem; echo; echo MODE; stat -c '%a' /tmp; readlink /dev/fd; pwd";
-    let job2 = spec(&["sh", "-c", script]);
+    let script = match ipcmk {
+        Some(p) => format!("{p} xattr-get /tmp; {p} xattr-get /dev/shm; {script}"),
+        None => script.to_string(),
+    };
+    let job2 = spec(&["sh", "-c", &script]);
     let (frames, (ok, report)) = g.job(&job2);
     let out = stdout_of(&frames);
     let err = common::stderr_of(&frames);
@@ -252,6 +299,12 @@ fn the_next_job_finds_nothing_of_the_last() {
             .unwrap_or(rest.len());
         rest[..end].to_string()
     };
+    if ipcmk.is_some() {
+        assert!(
+            out.starts_with("xattr on /tmp: none\nxattr on /dev/shm: none\n"),
+            "{out}"
+        );
+    }
     assert_eq!(section("TMP"), ".\n..\n", "{out}");
     assert_eq!(section("SHM"), ".\n..\n", "{out}");
     assert_eq!(section("MQ"), ".\n..\n", "{out}");
@@ -339,5 +392,130 @@ fn what_cannot_be_put_back_fails_the_reset() {
     );
     assert!(!ok);
     assert!(report.contains("/dev/null"), "{report}");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_gate_of_another_user_resets_what_its_jobs_leave() {
+    // The gate runs as the container's user, as the job does: it kills what that
+    // uid started, opens up directories the job made unreadable before removing
+    // them, and a later job of the same uid still cannot read its memory.
+    ensure_images();
+    let run = unique("reset-user");
+    let _cleanup = Cleanup(run.clone());
+    let name = unique("wp-gate-reset-user");
+    let ipcmk = ipc_helper();
+    let mut g = reuse_container(
+        &run,
+        &name,
+        &["--read-only", "--tmpfs", "/tmp", "--user", "1000:1000"],
+    );
+    g.ready();
+    let secret = unique("wp-secret-user");
+    let script = format!(
+        "id -u; mkdir -p /tmp/d/e && touch /tmp/d/e/f && chmod 000 /tmp/d/e /tmp/d && \
+         touch /dev/shm/x && {ipc} (setsid sh -c 'sleep 1000 &' &); echo job1 done",
+        ipc = ipcmk.map(|p| format!("{p} &&")).unwrap_or_default()
+    );
+    let mut job1 = spec(&["sh", "-c", &script]);
+    job1.env.push(format!("SECRET={secret}").into_bytes());
+    let (frames, (ok, report)) = g.job(&job1);
+    let out = stdout_of(&frames);
+    assert!(
+        out.starts_with("1000\n") && out.contains("job1 done"),
+        "{frames:?}"
+    );
+    eprintln!("reset after job 1 (uid 1000): {report}");
+    assert!(ok, "{report}");
+    assert!(report.contains("/tmp: 1 entry removed"), "{report}");
+    assert!(report.contains("/dev/shm: 1 entry removed"), "{report}");
+    if ipcmk.is_some() {
+        assert!(
+            report.contains("sysvipc: 1 shm, 1 msg, 1 sem removed"),
+            "{report}"
+        );
+    }
+    g.ready();
+    let script = "ls -a /tmp; ps; cat /proc/1/environ; head -c 16 /proc/1/mem; echo end";
+    let (frames, (ok, report)) = g.job(&spec(&["sh", "-c", script]));
+    assert!(ok, "{report}");
+    let out = stdout_of(&frames);
+    let err = common::stderr_of(&frames);
+    assert!(out.starts_with(".\n..\n"), "{out}");
+    assert!(!out.contains("sleep"), "{out}");
+    assert!(!out.contains(&secret), "{out}");
+    assert!(
+        err.contains("/proc/1/environ") && err.contains("/proc/1/mem"),
+        "same uid, but the gate is not dumpable: {err}"
+    );
+    g.ready();
+    g.close_stdin();
+    assert_eq!(g.finish().2, Some(0));
+}
+
+#[test]
+fn many_jobs_in_one_container_leak_nothing() {
+    // Job after job: each gets its own env, stdin and exit; the gate's open
+    // files (seen from the host) do not grow with the number of jobs.
+    ensure_images();
+    let run = unique("reset-many");
+    let _cleanup = Cleanup(run.clone());
+    let name = unique("wp-gate-reset-many");
+    let mut g = reuse_container(&run, &name, &["--read-only", "--tmpfs", "/tmp"]);
+    g.ready();
+    let pid = String::from_utf8_lossy(
+        &Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &name])
+            .output()
+            .expect("docker inspect")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let open_files = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
+    let mut after_first = None;
+    for i in 0..20 {
+        let mut job = spec(&[
+            "sh",
+            "-c",
+            "echo $N; cat; touch /tmp/$N; sleep 100 & exit $N",
+        ]);
+        job.env.push(format!("N={i}").into_bytes());
+        job.stdin = Some(format!("in{i}\n").into_bytes());
+        let (frames, (ok, report)) = g.job(&job);
+        assert!(ok, "job {i}: {report}");
+        assert_eq!(stdout_of(&frames), format!("{i}\nin{i}\n"));
+        assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(i))));
+        assert!(report.contains("processes: 1 killed"), "{report}");
+        assert!(report.contains("/tmp: 1 entry removed"), "{report}");
+        g.ready();
+        if i == 0 {
+            after_first = open_files().ok();
+        }
+    }
+    if let (Some(first), Ok(last)) = (after_first, open_files()) {
+        assert_eq!(first, last, "the gate's open files grew");
+    }
+    g.close_stdin();
+    assert_eq!(g.finish().2, Some(0));
+}
+
+#[test]
+fn the_hosts_ipc_namespace_is_not_reset() {
+    // The reset removes every SysV object and POSIX queue of its IPC namespace:
+    // with --ipc host those would be the host's, so the gate refuses.
+    let host_ns = std::fs::read_link("/proc/self/ns/ipc")
+        .map(|l| l.to_string_lossy() == "ipc:[4026531839]")
+        .unwrap_or(false);
+    if !host_ns {
+        eprintln!("this test does not run in the initial IPC namespace: skipped");
+        return;
+    }
+    let (ok, report, code) = one_job_then_reset(
+        &["--read-only", "--tmpfs", "/tmp", "--ipc", "host"],
+        &spec(&["true"]),
+    );
+    assert!(!ok);
+    assert!(report.contains("host's IPC namespace"), "{report}");
     assert_eq!(code, Some(0));
 }

@@ -41,6 +41,7 @@ mod reset;
 
 use protocol::{
     exit_payload, frame_header, reset_payload, wipe, wipe_vec, ExitStatus, JobSpec, SpecError,
+    REUSE_ARG,
     FRAME_EXIT, FRAME_OOM, FRAME_READY, FRAME_RESET, FRAME_SIGNAL, FRAME_STARTED,
     FRAME_START_FAILED, FRAME_STDERR, FRAME_STDOUT,
 };
@@ -85,6 +86,8 @@ mod sys {
     pub const PR_SET_DUMPABLE: i32 = 4;
     pub const EPERM: i32 = 1;
     pub const ESRCH: i32 = 3;
+    pub const EBADF: i32 = 9;
+    pub const ENOTSUP: i32 = 95;
     pub const IPC_RMID: i32 = 0;
     pub const P_ALL: i32 = 0;
     pub const WEXITED: i32 = 4;
@@ -114,6 +117,16 @@ mod sys {
         pub fn shmctl(id: i32, cmd: i32, buf: *mut u8) -> i32;
         pub fn msgctl(id: i32, cmd: i32, buf: *mut u8) -> i32;
         pub fn semctl(id: i32, num: i32, cmd: i32, ...) -> i32;
+        pub fn llistxattr(path: *const u8, list: *mut u8, size: usize) -> isize;
+        pub fn lgetxattr(path: *const u8, name: *const u8, value: *mut u8, size: usize) -> isize;
+        pub fn lsetxattr(
+            path: *const u8,
+            name: *const u8,
+            value: *const u8,
+            size: usize,
+            flags: i32,
+        ) -> i32;
+        pub fn lremovexattr(path: *const u8, name: *const u8) -> i32;
     }
 }
 
@@ -124,8 +137,6 @@ const EXIT_BAD_SPEC: i32 = 2;
 const EXIT_IO: i32 = 3;
 /// How long to wait, after the exit frame, for the host to close stdin.
 const ACK_TIMEOUT_MS: i32 = 60_000;
-/// The argument that makes the gate serve job after job, resetting in between.
-const REUSE_ARG: &str = "--reuse";
 /// How long the reset waits for the last job's processes to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most entries the reset records or walks in one mount.
@@ -306,7 +317,6 @@ impl Gate {
         JOB_PGID.store(0, Ordering::SeqCst);
         STATE.store(STARTING, Ordering::SeqCst);
         let mut end = run(&mut spec, self);
-        wipe_spec(&mut spec);
         STATE.store(ENDED, Ordering::SeqCst);
         // What the host cannot see for itself, before the exit it waits for.
         report_signals(&mut self.out, self.signal_reports, true);
@@ -319,6 +329,8 @@ impl Gate {
             .out
             .frame(FRAME_EXIT, &exit_payload(end.status))
             .is_ok();
+        // After the exit is out, so the host does not wait for this.
+        wipe_spec(&mut spec);
         self.out.wipe();
         end
     }
@@ -346,7 +358,12 @@ impl Read for Fd0 {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let r = unsafe { sys::read(0, buf.as_mut_ptr(), buf.len()) };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // No stdin at all reads as an empty one, as std's Stdin has it.
+            if e.raw_os_error() == Some(sys::EBADF) {
+                return Ok(0);
+            }
+            return Err(e);
         }
         self.read += r as u64;
         Ok(r as usize)
@@ -951,6 +968,31 @@ impl Resetter {
                 return r;
             }
         };
+        // SysV IPC and POSIX queues are the IPC namespace's: the reset removes
+        // them all, so that namespace must be the container's own. The host's
+        // is refused outright; one holding objects before any job ran is shared
+        // (a fresh namespace has none).
+        match std::fs::read_link("/proc/self/ns/ipc") {
+            Ok(link) if reset::is_initial_ipc_ns(&link.to_string_lossy()) => {
+                r.refused.push(
+                    "the container shares the host's IPC namespace (--ipc host)".into(),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => r
+                .refused
+                .push(format!("cannot read /proc/self/ns/ipc: {e}")),
+        }
+        for kind in ["shm", "msg", "sem"] {
+            let text = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).unwrap_or_default();
+            let ids = reset::parse_sysvipc_ids(&text);
+            if !ids.is_empty() {
+                r.refused.push(format!(
+                    "SysV {kind} objects {ids:?} exist before the first job: the IPC \
+                     namespace is shared (--ipc host or container:...)"
+                ));
+            }
+        }
         // A mount point listed twice shows only its last mount.
         let mut mounts = reset::parse_mountinfo(&text);
         let mut seen = HashSet::new();
@@ -963,26 +1005,46 @@ impl Resetter {
                 continue;
             }
             let path = PathBuf::from(OsStr::from_bytes(&m.mount_point));
-            // A file bound in (a masked path, /etc/hosts and friends) is no tree.
-            if !std::fs::metadata(&path).is_ok_and(|md| md.is_dir()) {
-                continue;
-            }
-            match class {
-                MountClass::Tree => match walk(&path) {
-                    Ok(tree) => r.trees.push((path, tree)),
-                    Err(e) => r.refused.push(format!(
-                        "cannot record {} ({}): {e}",
-                        path.display(),
-                        m.fstype
-                    )),
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    r.refused
+                        .push(format!("cannot stat the mount {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let why = match (class, meta.is_dir()) {
+                (MountClass::Tree, true) => match walk(&path) {
+                    Ok(tree) => {
+                        r.trees.push((path, tree));
+                        continue;
+                    }
+                    Err(e) => format!("cannot record {} ({}): {e}", path.display(), m.fstype),
                 },
-                _ => r.refused.push(format!(
-                    "{} is a read-write {} mount, which the gate cannot reset \
-                     (a writable root filesystem or volume)",
+                // A device bound over a masked path (/proc/kcore and friends) holds
+                // no state of a job's.
+                (MountClass::Tree, false) => continue,
+                (_, false) if !meta.is_file() => continue,
+                // A regular file bound in writable (a file volume; /etc/hosts and
+                // friends when the root is writable too) keeps what a job writes.
+                (_, false) => format!(
+                    "{} is a read-write {} file mount, which the gate cannot reset",
                     path.display(),
                     m.fstype
-                )),
-            }
+                ),
+                (_, true) if m.fstype.starts_with("cgroup") => format!(
+                    "{} is a read-write {} mount (a writable cgroup), which the gate cannot reset",
+                    path.display(),
+                    m.fstype
+                ),
+                (_, true) => format!(
+                    "{} is a read-write {} mount (a writable root filesystem, bind mount or \
+                     volume), which the gate cannot reset",
+                    path.display(),
+                    m.fstype
+                ),
+            };
+            r.refused.push(why);
         }
         r
     }
@@ -1173,7 +1235,76 @@ fn entry_of(path: &Path, m: &std::fs::Metadata) -> io::Result<Entry> {
         mtime: (m.mtime(), m.mtime_nsec()),
         ctime: (m.ctime(), m.ctime_nsec()),
         unreadable: false,
+        xattrs: read_xattrs(path)?,
     })
+}
+
+/// The extended attributes of `path` (not following a symlink) that the gate can
+/// see, sorted by name; none where the filesystem has none (mqueue).
+fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let p = c_bytes(&[path.as_os_str().as_bytes()]);
+    // Sizes can change between the calls only if something else writes them:
+    // no job process is left while the gate reads (or it is the record, before
+    // the first job). Still, a size that grew is an error, not a short read.
+    let n = unsafe { sys::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(sys::ENOTSUP) => Ok(Vec::new()),
+            _ => Err(e),
+        };
+    }
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; n as usize];
+    let n = unsafe { sys::llistxattr(p.as_ptr(), names.as_mut_ptr(), names.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = c_bytes(&[name]);
+        let len = unsafe { sys::lgetxattr(p.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; len as usize];
+        let got = unsafe {
+            sys::lgetxattr(p.as_ptr(), cname.as_ptr(), value.as_mut_ptr(), value.len())
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(got as usize);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Make `path`'s extended attributes exactly `want`.
+fn set_xattrs(path: &Path, want: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    let p = c_bytes(&[path.as_os_str().as_bytes()]);
+    for (name, _) in read_xattrs(path)? {
+        if !want.iter().any(|(w, _)| *w == name) {
+            let cname = c_bytes(&[&name]);
+            if unsafe { sys::lremovexattr(p.as_ptr(), cname.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    for (name, value) in want {
+        let cname = c_bytes(&[name]);
+        let r = unsafe {
+            sys::lsetxattr(p.as_ptr(), cname.as_ptr(), value.as_ptr(), value.len(), 0)
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 use std::os::unix::ffi::OsStringExt;
@@ -1229,6 +1360,10 @@ fn restore_tree(root: &Path, snap: &Tree) -> Result<String, String> {
                     restored += 1;
                     set_mode(&join(root, path), *mode)
                 }
+                Fix::Xattrs { path, want } => {
+                    restored += 1;
+                    set_xattrs(&join(root, path), want)
+                }
                 Fix::Unfixable { path, why } => {
                     return Err(format!("{}: {why}", at(path)));
                 }
@@ -1271,6 +1406,7 @@ fn fix_path(fix: &Fix) -> &[u8] {
         | Fix::Symlink { path, .. }
         | Fix::Chown { path, .. }
         | Fix::Chmod { path, .. }
+        | Fix::Xattrs { path, .. }
         | Fix::Unfixable { path, .. } => path,
     }
 }
@@ -1282,6 +1418,7 @@ fn fix_verb(fix: &Fix) -> &'static str {
         Fix::Symlink { .. } => "re-create the symlink",
         Fix::Chown { .. } => "restore its owner",
         Fix::Chmod { .. } => "restore its mode",
+        Fix::Xattrs { .. } => "restore its extended attributes",
         Fix::Unfixable { .. } => "restore it",
     }
 }
@@ -1357,19 +1494,17 @@ fn remove_sysvipc() -> Result<String, String> {
             Err(e) => Err(format!("cannot read {file}: {e}")),
         };
         let ids = list()?;
+        // An object gone in between is what the step wants; the list after says.
+        let mut failure = None;
         for &id in &ids {
             if rmid(id) != 0 {
-                let e = io::Error::last_os_error();
-                // Gone in between (EINVAL / EIDRM) is what we want; the check below says.
-                let _ = e;
+                failure = Some(io::Error::last_os_error());
             }
         }
         let left = list()?;
         if !left.is_empty() {
-            return Err(format!(
-                "SysV {name} {left:?} cannot be removed: {}",
-                io::Error::last_os_error()
-            ));
+            let why = failure.map_or_else(|| "still listed".to_string(), |e| e.to_string());
+            return Err(format!("SysV {name} {left:?} cannot be removed: {why}"));
         }
         counts.push(format!("{} {name}", ids.len()));
     }
