@@ -1232,8 +1232,8 @@ max_wait = "10s"
         .args([
             "--checks",
             "all",
-            // Bounded: at most 50 cases an operation and phase (about half a
-            // minute here), the same ones every run.
+            // Bounded: at most 50 cases an operation and phase (about 40 s
+            // here), the same ones every run.
             "--max-examples",
             "50",
             "--seed",
