@@ -804,3 +804,466 @@ fn big_submits_do_not_stall_healthz() {
     assert!(checks > 0);
     assert!(slow.is_empty(), "{checks} checks, failed: {slow:?}");
 }
+
+/// One request as curl sends it, with the server's token or without:
+/// (status, Content-Type without its parameters, body).
+fn answer(s: &Server, token: bool, args: &[&str], path: &str) -> (u16, String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-S",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code} %{content_type}",
+        "--max-time",
+        "60",
+    ]);
+    if let (true, Some(t)) = (token, &s.token) {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .args(args)
+        .arg(format!("{}{path}", s.base))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", ""));
+    let (code, ctype) = tail.split_once(' ').unwrap_or((tail, ""));
+    let ctype = ctype.split(';').next().unwrap_or("").trim().to_string();
+    (code.trim().parse().unwrap_or(0), ctype, body.to_string())
+}
+
+/// Every (path template, method) the document lists.
+fn documented_operations(doc: &serde_json::Value) -> Vec<(String, String)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            ops.push((path.clone(), method.clone()));
+        }
+    }
+    ops
+}
+
+#[test]
+fn every_answer_a_route_gives_is_in_the_openapi_document() {
+    let token = unique("tok");
+    // One container and no queue (a 429 is one running job away); a small
+    // max_body (a 413 is a small body away).
+    let s = Server::start_with(
+        "max_body = \"64k\"",
+        "max_containers = 1\nmax_queue = 0\n",
+        &[("WARMPOOL_API_TOKEN", &token)],
+    );
+    let (code, _, doc) = answer(&s, true, &[], "/v1/openapi.json");
+    assert_eq!(code, 200);
+    let doc = json(&doc);
+    let ops = documented_operations(&doc);
+    // What the server answered, per operation: (template, method, status).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut check =
+        |template: &str, method: &str, want: u16, (code, ctype, body): (u16, String, String)| {
+            assert_eq!(code, want, "{method} {template}: {ctype} {body}");
+            let r = &doc["paths"][template][method]["responses"][code.to_string()];
+            assert!(
+                r.is_object(),
+                "{method} {template} answered {code}, which the document does not list: {body}"
+            );
+            match r.get("content").and_then(|c| c.as_object()) {
+                Some(types) => assert!(
+                    types.contains_key(&ctype),
+                    "{method} {template} {code}: {ctype} is not one of {:?}",
+                    types.keys()
+                ),
+                None => assert!(
+                    body.is_empty(),
+                    "{method} {template} {code}: a body the document does not describe"
+                ),
+            }
+            if ctype == "application/json" && code >= 400 {
+                assert!(json(&body)["error"].is_string(), "{body}");
+            }
+            seen.insert((template.to_string(), method.to_string(), code.to_string()));
+            body
+        };
+    let concrete = |t: &str| t.replace("{id}", "j-no-such-job");
+    let method_args = |m: &str| vec!["-X".to_string(), m.to_uppercase()];
+    let many_headers: Vec<String> = (0..120)
+        .flat_map(|i| ["-H".to_string(), format!("X-Filler-{i}: x")])
+        .collect();
+    let long_query = format!("?x={}", "a".repeat(70_000));
+    for (template, method) in &ops {
+        let m = method_args(method);
+        let m: Vec<&str> = m.iter().map(String::as_str).collect();
+        let path = concrete(template);
+        // The HTTP layer's answers, before any route: a request target over
+        // 64 KiB, over 100 headers.
+        check(
+            template,
+            method,
+            414,
+            answer(&s, true, &m, &format!("{path}{long_query}")),
+        );
+        let mut args = m.clone();
+        args.extend(many_headers.iter().map(String::as_str));
+        check(template, method, 431, answer(&s, true, &args, &path));
+        // Every /v1 route asks for the token; the others do not.
+        if template.starts_with("/v1/") {
+            check(template, method, 401, answer(&s, false, &m, &path));
+            let mut wrong = m.clone();
+            wrong.extend(["-H", "Authorization: Bearer wrong"]);
+            check(template, method, 401, answer(&s, false, &wrong, &path));
+        }
+    }
+    let post = |body: &str| {
+        vec![
+            "-X".to_string(),
+            "POST".to_string(),
+            "-H".to_string(),
+            "Content-Type: application/json".to_string(),
+            "--data-binary".to_string(),
+            body.to_string(),
+        ]
+    };
+    let submit = |q: &str, body: &str| {
+        let args = post(body);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        answer(&s, true, &args, &format!("/v1/jobs{q}"))
+    };
+    let get = |path: &str| answer(&s, true, &[], path);
+    let jobs = "/v1/jobs";
+
+    // POST /v1/jobs
+    let ended = check(
+        jobs,
+        "post",
+        200,
+        submit("?wait=true", r#"{"profile":"bb","args":["true"]}"#),
+    );
+    let ended = json(&ended)["id"].as_str().unwrap().to_string();
+    for (q, body, says) in [
+        ("", "{not json", "invalid job"),
+        ("", r#"{"profile":"bb","surprise":1}"#, "surprise"),
+        // Schema and server agree: "" is no profile (the schema's enum and minLength).
+        ("", r#"{"profile":""}"#, "no profile \"\""),
+        ("", r#"{"profile":"nope"}"#, "no profile \"nope\""),
+        ("", r#"{"profile":"bb","timeout":"0s"}"#, "timeout"),
+        ("", r#"{"profile":"bb","env":{"A-B":"x"}}"#, "A-B"),
+        ("?wait=maybe", r#"{"profile":"bb"}"#, "invalid query"),
+        (
+            "?wait=true&wait=false",
+            r#"{"profile":"bb"}"#,
+            "duplicate field `wait`",
+        ),
+    ] {
+        let body = check(jobs, "post", 400, submit(q, body));
+        assert!(
+            json(&body)["error"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
+    let profile = &doc["components"]["schemas"]["SubmitJob"]["properties"]["profile"];
+    assert_eq!(profile["enum"], serde_json::json!(["bb"]), "{profile}");
+    assert_eq!(profile["minLength"], 1, "{profile}");
+    let big = format!(r#"{{"profile":"bb","stdin":"{}"}}"#, "x".repeat(100_000));
+    let file = s.dir.join("big.json");
+    std::fs::write(&file, big).unwrap();
+    let mut args = post("");
+    args.pop();
+    args.push(format!("@{}", file.display()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    check(jobs, "post", 413, answer(&s, true, &args, jobs));
+
+    // GET /v1/jobs
+    check(
+        jobs,
+        "get",
+        200,
+        get("/v1/jobs?state=succeeded&profile=bb&limit=1"),
+    );
+    for (q, says) in [
+        ("limit=0", "limit: 0 is out of range (1 to 1000)"),
+        ("limit=1001", "limit: 1001 is out of range (1 to 1000)"),
+        ("limit=-1", "invalid query"),
+        ("limit=1&limit=2", "duplicate field `limit`"),
+        ("state=sleeping", "not a job state"),
+        ("state=", "not a job state"),
+    ] {
+        let body = check(jobs, "get", 400, get(&format!("/v1/jobs?{q}")));
+        assert!(
+            json(&body)["error"].as_str().unwrap().contains(says),
+            "{q}: {body}"
+        );
+    }
+
+    // GET /v1/jobs/{id}
+    let one = "/v1/jobs/{id}";
+    check(one, "get", 200, get(&format!("/v1/jobs/{ended}")));
+    check(one, "get", 404, get("/v1/jobs/j-no-such-job"));
+    check(one, "get", 400, get("/v1/jobs/%FF"));
+
+    // GET /v1/jobs/{id}/output
+    let output = "/v1/jobs/{id}/output";
+    check(output, "get", 200, get(&format!("/v1/jobs/{ended}/output")));
+    check(
+        output,
+        "get",
+        200,
+        answer(
+            &s,
+            true,
+            &["-H", "Accept: text/event-stream"],
+            &format!("/v1/jobs/{ended}/output"),
+        ),
+    );
+    check(output, "get", 404, get("/v1/jobs/j-no-such-job/output"));
+    check(output, "get", 400, get("/v1/jobs/%FF/output"));
+    for q in [
+        "stream=stdin",
+        "stream=stdout&stream=stderr",
+        "follow=maybe",
+    ] {
+        check(
+            output,
+            "get",
+            400,
+            get(&format!("/v1/jobs/{ended}/output?{q}")),
+        );
+        // The stream is checked for SSE too, which carries both.
+        check(
+            output,
+            "get",
+            400,
+            answer(
+                &s,
+                true,
+                &["-H", "Accept: text/event-stream"],
+                &format!("/v1/jobs/{ended}/output?{q}"),
+            ),
+        );
+    }
+
+    // POST /v1/jobs/{id}/cancel, and a full queue
+    let cancel = "/v1/jobs/{id}/cancel";
+    let running = check(
+        jobs,
+        "post",
+        201,
+        submit("", r#"{"profile":"bb","args":["sleep","30"]}"#),
+    );
+    let running = json(&running)["id"].as_str().unwrap().to_string();
+    s.wait_state(&running, "running");
+    let body = check(
+        jobs,
+        "post",
+        429,
+        submit("", r#"{"profile":"bb","args":["true"]}"#),
+    );
+    assert!(body.contains("max_queue"), "{body}");
+    let cancel_path = |id: &str| format!("/v1/jobs/{id}/cancel");
+    let post_empty = ["-X", "POST"];
+    check(
+        cancel,
+        "post",
+        200,
+        answer(&s, true, &post_empty, &cancel_path(&running)),
+    );
+    check(
+        cancel,
+        "post",
+        409,
+        answer(&s, true, &post_empty, &cancel_path(&running)),
+    );
+    check(
+        cancel,
+        "post",
+        404,
+        answer(&s, true, &post_empty, &cancel_path("j-no-such-job")),
+    );
+    check(
+        cancel,
+        "post",
+        400,
+        answer(&s, true, &post_empty, "/v1/jobs/%FF/cancel"),
+    );
+
+    // The rest
+    for path in [
+        "/v1/pools",
+        "/v1/nodes",
+        "/v1/openapi.json",
+        "/healthz",
+        "/metrics",
+    ] {
+        check(path, "get", 200, get(path));
+    }
+    let readyz = get("/readyz");
+    let code = readyz.0;
+    assert!(code == 200 || code == 503, "{readyz:?}");
+    check("/readyz", "get", code, readyz);
+
+    // What the document lists and no request here provoked: failures of the
+    // store (500; 503 while it is unreachable) and of the server, a shutdown,
+    // a job removed by retention while a submit waits for it, a pool refilling.
+    let mut unprovoked = Vec::new();
+    for (template, method) in &ops {
+        for status in doc["paths"][template][method]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+        {
+            if !seen.contains(&(template.clone(), method.clone(), status.clone())) {
+                unprovoked.push(format!("{method} {template} {status}"));
+            }
+        }
+    }
+    let expected = |u: &String| {
+        let (route, status) = u.rsplit_once(' ').unwrap();
+        (status == "500" && route.contains(" /v1/"))
+            || (status == "503" && route.contains(" /v1/"))
+            || u == "post /v1/jobs 404"
+            || u == "get /readyz 503"
+            || u == "get /readyz 200"
+    };
+    let missed: Vec<&String> = unprovoked.iter().filter(|u| !expected(u)).collect();
+    assert!(
+        missed.is_empty(),
+        "documented but never provoked: {missed:?}"
+    );
+}
+
+/// The schemathesis release the suite runs (and `.ci/run` installs): its
+/// command line changed between major versions.
+const SCHEMATHESIS: &str = "4.32.5";
+
+/// schemathesis, installed when missing into a virtualenv under the target
+/// dir (`target/py`, where `.ci/run` puts it too); a clear panic when that
+/// cannot be done (no python3 or no PyPI), never a skip.
+fn schemathesis() -> std::path::PathBuf {
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target dir")
+        .to_path_buf();
+    let venv = target.join("py");
+    let bin = venv.join("bin/schemathesis");
+    let version = || {
+        Command::new(&bin)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    if version().ends_with(&format!("version {SCHEMATHESIS}")) {
+        return bin;
+    }
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: {e} (the serve suite needs python3)"));
+        assert!(
+            out.status.success(),
+            "{what} failed: the serve suite runs schemathesis {SCHEMATHESIS} from PyPI \
+             (`.ci/run` installs it; or: python3 -m venv {v} && {v}/bin/pip install schemathesis=={SCHEMATHESIS}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            v = venv.display(),
+        );
+    };
+    if !venv.join("bin/python").exists() {
+        run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "python3 -m venv",
+        );
+    }
+    run(
+        Command::new(venv.join("bin/python")).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            &format!("schemathesis=={SCHEMATHESIS}"),
+        ]),
+        "pip install schemathesis",
+    );
+    let v = version();
+    assert!(
+        v.ends_with(&format!("version {SCHEMATHESIS}")),
+        "schemathesis in {} says {v:?}",
+        venv.display()
+    );
+    bin
+}
+
+#[test]
+fn schemathesis_finds_nothing_against_a_real_server() {
+    let st = schemathesis();
+    let token = unique("tok");
+    // Whatever schemathesis submits is harmless and bounded: the only profile's
+    // image echoes its arguments (ENTRYPOINT sh -c 'echo ...'), in at most two
+    // containers with a short queue, each job at most 10 s and 64 KiB of
+    // output; small count limits keep the generated jobs small.
+    let s = Server::start_profiles(
+        "max_env = 8\nmax_args = 8\n",
+        &format!(
+            r#"[profiles.echo]
+image = "{ENTRY}"
+network = "none"
+labels = {{ "{TEST_LABEL}" = "@LABEL@" }}
+job_timeout = "10s"
+output_limit = "64k"
+memory = "64m"
+pids_limit = 32
+max_containers = 2
+max_queue = 4
+max_wait = "10s"
+"#
+        ),
+        &[("WARMPOOL_API_TOKEN", &token)],
+    );
+    let began = Instant::now();
+    let out = Command::new(&st)
+        .arg("--config-file")
+        .arg(repo_root().join("crates/cli/tests/schemathesis.toml"))
+        .arg("run")
+        .arg(format!("{}/v1/openapi.json", s.base))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "--checks",
+            "all",
+            // Bounded: at most 50 cases an operation and phase (about 40 s
+            // here), the same ones every run.
+            "--max-examples",
+            "50",
+            "--seed",
+            "1",
+            // The same cases every run (and no example database kept).
+            "--generation-deterministic",
+            "--request-timeout",
+            "60",
+            "--no-color",
+        ])
+        // Anything it writes (reports, caches) stays in the server's dir, removed after.
+        .current_dir(&s.dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run schemathesis");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}\nschemathesis took {:?}", began.elapsed());
+    assert!(
+        out.status.success() && text.contains("No issues found"),
+        "schemathesis found failures ({}):\n{text}\nserver log:\n{}",
+        out.status,
+        s.log()
+    );
+    // Everything it ran is gone once the server stops.
+    let mut s = s;
+    let status = s.signal(15);
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    assert_eq!(s.containers(), "", "containers left behind");
+}

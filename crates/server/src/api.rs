@@ -69,10 +69,7 @@ pub fn parse_submit(req: SubmitRequest, config: &Config) -> Result<NewJob, BadRe
     }
     let timeout_ms = match &req.timeout {
         Some(t) => {
-            let d = parse_duration(t).map_err(|e| BadRequest(format!("timeout: {e}")))?;
-            if d < std::time::Duration::from_millis(1) {
-                return Err(BadRequest("timeout: must be at least 1ms".into()));
-            }
+            let d = parse_job_timeout(t)?;
             Some(d.as_millis().min(u128::from(u64::MAX)) as u64)
         }
         None => None,
@@ -201,6 +198,62 @@ pub fn inline_text(head: &[u8], total: u64, max: usize) -> (String, bool) {
     (out, is_prefix)
 }
 
+/// A job's `timeout` as the OpenAPI document gives it: a positive number (an
+/// integer part of digits, then maybe `.` and more digits) and a unit, `ms`,
+/// `s` (the default), `m` or `h`, with at most 12, 9, 7 or 5 significant digits
+/// before the point (so under 1e9 s, the longest a duration may be). Exactly
+/// what [`parse_job_timeout`] takes; the service's schemathesis run holds the
+/// two together.
+pub const TIMEOUT_PATTERN: &str = "^0*([1-9][0-9]{0,11}(\\.[0-9]*)?|\\.[0-9]*[1-9][0-9]*)ms$|^0*([1-9][0-9]{0,8}(\\.[0-9]*)?|\\.[0-9]*[1-9][0-9]*)s?$|^0*([1-9][0-9]{0,6}(\\.[0-9]*)?|\\.[0-9]*[1-9][0-9]*)m$|^0*([1-9][0-9]{0,4}(\\.[0-9]*)?|\\.[0-9]*[1-9][0-9]*)h$";
+
+/// A job's `timeout` ([`TIMEOUT_PATTERN`]); under 1ms is 1ms (never 0, never
+/// "no timeout").
+pub fn parse_job_timeout(t: &str) -> Result<std::time::Duration, BadRequest> {
+    let bad = || {
+        BadRequest(format!(
+            "timeout: \"{t}\" is not a timeout: a positive number and a unit, ms, s (the default), m or h, \
+             under 1e12ms, 1e9s, 1e7m or 1e5h (\"500ms\", \"30s\", \"1.5m\")"
+        ))
+    };
+    let (num, max_int) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 12)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 9)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 7)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 5)
+    } else {
+        (t, 9)
+    };
+    let (int, frac) = match num.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (num, None),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let significant = int.trim_start_matches('0');
+    let positive = !significant.is_empty() || frac.is_some_and(|f| f.bytes().any(|b| b != b'0'));
+    if !digits(int) || !frac.is_none_or(digits) || significant.len() > max_int || !positive {
+        return Err(bad());
+    }
+    let d = parse_duration(t).map_err(|_| bad())?;
+    Ok(d.max(std::time::Duration::from_millis(1)))
+}
+
+/// The most jobs one list answers (`?limit=`, 1 to this; 100 when not given).
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+/// `?limit=` of the job list.
+pub fn parse_limit(limit: Option<u64>) -> Result<usize, BadRequest> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=LIST_LIMIT_MAX as u64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(BadRequest(format!(
+            "limit: {n} is out of range (1 to {LIST_LIMIT_MAX})"
+        ))),
+    }
+}
+
 /// `?stream=stdout|stderr` (default stdout).
 pub fn parse_stream(s: Option<&str>) -> Result<StreamName, BadRequest> {
     match s.unwrap_or("stdout") {
@@ -215,7 +268,7 @@ pub fn parse_stream(s: Option<&str>) -> Result<StreamName, BadRequest> {
 /// `?state=` of the job list.
 pub fn parse_state(s: Option<&str>) -> Result<Option<JobState>, BadRequest> {
     match s {
-        None | Some("") => Ok(None),
+        None => Ok(None),
         Some(s) => JobState::parse(s)
             .map(Some)
             .ok_or_else(|| BadRequest(format!("state: \"{s}\" is not a job state"))),
@@ -345,6 +398,82 @@ mod tests {
         assert!(parse_stream(Some("stdin")).is_err());
         assert!(parse_state(Some("sleeping")).is_err());
         assert_eq!(parse_state(Some("queued")).unwrap(), Some(JobState::Queued));
+    }
+
+    #[test]
+    fn timeouts_follow_the_documented_grammar() {
+        let ms = |t: &str| parse_job_timeout(t).map(|d| d.as_millis()).map_err(|e| e.0);
+        for (t, want) in [
+            ("30s", 30_000),
+            ("30", 30_000),
+            ("500ms", 500),
+            ("1.5m", 90_000),
+            ("2h", 7_200_000),
+            ("0.5", 500),
+            (".5s", 500),
+            ("1.", 1000),
+            ("007s", 7000),
+            ("999999999s", 999_999_999_000),
+            ("999999999999.9ms", 999_999_999_999),
+            ("99999h", 359_996_400_000),
+            // Positive but under 1ms: 1ms, never 0 (no timeout).
+            ("0.0001s", 1),
+            (
+                ".000000000000000000000000000000000000000000000000000001ms",
+                1,
+            ),
+        ] {
+            assert_eq!(ms(t), Ok(want), "{t}");
+        }
+        for t in [
+            "",
+            "0",
+            "0s",
+            "00.000ms",
+            ".",
+            "s",
+            "ms",
+            "-1s",
+            " 30s",
+            "30s ",
+            "30 s",
+            "1e3",
+            "1.2.3s",
+            "1000000000s",
+            "1000000000000ms",
+            "10000000m",
+            "100000h",
+            "1d",
+            "30sec",
+            "soon",
+            "5s\n",
+            "\u{0660}s",
+        ] {
+            let e = ms(t).unwrap_err();
+            assert!(
+                e.starts_with("timeout:") && e.contains("ms, s (the default), m or h"),
+                "{t}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_list_limit_is_1_to_1000_and_a_state_is_a_state() {
+        assert_eq!(parse_limit(None), Ok(100));
+        assert_eq!(parse_limit(Some(1)), Ok(1));
+        assert_eq!(parse_limit(Some(1000)), Ok(1000));
+        for n in [0, 1001, u64::MAX] {
+            let e = parse_limit(Some(n)).unwrap_err().0;
+            assert_eq!(e, format!("limit: {n} is out of range (1 to 1000)"));
+        }
+        assert_eq!(parse_state(None), Ok(None));
+        assert!(parse_state(Some("")).is_err());
+    }
+
+    #[test]
+    fn an_empty_profile_is_an_unknown_profile() {
+        let e = req(r#"{"profile":""}"#).unwrap_err().0;
+        assert!(e.contains("no profile \"\""), "{e}");
     }
 
     /// The JSON string `text` encodes to, in bytes.

@@ -5,7 +5,7 @@ use crate::api::{self, BadRequest, JobView, NodeView, PoolView, SubmitRequest};
 use crate::follow::Piece;
 use crate::service::{CancelReply, Service, ServiceError};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -93,6 +93,11 @@ pub fn router(
     token: Option<String>,
     bot: Option<Arc<crate::github::GithubBot>>,
 ) -> Router {
+    // Built once: the config does not change while the server runs.
+    let openapi = (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from(crate::openapi::document(&svc.config, token.is_some()).to_string()),
+    );
     let v1 = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job))
@@ -100,10 +105,7 @@ pub fn router(
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/pools", get(pools))
         .route("/v1/nodes", get(nodes))
-        .route(
-            "/v1/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
-        )
+        .route("/v1/openapi.json", get(move || async move { openapi }))
         .layer(middleware::from_fn_with_state(Arc::new(token), auth));
     let api = Router::new()
         .merge(v1)
@@ -171,6 +173,13 @@ struct SubmitQuery {
     wait: bool,
 }
 
+/// A job id from the path: one that is not UTF-8 once percent-decoded is a 400
+/// in the API's own shape.
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(id)| id)
+        .map_err(|e| ApiError::new(e.status(), format!("invalid path: {}", e.body_text())))
+}
+
 /// A query string that does not parse is a 400 in the API's own shape.
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v).map_err(|e| {
@@ -184,9 +193,12 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 async fn submit(
     State(svc): State<Arc<Service>>,
     q: Result<Query<SubmitQuery>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
+    // Over `max_body` (413) or a body that breaks off: in the API's own shape.
+    let body =
+        body.map_err(|e| ApiError::new(e.status(), format!("invalid job: {}", e.body_text())))?;
     // Up to `max_body` of JSON, and the limits checked on every entry: off the
     // async workers, which /healthz and every other request share.
     let config = svc.config.clone();
@@ -235,8 +247,9 @@ fn no_job(id: &str) -> ApiError {
 
 async fn job(
     State(svc): State<Arc<Service>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
+    let id = path_id(id)?;
     Ok(Json(load(&svc, &id, true).await?))
 }
 
@@ -244,7 +257,7 @@ async fn job(
 struct ListQuery {
     state: Option<String>,
     profile: Option<String>,
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
 
 async fn list(
@@ -255,7 +268,7 @@ async fn list(
     let query = warmpool_store::ListQuery {
         state: api::parse_state(q.state.as_deref())?,
         profile: q.profile,
-        limit: q.limit.unwrap_or(100).min(1000),
+        limit: api::parse_limit(q.limit)?,
     };
     let jobs = svc.list(&query).await?;
     Ok(Json(
@@ -278,11 +291,14 @@ struct OutputQuery {
 /// serves all three.
 async fn output(
     State(svc): State<Arc<Service>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     q: Result<Query<OutputQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
     let q = query(q)?;
+    // Checked whichever form is asked for (SSE carries both streams).
+    let stream = api::parse_stream(q.stream.as_deref())?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -321,7 +337,6 @@ async fn output(
         )
             .into_response());
     }
-    let stream = api::parse_stream(q.stream.as_deref())?;
     let mut wanted = [false, false];
     wanted[stream.index()] = true;
     let follower = svc
@@ -362,8 +377,9 @@ fn sse_event(event: &str, data: &[u8]) -> Bytes {
 
 async fn cancel(
     State(svc): State<Arc<Service>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
     match svc.cancel(&id).await? {
         CancelReply::Accepted => {
             svc.wait(&id).await?;

@@ -16,9 +16,9 @@ pub struct JobsArgs {
     /// Only jobs of this profile.
     #[arg(long, short = 'p')]
     profile: Option<String>,
-    /// At most this many (the server caps it at 1000).
-    #[arg(long, default_value_t = 100)]
-    limit: usize,
+    /// At most this many: 1 to 1000 (what the server takes).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    limit: u16,
     /// Print the server's JSON instead of a table.
     #[arg(long)]
     json: bool,

@@ -1,6 +1,6 @@
 //! A `warmpool serve` of a test's own: the real binary on a free loopback port,
-//! with one profile `bb` (busybox) plus what the test adds; killed, with every
-//! container it made, when dropped.
+//! with one profile `bb` (busybox) plus what the test adds (or profiles of the
+//! test's own); killed, with every container it made, when dropped.
 
 use super::*;
 use std::path::PathBuf;
@@ -32,10 +32,19 @@ impl Server {
 
     /// [`Server::start`] with keys of its own in `[server]`.
     pub fn start_with(server: &str, extra: &str, env: &[(&str, &str)]) -> Server {
+        let bb = format!(
+            "[profiles.bb]\nimage = \"{BUSYBOX}\"\nnetwork = \"none\"\nlabels = {{ \"{TEST_LABEL}\" = \"@LABEL@\" }}\n{extra}"
+        );
+        Server::start_profiles(server, &bb, env)
+    }
+
+    /// A server with keys of its own in `[server]` and only the profiles in
+    /// `profiles` (TOML), no `bb`: "@LABEL@" stands for this server's test
+    /// label, which every profile must carry.
+    pub fn start_profiles(server: &str, profiles: &str, env: &[(&str, &str)]) -> Server {
         ensure_images();
         let label = unique("srv");
-        // Extra profiles carry this server's test label too: "@LABEL@" stands for it.
-        let extra = extra.replace("@LABEL@", &label);
+        let profiles = profiles.replace("@LABEL@", &label);
         let instance = unique("srvinst");
         let dir = std::env::temp_dir().join(&label);
         std::fs::create_dir_all(&dir).unwrap();
@@ -52,11 +61,7 @@ instance = "{instance}"
 shutdown_grace = "5s"
 {server}
 
-[profiles.bb]
-image = "{BUSYBOX}"
-network = "none"
-labels = {{ "{TEST_LABEL}" = "{label}" }}
-{extra}
+{profiles}
 "#,
                 data = dir.join("data").display()
             ),
