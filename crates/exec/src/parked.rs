@@ -108,7 +108,7 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 /// What became of a reusable container after a job (see [`Parked::run_then`]).
 pub enum AfterRun {
     /// Its gate reset it and checked the reset: parked again, for the next job.
-    Reset(Parked),
+    Reset(Box<Parked>),
     /// Its gate could not reset it (why): it is removed.
     ResetFailed(String),
 }
@@ -465,7 +465,6 @@ impl Parked {
         };
 
         // Its wait goes on with it, if it goes on.
-        let _ = stopped;
         self.watchdog = watchdog.filter(|_| watching);
         self.jobs += 1;
         let park = self.timings;
@@ -477,7 +476,7 @@ impl Parked {
                     {
                         Ok(Ok(())) => {
                             self.parked_at = Instant::now();
-                            AfterRun::Reset(self)
+                            AfterRun::Reset(Box::new(self))
                         }
                         // Dropped: the container is removed.
                         Ok(Err(why)) => AfterRun::ResetFailed(why),

@@ -795,7 +795,7 @@ impl Pool {
                     drop(parked);
                 } else {
                     add(&c.reused, 1);
-                    self.deliver(&mut st, parked);
+                    self.deliver(&mut st, *parked);
                 }
             }
             AfterRun::ResetFailed(why) => {

@@ -206,7 +206,11 @@ pub fn document(config: &Config, auth: bool) -> Value {
                     "queued": {"type": "integer", "minimum": 0},
                     "target_idle": {"type": "integer", "minimum": 0},
                     "hits": {"type": "integer", "minimum": 0},
-                    "misses": {"type": "integer", "minimum": 0}
+                    "misses": {"type": "integer", "minimum": 0},
+                    "reuse": {"type": "integer", "minimum": 1, "description": "jobs a container may serve (the profile's reuse)"},
+                    "reused": {"type": "integer", "minimum": 0, "description": "containers reset by their gate after a job and parked again"},
+                    "reset_failed": {"type": "integer", "minimum": 0, "description": "resets that failed (the container was removed)"},
+                    "jobs_per_container": {"type": "number", "minimum": 0, "description": "jobs run per container parked so far"}
                 }
             },
             "Readiness": {
