@@ -544,6 +544,59 @@ fn bench_measures_all_four_modes() {
     assert_no_containers(&label);
 }
 
+#[test]
+fn bench_throughput_compares_single_use_with_reuse() {
+    let (cfg, label) = config("");
+    let out = warmpool(&[
+        "bench",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "bb",
+        "--throughput",
+        "--duration",
+        "2s",
+        "--concurrency",
+        "2",
+        "--reuse",
+        "5",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /tmp/f && cat /tmp/f",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modes = v["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 2, "{v}");
+    assert_eq!(
+        (modes[0]["reuse"].as_u64(), modes[1]["reuse"].as_u64()),
+        (Some(1), Some(5)),
+        "{v}"
+    );
+    for m in modes {
+        assert!(m["jobs"].as_u64().unwrap() > 0, "{m}");
+        assert_eq!(m["failed"], 0, "{m}");
+        assert!(
+            m["p99_ms"].as_f64().unwrap() >= m["p50_ms"].as_f64().unwrap(),
+            "{m}"
+        );
+    }
+    // Single use never reuses; the reuse mode does, and parks fewer
+    // containers than it runs jobs.
+    assert_eq!(modes[0]["reused"], 0, "{v}");
+    assert!(modes[1]["reused"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        modes[1]["containers_parked"].as_u64().unwrap() < modes[1]["jobs"].as_u64().unwrap(),
+        "{v}"
+    );
+    assert!(v["reuse_over_single"].as_f64().unwrap() > 0.0, "{v}");
+    assert_no_containers(&label);
+}
+
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }

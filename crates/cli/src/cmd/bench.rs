@@ -47,6 +47,20 @@ pub struct BenchArgs {
     /// `[cluster] node_timeout`.
     #[arg(long)]
     failover: bool,
+    /// Instead: sustained jobs per second over the HTTP API for `--duration`
+    /// at `--concurrency`, single use against containers reused up to
+    /// `--reuse` jobs (both read-only with a tmpfs /tmp), in one run.
+    #[arg(long)]
+    throughput: bool,
+    /// How long each `--throughput` mode runs.
+    #[arg(long, default_value = "20s", value_parser = warmpool_core::config::parse_duration)]
+    duration: std::time::Duration,
+    /// Clients sending jobs back to back for `--throughput`.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Jobs per container of `--throughput`'s reuse mode.
+    #[arg(long, default_value_t = 100)]
+    reuse: usize,
     /// Nodes taking jobs at once for `--queue`.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -233,7 +247,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     }
     let profile = config.profile(&args.profile)?.clone();
     let (runtime, executor) = super::connect(&config)?;
-    let result = if args.http {
+    let result = if args.throughput {
+        throughput(&args, &profile, &executor).await
+    } else if args.http {
         http(&args, &profile, &executor).await
     } else {
         measure(&args, &profile, &runtime, &executor).await
@@ -356,6 +372,74 @@ async fn failover(args: &BenchArgs, config: &warmpool_core::Config) -> anyhow::R
             "MISSED"
         }
     );
+    Ok(0)
+}
+
+async fn throughput(
+    args: &BenchArgs,
+    profile: &warmpool_core::Profile,
+    executor: &warmpool_exec::Executor,
+) -> anyhow::Result<u8> {
+    if !args.json {
+        eprintln!(
+            "bench: {} clients, POST /v1/jobs?wait=true back to back, {:?} single use then {:?} with reuse = {} ...",
+            args.concurrency, args.duration, args.duration, args.reuse
+        );
+    }
+    let f = super::bench_throughput::measure(
+        profile,
+        executor,
+        &args.args,
+        args.concurrency,
+        args.duration,
+        args.reuse,
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+        return Ok(0);
+    }
+    let job = if args.args.is_empty() {
+        "the image's CMD".to_string()
+    } else {
+        format!("{:?}", args.args.join(" "))
+    };
+    println!(
+        "warmpool bench --throughput: profile {} (image {}), job {job}, {} clients on keep-alive connections, {:.0} s each",
+        profile.name, profile.image, f.concurrency, f.duration_secs
+    );
+    println!();
+    println!(
+        "| mode | jobs | jobs/s | p50 | p99 | hits | misses | parked | reused | jobs/container |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for m in &f.modes {
+        let per = if m.containers_parked == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", m.jobs as f64 / m.containers_parked as f64)
+        };
+        println!(
+            "| reuse = {} | {} | {:.1} | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {per} |",
+            m.reuse,
+            m.jobs,
+            m.jobs_per_sec,
+            m.p50_ms,
+            m.p99_ms,
+            m.hits,
+            m.misses,
+            m.containers_parked,
+            m.reused
+        );
+    }
+    println!();
+    println!(
+        "ratio jobs/s reuse / single use: {:.1}x",
+        f.reuse_over_single
+    );
+    for (goal, met) in &f.goals {
+        println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
+    }
     Ok(0)
 }
 

@@ -50,12 +50,18 @@ impl OutputSink for Discard {
 
 /// A minimal HTTP/1.1 client over one kept-alive connection: enough to time
 /// requests without a client library's own overhead in the figure.
-struct Conn {
+pub(crate) struct Conn {
     reader: BufReader<TcpStream>,
 }
 
 impl Conn {
-    async fn post(&mut self, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    pub(crate) async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Conn> {
+        Ok(Conn {
+            reader: BufReader::new(TcpStream::connect(addr).await?),
+        })
+    }
+
+    pub(crate) async fn post(&mut self, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -98,16 +104,17 @@ fn variant(p: &Profile, name: &str, keep: usize) -> Profile {
 }
 
 /// A service of the bench's own on `store`, serving on 127.0.0.1.
-struct Served {
-    svc: Arc<Service>,
-    pools: Arc<Pools>,
-    conn: Conn,
+pub(crate) struct Served {
+    pub(crate) svc: Arc<Service>,
+    pub(crate) pools: Arc<Pools>,
+    pub(crate) conn: Conn,
+    pub(crate) addr: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Served {
-    async fn start(
+    pub(crate) async fn start(
         config: Arc<Config>,
         store: Arc<dyn JobStore>,
         executor: &Executor,
@@ -127,19 +134,18 @@ impl Served {
             None,
             async move { stopped.cancelled().await },
         ));
-        let conn = Conn {
-            reader: BufReader::new(TcpStream::connect(addr).await?),
-        };
+        let conn = Conn::connect(addr).await?;
         Ok(Served {
             svc,
             pools,
             conn,
+            addr,
             stop,
             server,
         })
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         let _ = self.server.await;
         self.svc.shutdown(Duration::from_secs(10)).await;

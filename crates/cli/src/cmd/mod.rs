@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_failover;
 pub mod bench_http;
 pub mod bench_queue;
+pub mod bench_throughput;
 pub mod client;
 pub mod doctor;
 pub mod jobs;
