@@ -143,7 +143,11 @@ async fn secrets_stay_out_of_container_config_and_logs(mode: Mode) {
         args: vec![
             "sh".into(),
             "-c".into(),
-            "echo len=${#API_TOKEN}; sleep 1.5".into(),
+            // It also keeps the secret where a later job of a reused container
+            // could look: scratch files, a process left behind (its env).
+            "echo \"$API_TOKEN\" > /tmp/token; echo \"$API_TOKEN\" > /dev/shm/token; \
+             sleep 1000 >/dev/null 2>&1 & echo len=${#API_TOKEN}; sleep 1.5"
+                .into(),
         ],
         env: vec![("API_TOKEN".into(), secret.clone())],
         ..Job::default()
