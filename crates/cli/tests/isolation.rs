@@ -300,9 +300,10 @@ async fn a_container_serves_exactly_reuse_jobs(mode: Mode) {
             assert_eq!(r.jobs(), Some(2), "parked again for its third job");
             let (out, o3) = r.run(job(&["echo", "third"])).await;
             assert_eq!(out.stdout_text(), "third\n");
-            assert_eq!(
-                (&o.container, &o3.container),
-                (&r.id().to_string(), &r.id().to_string())
+            assert!(
+                o.container == r.id() && o3.container == r.id(),
+                "all in container {}: {o:?} {o3:?}",
+                r.id()
             );
             assert_eq!(r.jobs(), None, "parked again after its last job");
             r.id().to_string()
