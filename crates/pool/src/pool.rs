@@ -157,6 +157,10 @@ struct State {
     /// than fail, and the pool takes no new work (capacity 0) until the
     /// engine answers again, which resets the back-off.
     engine_down: bool,
+    /// Containers (counted busy) whose gate is resetting them after a job:
+    /// each is parked again in a few milliseconds, so a claim waits for one
+    /// rather than start a container of its own.
+    resetting: usize,
 }
 
 impl State {
@@ -243,8 +247,26 @@ impl Claimed {
             return parked.run(job, sink, control).await;
         }
         let pool = Pool::internal(&_slot.inner);
-        let recycle: Recycle = Box::new(move |after| pool.recycled(after, _slot));
-        parked.run_then(job, sink, control, Some(recycle)).await
+        // 0: the job runs; 1: its container is being reset (counted in
+        // `resetting`); 2: the reset is over. Moved under the state lock only.
+        let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let recycle: Recycle = {
+            let (pool, phase) = (pool.clone(), phase.clone());
+            Box::new(move |after| pool.recycled(after, _slot, &phase))
+        };
+        let outcome = parked.run_then(job, sink, control, Some(recycle)).await;
+        // The recycle is still held (by the reset under way) or was called:
+        // count the reset unless it is over already.
+        if Arc::strong_count(&phase) > 1 {
+            let mut st = lock(&pool.inner.state);
+            if phase
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                st.resetting += 1;
+            }
+        }
+        outcome
     }
 }
 
@@ -349,6 +371,7 @@ impl Pool {
                 backoff: Backoff::default(),
                 last_error: None,
                 engine_down: false,
+                resetting: 0,
             }),
             wake: Notify::new(),
             counters: Counters::default(),
@@ -449,7 +472,7 @@ impl Pool {
             .limits
             .max_containers
             .saturating_sub(counts.total(idle));
-        idle + counts.parking + room
+        idle + counts.parking + st.resetting + room
     }
 
     /// Parked containers now.
@@ -617,8 +640,10 @@ impl Pool {
             // waits (up to max_wait) for the first container parked once the
             // engine is back. It was admitted already, so max_queue is not
             // asked again.
+            // Nor when a container's reset will free one in a moment.
             let action = match action {
                 ClaimAction::Cold if st.engine_down => ClaimAction::Queue,
+                ClaimAction::Cold if st.resetting > st.waiters.len() => ClaimAction::Queue,
                 other => other,
             };
             match action {
@@ -785,8 +810,14 @@ impl Pool {
     /// A container's gate reset it after a job: it serves the next (a waiter,
     /// or parked) unless the pool closed or it is past `max_age`. Then its
     /// job's slot is given back.
-    fn recycled(&self, after: AfterRun, slot: Slot) {
+    fn recycled(&self, after: AfterRun, slot: Slot, phase: &std::sync::atomic::AtomicU8) {
         let c = &self.inner.counters;
+        {
+            let mut st = lock(&self.inner.state);
+            if phase.swap(2, Ordering::SeqCst) == 1 {
+                st.resetting = st.resetting.saturating_sub(1);
+            }
+        }
         match after {
             AfterRun::Reset(parked) => {
                 let mut st = lock(&self.inner.state);

@@ -56,7 +56,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 // The few libc calls std does not wrap. The constants below are the same on every
@@ -673,7 +673,9 @@ fn run(spec: &mut JobSpec, gate: &mut Gate) -> JobEnd {
     let pid = child.id() as i32;
     reaped.job = pid;
     reaped.status = None;
+    reaped.spawns += 1;
     drop(reaped);
+    gate.reaper.spawned();
     JOB_PGID.store(pid, Ordering::SeqCst);
     STATE.store(RUNNING, Ordering::SeqCst);
     let pending = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
@@ -752,7 +754,7 @@ fn kill_job(pgid: i32) {
 /// and, when the current job's process ends, stores its status and wakes the
 /// pump through a pipe the pump polls alongside the output.
 struct Reaper {
-    shared: Arc<Mutex<Reaped>>,
+    shared: Arc<(Mutex<Reaped>, Condvar)>,
     wake: io::PipeReader,
 }
 
@@ -763,6 +765,9 @@ struct Reaped {
     job: i32,
     /// Its wait status, once it has ended.
     status: Option<i32>,
+    /// Jobs spawned so far: a reaper that found no child waits for the next
+    /// (told at once, not at its next look).
+    spawns: u64,
 }
 
 impl Reaper {
@@ -771,18 +776,25 @@ impl Reaper {
             Ok(p) => p,
             Err(e) => die(EXIT_IO, &format!("cannot create a pipe: {e}")),
         };
-        let shared = Arc::new(Mutex::new(Reaped::default()));
+        let shared = Arc::new((Mutex::new(Reaped::default()), Condvar::new()));
         let cell = shared.clone();
         std::thread::spawn(move || reap(cell, wake_w));
         Reaper { shared, wake }
     }
     fn lock(&self) -> MutexGuard<'_, Reaped> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// A job was spawned (and counted in `spawns`): wake a reaper waiting for one.
+    fn spawned(&self) {
+        self.shared.1.notify_one();
     }
 }
 
-fn reap(shared: Arc<Mutex<Reaped>>, mut wake: io::PipeWriter) {
+fn reap(shared: Arc<(Mutex<Reaped>, Condvar)>, mut wake: io::PipeWriter) {
+    let (cell, spawned) = &*shared;
+    let lock = || cell.lock().unwrap_or_else(|e| e.into_inner());
     loop {
+        let spawns = lock().spawns;
         // Learn which child has ended without reaping it yet, then reap it under
         // the lock: while the gate spawns a job it holds that lock, and std's spawn
         // reaps a child whose exec failed itself (and aborts if someone else did).
@@ -794,12 +806,17 @@ fn reap(shared: Arc<Mutex<Reaped>>, mut wake: io::PipeWriter) {
         let r = unsafe { sys::waitid(sys::P_ALL, 0, &mut info, sys::WEXITED | sys::WNOWAIT) };
         if r < 0 || info.pid <= 0 {
             if r == 0 || io::Error::last_os_error().raw_os_error() != Some(sys::EINTR) {
-                // No children left: wait for new orphans without spinning.
-                std::thread::sleep(Duration::from_millis(50));
+                // No children: wait for the next job (woken as it is spawned,
+                // so its end is seen at once), or look again for orphans a
+                // `docker exec` left, without spinning.
+                let reaped = lock();
+                if reaped.spawns == spawns {
+                    let _ = spawned.wait_timeout(reaped, Duration::from_millis(50));
+                }
             }
             continue;
         }
-        let mut job = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut job = lock();
         let mut status = 0i32;
         let pid = unsafe { sys::waitpid(info.pid, &mut status, sys::WNOHANG) };
         if pid > 0 && pid == job.job {
