@@ -85,6 +85,9 @@ pub struct Counts {
     pub busy: usize,
     /// Queued claims whose caller still waits.
     pub waiters: usize,
+    /// Of the busy ones, containers whose gate is resetting them after a job
+    /// (reuse): parked again in a few milliseconds.
+    pub resetting: usize,
 }
 
 impl Counts {
@@ -150,10 +153,14 @@ pub fn claim(
             action: ClaimAction::Hit,
         };
     }
-    // Every parked container (if any) is removed: none is left to count.
-    let action = if counts.waiters == 0 && counts.total(0) < limits.max_containers {
+    // Every parked container (if any) is removed: none is left to count. A
+    // container being reset comes back sooner than one started now: wait for it.
+    let action = if counts.waiters == 0
+        && counts.resetting == 0
+        && counts.total(0) < limits.max_containers
+    {
         ClaimAction::Cold
-    } else if counts.waiters >= limits.max_queue + counts.parking {
+    } else if counts.waiters >= limits.max_queue + counts.parking + counts.resetting {
         ClaimAction::Full {
             queued: counts.waiters,
         }
@@ -216,7 +223,9 @@ pub fn reconcile(
     let park = if backing_off {
         0
     } else {
-        let want = (target + counts.waiters).saturating_sub(idle_left + counts.parking);
+        // Containers being reset are parked again soon: counted as coming.
+        let want =
+            (target + counts.waiters).saturating_sub(idle_left + counts.parking + counts.resetting);
         let room = limits
             .max_containers
             .saturating_sub(counts.total(idle_left));
@@ -335,6 +344,7 @@ mod tests {
 
     fn counts(parking: usize, cold: usize, busy: usize, waiters: usize) -> Counts {
         Counts {
+            resetting: 0,
             parking,
             cold,
             busy,
@@ -559,6 +569,52 @@ mod tests {
         assert_eq!(place_parked(false, counts(0, 0, 0, 2)), Placement::Waiter);
         // Nobody waits: it is parked for the next claim, not wasted.
         assert_eq!(place_parked(false, Counts::default()), Placement::Idle);
+    }
+
+    #[test]
+    fn a_claim_waits_for_a_container_being_reset_rather_than_start_one() {
+        let resetting = Counts {
+            busy: 2,
+            resetting: 1,
+            ..Counts::default()
+        };
+        let plan = claim(s(0), [], resetting, &LIMITS);
+        assert_eq!(plan.action, ClaimAction::Queue);
+        // Not counted as room beyond max_queue: it serves one more waiter.
+        let full = Counts {
+            waiters: LIMITS.max_queue + 1,
+            ..resetting
+        };
+        assert!(matches!(
+            claim(s(0), [], full, &LIMITS).action,
+            ClaimAction::Full { .. }
+        ));
+        // Without a reset under way, the same pool starts a container.
+        let plan = claim(
+            s(0),
+            [],
+            Counts {
+                busy: 2,
+                ..Counts::default()
+            },
+            &LIMITS,
+        );
+        assert_eq!(plan.action, ClaimAction::Cold);
+        // And the reconcile counts it as coming back: no park for the target.
+        let plan = reconcile(s(0), [], resetting, 1, false, &LIMITS);
+        assert_eq!(plan.park, 0);
+        let plan = reconcile(
+            s(0),
+            [],
+            Counts {
+                busy: 2,
+                ..Counts::default()
+            },
+            1,
+            false,
+            &LIMITS,
+        );
+        assert_eq!(plan.park, 1);
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl State {
             cold: self.cold,
             busy: self.busy,
             waiters: self.waiters.len(),
+            resetting: self.resetting,
         }
     }
 
@@ -640,10 +641,8 @@ impl Pool {
             // waits (up to max_wait) for the first container parked once the
             // engine is back. It was admitted already, so max_queue is not
             // asked again.
-            // Nor when a container's reset will free one in a moment.
             let action = match action {
                 ClaimAction::Cold if st.engine_down => ClaimAction::Queue,
-                ClaimAction::Cold if st.resetting > st.waiters.len() => ClaimAction::Queue,
                 other => other,
             };
             match action {

@@ -394,6 +394,7 @@ impl PoolState<'_> {
             self.timed_out += 1;
         }
         Counts {
+            resetting: 0,
             parking: self.pool_parks,
             cold: self.parks.len() - self.pool_parks,
             busy: self.busy.len(),
