@@ -942,10 +942,10 @@ fn reusable(read_only: bool, cap_add: &[String], security_opt: &[String]) -> Res
     for cap in cap_add {
         let c = cap.trim().to_ascii_uppercase();
         let c = c.strip_prefix("CAP_").unwrap_or(&c);
-        if matches!(c, "ALL" | "SYS_ADMIN" | "SYS_PTRACE") {
+        if matches!(c, "ALL" | "SYS_ADMIN" | "SYS_PTRACE" | "NET_ADMIN") {
             return Err(format!(
                 "cannot add the capability {cap}: with it a job could mount over what is reset, \
-                 or read the gate's memory"
+                 read the gate's memory, or change the network namespace the next job gets"
             ));
         }
     }
@@ -1776,6 +1776,10 @@ mod tests {
             (
                 "read_only = true\nreuse = 2\nsecurity_opt = [\"seccomp=unconfined\"]",
                 "seccomp",
+            ),
+            (
+                "read_only = true\nreuse = 2\ncap_add = [\"NET_ADMIN\"]",
+                "NET_ADMIN",
             ),
         ] {
             let err = Config::parse(&format!("{ONE_PROFILE}\n{extra}")).unwrap_err();

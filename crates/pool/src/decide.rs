@@ -88,6 +88,9 @@ pub struct Counts {
     /// Of the busy ones, containers whose gate is resetting them after a job
     /// (reuse): parked again in a few milliseconds.
     pub resetting: usize,
+    /// Of the busy ones, containers that come back after their job (reuse,
+    /// with jobs left; the resetting ones included).
+    pub returning: usize,
 }
 
 impl Counts {
@@ -206,10 +209,13 @@ pub fn reconcile(
             None => fresh.push(index),
         }
     }
-    // A waiter would take any parked container: nothing is surplus while one waits.
+    // A waiter would take any parked container: nothing is surplus while one
+    // waits. Beside the target, one parked container per busy one that comes
+    // back (reuse) is kept: its job's end returns it, and removing a container
+    // for it would only cost a park when the next job comes.
     let surplus = if counts.waiters == 0 {
         (fresh.len() + counts.parking)
-            .saturating_sub(target)
+            .saturating_sub(target + counts.returning)
             .min(fresh.len())
     } else {
         0
@@ -345,6 +351,7 @@ mod tests {
     fn counts(parking: usize, cold: usize, busy: usize, waiters: usize) -> Counts {
         Counts {
             resetting: 0,
+            returning: 0,
             parking,
             cold,
             busy,
@@ -576,6 +583,7 @@ mod tests {
         let resetting = Counts {
             busy: 2,
             resetting: 1,
+            returning: 1,
             ..Counts::default()
         };
         let plan = claim(s(0), [], resetting, &LIMITS);
@@ -615,6 +623,32 @@ mod tests {
             &LIMITS,
         );
         assert_eq!(plan.park, 1);
+    }
+
+    #[test]
+    fn parked_containers_beside_returning_ones_are_not_surplus() {
+        let idle = |n: u64| {
+            (0..n).map(|i| IdleView {
+                parked_at: s(i),
+                image_current: true,
+            })
+        };
+        // Two running jobs on containers that come back; four parked, target 2:
+        // none of them is surplus.
+        let busy = Counts {
+            busy: 2,
+            returning: 2,
+            ..Counts::default()
+        };
+        let plan = reconcile(s(10), idle(4), busy, 2, false, &LIMITS);
+        assert!(plan.remove.is_empty(), "{plan:?}");
+        // Single use: the same two beyond the target are.
+        let single = Counts {
+            busy: 2,
+            ..Counts::default()
+        };
+        let plan = reconcile(s(10), idle(4), single, 2, false, &LIMITS);
+        assert_eq!(plan.remove.len(), 2, "{plan:?}");
     }
 
     #[test]

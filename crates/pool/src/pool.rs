@@ -161,6 +161,9 @@ struct State {
     /// each is parked again in a few milliseconds, so a claim waits for one
     /// rather than start a container of its own.
     resetting: usize,
+    /// Containers (counted busy) that come back after their job (reuse, with
+    /// jobs left): the pool keeps no more parked than the target beside them.
+    returning: usize,
 }
 
 impl State {
@@ -174,6 +177,7 @@ impl State {
             busy: self.busy,
             waiters: self.waiters.len(),
             resetting: self.resetting,
+            returning: self.returning,
         }
     }
 
@@ -247,19 +251,18 @@ impl Claimed {
         if parked.profile().profile.reuse <= 1 {
             return parked.run(job, sink, control).await;
         }
-        let pool = Pool::internal(&_slot.inner);
-        // 0: the job runs; 1: its container is being reset (counted in
-        // `resetting`); 2: the reset is over. Moved under the state lock only.
-        let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
-        let recycle: Recycle = {
-            let (pool, phase) = (pool.clone(), phase.clone());
-            Box::new(move |after| pool.recycled(after, _slot, &phase))
-        };
+        let inner = _slot.inner.clone();
+        let returning = Returning::new(_slot, parked.jobs() + 1 < parked.profile().profile.reuse);
+        let phase = returning.phase.clone();
+        let recycle: Recycle = Box::new(move |after| {
+            let pool = Pool::internal(&returning.inner);
+            pool.recycled(after, returning)
+        });
         let outcome = parked.run_then(job, sink, control, Some(recycle)).await;
         // The recycle is still held (by the reset under way) or was called:
         // count the reset unless it is over already.
         if Arc::strong_count(&phase) > 1 {
-            let mut st = lock(&pool.inner.state);
+            let mut st = lock(&inner.state);
             if phase
                 .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
@@ -268,6 +271,54 @@ impl Claimed {
             }
         }
         outcome
+    }
+}
+
+/// A job's slot on a container that may come back (reuse): counted in the
+/// pool's `returning` while the job runs and its container is reset, so the
+/// pool neither parks nor keeps containers for the target in its place. Its
+/// drop (the reset done, failed, or the container not reused) gives all back.
+struct Returning {
+    inner: Arc<Inner>,
+    slot: Option<Slot>,
+    counted: bool,
+    /// 0: the job runs; 1: its container is being reset (counted in
+    /// `resetting`); 2: over. Changed under the state lock only.
+    phase: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl Returning {
+    fn new(slot: Slot, jobs_left: bool) -> Returning {
+        let inner = slot.inner.clone();
+        if jobs_left {
+            lock(&inner.state).returning += 1;
+        }
+        Returning {
+            inner,
+            slot: Some(slot),
+            counted: jobs_left,
+            phase: Arc::new(std::sync::atomic::AtomicU8::new(0)),
+        }
+    }
+
+    /// Its container is back or gone: it counts no more (under the lock the
+    /// caller holds).
+    fn settle(&mut self, st: &mut State) {
+        if std::mem::take(&mut self.counted) {
+            st.returning = st.returning.saturating_sub(1);
+        }
+        if self.phase.swap(2, Ordering::SeqCst) == 1 {
+            st.resetting = st.resetting.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        self.settle(&mut lock(&inner.state));
+        // The slot last: its drop takes the lock, and may park for a waiter.
+        drop(self.slot.take());
     }
 }
 
@@ -373,6 +424,7 @@ impl Pool {
                 last_error: None,
                 engine_down: false,
                 resetting: 0,
+                returning: 0,
             }),
             wake: Notify::new(),
             counters: Counters::default(),
@@ -809,17 +861,12 @@ impl Pool {
     /// A container's gate reset it after a job: it serves the next (a waiter,
     /// or parked) unless the pool closed or it is past `max_age`. Then its
     /// job's slot is given back.
-    fn recycled(&self, after: AfterRun, slot: Slot, phase: &std::sync::atomic::AtomicU8) {
+    fn recycled(&self, after: AfterRun, mut returning: Returning) {
         let c = &self.inner.counters;
-        {
-            let mut st = lock(&self.inner.state);
-            if phase.swap(2, Ordering::SeqCst) == 1 {
-                st.resetting = st.resetting.saturating_sub(1);
-            }
-        }
         match after {
             AfterRun::Reset(parked) => {
                 let mut st = lock(&self.inner.state);
+                returning.settle(&mut st);
                 if st.closed || parked.age() >= self.inner.limits.max_age {
                     // Dropping it removes it.
                     drop(parked);
@@ -829,11 +876,12 @@ impl Pool {
                 }
             }
             AfterRun::ResetFailed(why) => {
+                returning.settle(&mut lock(&self.inner.state));
                 add(&c.reset_failed, 1);
                 tracing::warn!(profile = %self.inner.name, reason = %why, "a container could not be reset after its job; removed it");
             }
         }
-        drop(slot);
+        drop(returning);
         self.inner.wake.notify_one();
     }
 

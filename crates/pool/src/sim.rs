@@ -395,6 +395,7 @@ impl PoolState<'_> {
         }
         Counts {
             resetting: 0,
+            returning: 0,
             parking: self.pool_parks,
             cold: self.parks.len() - self.pool_parks,
             busy: self.busy.len(),
