@@ -164,9 +164,22 @@ struct State {
     /// Containers (counted busy) that come back after their job (reuse, with
     /// jobs left): the pool keeps no more parked than the target beside them.
     returning: usize,
+    /// The most `returning` has been within `idle_ttl`, and since when: what
+    /// the rules see, so a closed loop of clients (whose jobs end and start
+    /// again in turn) does not have its containers removed as surplus each
+    /// time one is between jobs.
+    returning_peak: (usize, Duration),
 }
 
 impl State {
+    /// Keep `returning_peak` (see there) at `now`.
+    fn note_returning(&mut self, now: Duration, idle_ttl: Duration) {
+        let (peak, at) = self.returning_peak;
+        if self.returning >= peak || now.saturating_sub(at) > idle_ttl {
+            self.returning_peak = (self.returning, now);
+        }
+    }
+
     /// The counts the rules decide on; waiters whose caller went away are dropped
     /// first, so only live ones count.
     fn counts(&mut self) -> Counts {
@@ -177,7 +190,7 @@ impl State {
             busy: self.busy,
             waiters: self.waiters.len(),
             resetting: self.resetting,
-            returning: self.returning,
+            returning: self.returning.max(self.returning_peak.0),
         }
     }
 
@@ -291,7 +304,10 @@ impl Returning {
     fn new(slot: Slot, jobs_left: bool) -> Returning {
         let inner = slot.inner.clone();
         if jobs_left {
-            lock(&inner.state).returning += 1;
+            let idle_ttl = lock(&inner.profile).profile.idle_ttl;
+            let mut st = lock(&inner.state);
+            st.returning += 1;
+            st.note_returning(inner.epoch.elapsed(), idle_ttl);
         }
         Returning {
             inner,
@@ -425,6 +441,7 @@ impl Pool {
                 engine_down: false,
                 resetting: 0,
                 returning: 0,
+                returning_peak: (0, Duration::ZERO),
             }),
             wake: Notify::new(),
             counters: Counters::default(),
@@ -1043,6 +1060,7 @@ impl Pool {
                 return;
             }
             let now = self.now();
+            st.note_returning(now, profile.profile.idle_ttl);
             let target = if st.replenish {
                 st.demand.target_idle(now)
             } else {
