@@ -282,3 +282,57 @@ fn beyond_the_engines_reach_the_shipped_queue_limits_hold() {
         );
     }
 }
+
+/// Every count of every run, one line per (workload, policy), idle to the bit.
+fn outcome_lines(comparisons: &[Comparison]) -> String {
+    let mut out = String::new();
+    for comparison in comparisons {
+        for (policy, o) in &comparison.runs {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{:016x},{},{}\n",
+                comparison.workload,
+                policy.label(),
+                o.arrivals,
+                o.hits,
+                o.cold_starts,
+                o.queued,
+                o.refused,
+                o.timed_out,
+                o.replaced,
+                o.shrunk,
+                o.parks,
+                o.idle_container_secs.to_bits(),
+                o.p99_claim_wait.as_nanos(),
+                o.max_claim_wait.as_nanos(),
+            ));
+        }
+        if let Some((size, o)) = &comparison.cheapest_fixed {
+            out.push_str(&format!(
+                "{},cheapest {size},{}\n",
+                comparison.workload, o.hits
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn single_use_runs_are_those_of_before_reuse() {
+    // Regression: with reuse 1 (the default) every run of the fixture and the
+    // synthetic scenarios counts exactly what the simulator counted before reuse
+    // was modelled (tests/golden/single-use-runs.csv, written by the simulator of
+    // commit 519d5d4; WARMPOOL_BLESS=1 writes it again).
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/single-use-runs.csv");
+    let now = outcome_lines(fixture_comparisons()) + &outcome_lines(synthetic_comparisons());
+    if std::env::var_os("WARMPOOL_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().expect("a parent"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        std::fs::write(&golden, &now).unwrap_or_else(|error| panic!("{error}"));
+    }
+    let before = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|error| panic!("{}: {error}", golden.display()));
+    for (line, (was, is)) in before.lines().zip(now.lines()).enumerate() {
+        assert_eq!(was, is, "line {}", line + 1);
+    }
+    assert_eq!(before.lines().count(), now.lines().count());
+}
