@@ -519,3 +519,51 @@ fn the_hosts_ipc_namespace_is_not_reset() {
     assert!(report.contains("host's IPC namespace"), "{report}");
     assert_eq!(code, Some(0));
 }
+
+#[test]
+#[ignore = "a measurement, not a check: cargo test -p warmpool-gate --test gate_engine -- --ignored --nocapture reset_time"]
+fn reset_time() {
+    // How long the host waits between a job's EXIT and the READY after its
+    // reset, job after job in one container (docs/reuse.md, "Simulation":
+    // `warmpool simulate --reset-ms` defaults to about the median of this). Two
+    // kinds of job: one that leaves nothing, and one that leaves a file in a
+    // tmpfs and a background process. Printed, never asserted.
+    ensure_images();
+    let run = unique("reset-time");
+    let _cleanup = Cleanup(run.clone());
+    let name = unique("wp-gate-reset-time");
+    let mut g = reuse_container(&run, &name, &["--read-only", "--tmpfs", "/tmp"]);
+    g.ready();
+    for (label, script) in [
+        ("clean job", "echo hi"),
+        (
+            "file + background process",
+            "touch /tmp/x; sleep 100 & echo hi",
+        ),
+    ] {
+        let mut took = Vec::new();
+        for _ in 0..40 {
+            g.send(&spec(&["sh", "-c", script]));
+            let _ = g.until(|f| matches!(f, Frame::Exit(_)));
+            let exit_at = std::time::Instant::now();
+            match g.next() {
+                Some(Frame::Reset { ok: true, .. }) => {}
+                other => panic!("want RESET(ok), got {other:?}"),
+            }
+            g.ready();
+            took.push(exit_at.elapsed());
+        }
+        took.sort_unstable();
+        let at = |q: f64| took[((q * took.len() as f64) as usize).min(took.len() - 1)];
+        println!(
+            "reset time, {label}: min {:?}, p50 {:?}, p90 {:?}, max {:?} ({} jobs)",
+            took[0],
+            at(0.5),
+            at(0.9),
+            took[took.len() - 1],
+            took.len()
+        );
+    }
+    g.close_stdin();
+    assert_eq!(g.finish().2, Some(0));
+}

@@ -16,7 +16,13 @@
 //!   park) schedules a reconcile [`decide::REPLENISH_DELAY`] later, and it
 //!   reconciles at least every [`decide::RECONCILE_EVERY`], with the target of the
 //!   policy under test. Every decision is the real pool's, from [`crate::decide`].
-//! - **Jobs.** A job keeps its container for its runtime; then the container is gone.
+//! - **Jobs.** A job keeps its container for its runtime; then the container is gone,
+//!   unless the profile reuses containers (`reuse` N above 1) and this one has served
+//!   fewer than N jobs: then its gate resets it for [`EngineModel::reset`] (the slot
+//!   stays taken, so it counts against `max_containers`), and it goes to the oldest
+//!   waiter or is parked again, its age counted from its first park; one past
+//!   `max_age` by then is removed instead, as `Pool::recycled` does. The reset costs
+//!   the engine nothing (the gate does it inside the container) and always succeeds.
 
 use crate::decide::{self, ClaimAction, Counts, IdleView, Placement, RemoveReason};
 use crate::sizing::{DemandTracker, SizingConfig, SizingError};
@@ -51,6 +57,8 @@ pub enum SimError {
     Empty { source_name: String },
     #[error("the sizing settings to simulate are invalid")]
     Sizing(#[from] SizingError),
+    #[error("reuse must be at least 1 (1: a container serves one job), got {0}")]
+    Reuse(usize),
 }
 
 /// Sizing settings to vary from the profile defaults, for the sensitivity runs
@@ -62,6 +70,9 @@ pub struct Tuning {
     pub max_idle: Option<usize>,
     pub idle_ttl: Option<Duration>,
     pub miss_budget: Option<f64>,
+    /// How long a gate's reset holds a reused container (instead of
+    /// [`EngineModel::measured`]'s).
+    pub reset_time: Option<Duration>,
 }
 
 /// One claim of a trace: when it arrives and how long its job keeps the container.
@@ -96,14 +107,22 @@ impl Workload {
 pub struct EngineModel {
     /// `(parks in flight, parks completed per second)`, by increasing concurrency.
     pub throughput: Vec<(usize, f64)>,
+    /// From a job's end (its EXIT frame) to its container's return (the READY after
+    /// the gate's RESET), for a container that is reused.
+    pub reset: Duration,
 }
 
 impl EngineModel {
     /// Measured on the 2-core development machine (Docker 20.10.24): 3.3, 4.5, 5.7
-    /// and 5.6 parks/s at 1, 2, 4 and 8 concurrent parks.
+    /// and 5.6 parks/s at 1, 2, 4 and 8 concurrent parks. A reset takes 10 ms: the
+    /// gate's EXIT to READY measured on the same machine (`reset_time` in
+    /// `crates/gate/tests/gate_engine.rs`) was under 2 ms after a job that left
+    /// nothing and 5 ms (median; 11 ms at most) after one that left a file in a
+    /// tmpfs and a process to kill.
     pub fn measured() -> Self {
         Self {
             throughput: vec![(1, 3.3), (2, 4.5), (4, 5.7), (8, 5.6)],
+            reset: Duration::from_millis(10),
         }
     }
 
@@ -158,6 +177,8 @@ pub struct PoolLimits {
     pub max_queue: usize,
     pub max_wait: Duration,
     pub max_age: Duration,
+    /// Jobs a container serves (1: single use).
+    pub reuse: usize,
 }
 
 impl PoolLimits {
@@ -184,6 +205,7 @@ impl Default for PoolLimits {
             max_queue: warmpool_core::config::DEFAULT_MAX_QUEUE,
             max_wait: warmpool_core::config::DEFAULT_MAX_WAIT,
             max_age: warmpool_core::config::DEFAULT_MAX_AGE,
+            reuse: 1,
         }
     }
 }
@@ -259,10 +281,15 @@ pub struct SimOutcome {
     pub replaced: usize,
     /// Parked containers removed above the target.
     pub shrunk: usize,
-    /// Time containers existed without a job: parking for the pool, or parked.
+    /// Time containers existed without a job: parking for the pool, parked, or
+    /// being reset between two jobs.
     pub idle_container_secs: f64,
     /// Containers parked, for the pool and on jobs' paths.
     pub parks: usize,
+    /// Containers reset after a job and parked again or handed to a waiter (reuse).
+    pub reused: usize,
+    /// Median time from a claim to its container (0 for a hit).
+    pub p50_claim_wait: Duration,
     /// 99th percentile of the time from a claim to its container (0 for a hit).
     pub p99_claim_wait: Duration,
     /// Longest time from a claim to its container.
@@ -300,13 +327,57 @@ struct Park {
     for_claim: Option<Arrival>,
 }
 
-/// A parked container of the simulated pool.
+/// A container of the simulated pool: parked, or (in [`Busy`]) running a job or
+/// being reset.
 #[derive(Debug, Clone, Copy)]
 struct SimParked {
     /// When its park started (OpenWhisk's ttl counts from here).
     park_started: Duration,
-    /// When it was parked (`max_age` counts from here).
+    /// When it was first parked (`max_age` counts from here, also when reused).
     parked_at: Duration,
+    /// Jobs it has run.
+    jobs: usize,
+}
+
+impl SimParked {
+    fn fresh(park_started: Duration, parked_at: Duration) -> Self {
+        Self {
+            park_started,
+            parked_at,
+            jobs: 0,
+        }
+    }
+}
+
+/// A container holding a slot: running a job, or being reset after one.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    /// When the job or the reset ends.
+    until: Duration,
+    /// Order of entry, so that equal ends are taken in a fixed order.
+    seq: u64,
+    container: SimParked,
+    resetting: bool,
+}
+
+impl PartialEq for Busy {
+    fn eq(&self, other: &Self) -> bool {
+        (self.until, self.seq) == (other.until, other.seq)
+    }
+}
+
+impl Eq for Busy {}
+
+impl PartialOrd for Busy {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Busy {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.until, self.seq).cmp(&(other.until, other.seq))
+    }
 }
 
 /// What decides the target, with its state.
@@ -361,8 +432,14 @@ struct PoolState<'a> {
     /// Work each park in flight has received since the start, in parks: processor
     /// sharing's virtual time. A park started at `w` is done at `w + 1`.
     work_done: f64,
-    /// End times of running jobs.
-    busy: BinaryHeap<Reverse<Duration>>,
+    /// Containers running a job or being reset, soonest end first.
+    busy: BinaryHeap<Reverse<Busy>>,
+    /// Entries made in `busy` so far.
+    busy_seq: u64,
+    /// How many of `busy` are being reset.
+    resetting: usize,
+    /// Jobs a container serves.
+    reuse: usize,
     /// Claims waiting for a container, in arrival order.
     queue: VecDeque<Arrival>,
     /// When the pool reconciles next: at most a second after the last, and
@@ -377,6 +454,7 @@ struct PoolState<'a> {
     replaced: usize,
     shrunk: usize,
     parks_done: usize,
+    reused: usize,
     /// Time from claim to container, one per claim served.
     waits: Vec<Duration>,
 }
@@ -441,15 +519,28 @@ impl PoolState<'_> {
     /// containers and the pool's parks beyond those a waiter will take.
     fn advance(&mut self, to: Duration) {
         let elapsed = to.saturating_sub(self.now).as_secs_f64();
-        let idle = self.parked.len() + self.pool_parks.saturating_sub(self.queue.len());
+        let idle =
+            self.parked.len() + self.pool_parks.saturating_sub(self.queue.len()) + self.resetting;
         self.idle_container_secs += idle as f64 * elapsed;
         self.work_done += self.park_progress_per_sec() * elapsed;
         self.now = to;
     }
 
-    fn start_job(&mut self, claim: Arrival) {
+    fn start_job(&mut self, claim: Arrival, container: SimParked) {
         self.waits.push(self.now.saturating_sub(claim.at));
-        self.busy.push(Reverse(self.now + claim.runtime));
+        self.hold(self.now + claim.runtime, container, false);
+    }
+
+    /// `container` takes a slot until `until`, for a job or a reset.
+    fn hold(&mut self, until: Duration, container: SimParked, resetting: bool) {
+        self.busy_seq += 1;
+        self.resetting += usize::from(resetting);
+        self.busy.push(Reverse(Busy {
+            until,
+            seq: self.busy_seq,
+            container,
+            resetting,
+        }));
     }
 
     fn start_park(&mut self, for_claim: Option<Arrival>) {
@@ -483,36 +574,70 @@ impl PoolState<'_> {
             // A simulated claim is never dropped: a cold start's claim still waits.
             let counts = self.counts();
             let placement = decide::place_parked(park.for_claim.is_some(), counts);
+            let container = SimParked::fresh(park.started, self.now);
             match (placement, park.for_claim, self.queue.front().copied()) {
-                (Placement::Claimant, Some(claim), _) => self.start_job(claim),
+                (Placement::Claimant, Some(claim), _) => self.start_job(claim, container),
                 (Placement::Waiter, _, Some(claim)) => {
                     self.queue.pop_front();
-                    self.start_job(claim);
+                    self.start_job(claim, container);
                 }
-                _ => self.parked.push_back(SimParked {
-                    park_started: park.started,
-                    parked_at: self.now,
-                }),
+                _ => self.parked.push_back(container),
             }
             self.wake();
         }
         took
     }
 
-    /// Jobs ended by now: each frees its slot, which may park for a waiter.
+    /// Jobs and resets ended by now. A job's container with jobs left is reset
+    /// (keeping its slot); any other frees its slot, which may park for a waiter. A
+    /// reset container serves the oldest waiter or is parked again, as
+    /// `Pool::recycled` does, unless it is past `max_age` (removed).
     fn finish_jobs(&mut self) {
-        while self
-            .busy
-            .peek()
-            .is_some_and(|Reverse(end)| *end <= self.now)
-        {
+        while let Some(Reverse(ended)) = self.busy.peek().copied() {
+            if ended.until > self.now {
+                break;
+            }
             self.busy.pop();
+            let mut container = ended.container;
+            if ended.resetting {
+                self.resetting -= 1;
+                if self.now.saturating_sub(container.parked_at) < self.rules.max_age {
+                    self.reused += 1;
+                    self.deliver(container);
+                }
+            } else {
+                container.jobs += 1;
+                if container.jobs < self.reuse {
+                    // No wake: the pool hears of it when the reset is done.
+                    self.hold(self.now + self.engine.reset, container, true);
+                    continue;
+                }
+            }
             let counts = self.counts();
             if decide::on_slot_freed(self.parked.len(), counts, &self.rules) {
                 self.start_park(None);
             }
             self.wake();
         }
+    }
+
+    /// A reset container is ready: the oldest waiter takes it, else it is parked,
+    /// in first-park order (the order `Pool::deliver` keeps).
+    fn deliver(&mut self, container: SimParked) {
+        // A simulated waiter never leaves but by `max_wait`, which `counts` applies.
+        let counts = self.counts();
+        if let (Placement::Waiter, Some(claim)) = (
+            decide::place_parked(false, counts),
+            self.queue.front().copied(),
+        ) {
+            self.queue.pop_front();
+            self.start_job(claim, container);
+            return;
+        }
+        let at = self
+            .parked
+            .partition_point(|p| p.parked_at <= container.parked_at);
+        self.parked.insert(at, container);
     }
 
     /// A claim arrives, and does what `decide::claim` says. Returns whether it was a
@@ -525,9 +650,10 @@ impl PoolState<'_> {
         self.wake();
         match plan.action {
             ClaimAction::Hit => {
-                self.parked.pop_front();
-                self.hits += 1;
-                self.start_job(claim);
+                if let Some(container) = self.parked.pop_front() {
+                    self.hits += 1;
+                    self.start_job(claim, container);
+                }
                 false
             }
             ClaimAction::Cold => {
@@ -591,6 +717,9 @@ pub fn simulate(
         pool_parks: 0,
         work_done: 0.0,
         busy: BinaryHeap::new(),
+        busy_seq: 0,
+        resetting: 0,
+        reuse: limits.reuse.max(1),
         queue: VecDeque::new(),
         next_reconcile: decide::RECONCILE_EVERY,
         idle_container_secs: 0.0,
@@ -602,15 +731,14 @@ pub fn simulate(
         replaced: 0,
         shrunk: 0,
         parks_done: 0,
+        reused: 0,
         waits: Vec::with_capacity(workload.arrivals.len()),
     };
     // The pool was started before the trace: its first target is parked at 0.
     let initial = controller.target(Duration::ZERO, limits.max_idle);
     for _ in 0..initial.min(limits.max_containers) {
-        pool.parked.push_back(SimParked {
-            park_started: Duration::ZERO,
-            parked_at: Duration::ZERO,
-        });
+        pool.parked
+            .push_back(SimParked::fresh(Duration::ZERO, Duration::ZERO));
     }
 
     let horizon = workload.end();
@@ -623,8 +751,8 @@ pub fn simulate(
         if let Some(done) = pool.next_park_done() {
             next = next.min(done);
         }
-        if let Some(Reverse(end)) = pool.busy.peek() {
-            next = next.min(*end);
+        if let Some(Reverse(busy)) = pool.busy.peek() {
+            next = next.min(busy.until);
         }
         if let Controller::OpenWhisk { next_check, .. } = &controller {
             next = next.min(*next_check);
@@ -676,6 +804,7 @@ pub fn simulate(
     let mut waits = pool.waits;
     waits.sort_unstable();
     let p99_claim_wait = percentile(&waits, 0.99);
+    let p50_claim_wait = percentile(&waits, 0.5);
     SimOutcome {
         arrivals: workload.arrivals.len(),
         hits: pool.hits,
@@ -687,6 +816,8 @@ pub fn simulate(
         shrunk: pool.shrunk,
         idle_container_secs: pool.idle_container_secs,
         parks: pool.parks_done,
+        reused: pool.reused,
+        p50_claim_wait,
         p99_claim_wait,
         max_claim_wait: waits.last().copied().unwrap_or_default(),
     }
@@ -766,6 +897,9 @@ impl SimSettings {
         }
         if let Some(miss_budget) = tuning.miss_budget {
             self.sizing.miss_budget = miss_budget;
+        }
+        if let Some(reset) = tuning.reset_time {
+            self.engine.reset = reset;
         }
         self.sizing.validate()?;
         Ok(self)
@@ -1043,6 +1177,20 @@ fn format_duration(duration: Duration) -> String {
     }
 }
 
+/// Sums over workloads, at one `reuse` value.
+#[derive(Default)]
+struct ReuseTotal {
+    arrivals: usize,
+    hits: usize,
+    cold: usize,
+    queued: usize,
+    refused: usize,
+    parks: usize,
+    reused: usize,
+    shrunk: usize,
+    idle: f64,
+}
+
 /// Sums over workloads, per policy.
 struct Totals {
     arrivals: usize,
@@ -1211,7 +1359,18 @@ pub fn run_trace_file(path: &Path) -> Result<String, SimError> {
 
 /// [`run_trace_file`] with the adaptive rule tuned.
 pub fn run_trace_file_tuned(path: &Path, tuning: &Tuning) -> Result<String, SimError> {
+    run_trace_file_with(path, tuning, &[])
+}
+
+/// [`run_trace_file_tuned`], and with `reuse` values besides 1 the adaptive policy
+/// at each of them and at 1, side by side ([`reuse_report`]).
+pub fn run_trace_file_with(
+    path: &Path,
+    tuning: &Tuning,
+    reuse: &[usize],
+) -> Result<String, SimError> {
     let settings = trace_settings().tuned(tuning)?;
+    let reuse = reuse_values(reuse)?;
     let text = std::fs::read_to_string(path).map_err(|source| SimError::Read {
         path: path.to_path_buf(),
         source,
@@ -1228,6 +1387,15 @@ pub fn run_trace_file_tuned(path: &Path, tuning: &Tuning) -> Result<String, SimE
             out,
             "\nRuntimes below zero in the trace, run as zero: {}.",
             trace.negative_runtimes
+        );
+    }
+    if reuse.len() > 1 {
+        let policy = Policy::Adaptive(settings.sizing.clone());
+        let runs = compare_reuse(&trace.workloads, &settings, &policy, &reuse);
+        let _ = write!(
+            out,
+            "\n{}",
+            reuse_report(&format!("Trace `{name}`"), &settings, &policy, &runs)
         );
     }
     Ok(out)
@@ -1247,9 +1415,206 @@ pub fn run_synthetic() -> String {
 
 /// [`run_synthetic`] with the adaptive rule tuned.
 pub fn run_synthetic_tuned(tuning: &Tuning) -> Result<String, SimError> {
+    run_synthetic_with(tuning, &[])
+}
+
+/// [`run_synthetic_tuned`], and with `reuse` values besides 1 the adaptive policy
+/// at each of them and at 1, side by side ([`reuse_report`]).
+pub fn run_synthetic_with(tuning: &Tuning, reuse: &[usize]) -> Result<String, SimError> {
     let settings = synthetic_settings().tuned(tuning)?;
-    let comparisons = compare(&synthetic_workloads(), &settings);
-    Ok(report("Synthetic scenarios", &settings, &comparisons))
+    let reuse = reuse_values(reuse)?;
+    let workloads = synthetic_workloads();
+    let comparisons = compare(&workloads, &settings);
+    let mut out = report("Synthetic scenarios", &settings, &comparisons);
+    if reuse.len() > 1 {
+        let policy = Policy::Adaptive(settings.sizing.clone());
+        let runs = compare_reuse(&workloads, &settings, &policy, &reuse);
+        let _ = write!(
+            out,
+            "\n{}",
+            reuse_report("Synthetic scenarios", &settings, &policy, &runs)
+        );
+    }
+    Ok(out)
+}
+
+/// The `reuse` values to compare: those asked, and 1 (single use, the baseline),
+/// each once, in increasing order. A 0 is an error.
+pub fn reuse_values(asked: &[usize]) -> Result<Vec<usize>, SimError> {
+    if let Some(&zero) = asked.iter().find(|&&n| n == 0) {
+        return Err(SimError::Reuse(zero));
+    }
+    let mut values: Vec<usize> = asked.iter().copied().chain([1]).collect();
+    values.sort_unstable();
+    values.dedup();
+    Ok(values)
+}
+
+/// One workload under one policy at several `reuse` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReuseComparison {
+    pub workload: String,
+    pub arrivals: usize,
+    /// Most claims per second in any minute of the workload.
+    pub peak_rate: f64,
+    /// `(reuse, outcome)`, in the order asked.
+    pub runs: Vec<(usize, SimOutcome)>,
+}
+
+impl ReuseComparison {
+    /// The outcome at `reuse`, if it was run.
+    pub fn at(&self, reuse: usize) -> Option<&SimOutcome> {
+        self.runs
+            .iter()
+            .find(|(n, _)| *n == reuse)
+            .map(|(_, outcome)| outcome)
+    }
+}
+
+/// Runs `policy` on every workload with the profile's `reuse` at each of `reuse`
+/// (everything else as in `settings`).
+pub fn compare_reuse(
+    workloads: &[Workload],
+    settings: &SimSettings,
+    policy: &Policy,
+    reuse: &[usize],
+) -> Vec<ReuseComparison> {
+    workloads
+        .iter()
+        .map(|workload| ReuseComparison {
+            workload: workload.name.clone(),
+            arrivals: workload.arrivals.len(),
+            peak_rate: peak_rate(workload, Duration::from_secs(60)),
+            runs: reuse
+                .iter()
+                .map(|&n| {
+                    let limits = PoolLimits {
+                        reuse: n,
+                        ..settings.limits
+                    };
+                    (n, simulate(workload, &limits, &settings.engine, policy))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The reuse comparison as Markdown: per workload, one row per `reuse` value (hits,
+/// cold starts, queueing, parks, idle), then the totals per value.
+pub fn reuse_report(
+    title: &str,
+    settings: &SimSettings,
+    policy: &Policy,
+    comparisons: &[ReuseComparison],
+) -> String {
+    let mut out = String::new();
+    let limits = &settings.limits;
+    let _ = writeln!(
+        out,
+        "### {title}: reuse, {} policy
+",
+        policy.label()
+    );
+    let _ = writeln!(
+        out,
+        "The same limits; a container serves up to `reuse` jobs, each reset taking {} ms \
+         and holding its slot, and is removed after its last job or past max_age {}. \
+         Queued: claims that waited for room under max_containers {}. Waits are from \
+         claim to container (0 for a hit). Reused: containers parked again (or handed \
+         to a waiter) after a reset; shrunk: parked containers removed above the \
+         target, the longest parked first (by first park: reused ones go first). Idle: \
+         container-seconds without a job (parking for the pool, parked, resetting); \
+         × reuse 1: that idle over the same workload's at reuse 1.\n",
+        settings.engine.reset.as_millis(),
+        format_duration(limits.max_age),
+        limits.max_containers,
+    );
+    let _ = writeln!(
+        out,
+        "| profile | claims | peak /s | reuse | hit rate | cold starts | queued | refused | p50 wait | p99 wait | parks | reused | shrunk | idle (s) | idle × reuse 1 |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for comparison in comparisons {
+        let single = comparison.at(1).map(|o| o.idle_container_secs);
+        for (reuse, outcome) in &comparison.runs {
+            let ratio = match single {
+                Some(base) if base > 0.0 => {
+                    format!("{:.2}×", outcome.idle_container_secs / base)
+                }
+                _ => "–".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {} | {:.2} % | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+                comparison.workload,
+                comparison.arrivals,
+                comparison.peak_rate,
+                reuse,
+                outcome.hit_rate() * 100.0,
+                outcome.cold_starts,
+                outcome.queued,
+                outcome.refused,
+                format_millis(outcome.p50_claim_wait),
+                format_millis(outcome.p99_claim_wait),
+                outcome.parks,
+                outcome.reused,
+                outcome.shrunk,
+                outcome.idle_container_secs,
+                ratio,
+            );
+        }
+    }
+    let values: Vec<usize> = comparisons
+        .first()
+        .map(|c| c.runs.iter().map(|(n, _)| *n).collect())
+        .unwrap_or_default();
+    let total = |reuse: usize| {
+        let outcomes = comparisons.iter().filter_map(|c| c.at(reuse));
+        outcomes.fold(ReuseTotal::default(), |t, o| ReuseTotal {
+            arrivals: t.arrivals + o.arrivals,
+            hits: t.hits + o.hits,
+            cold: t.cold + o.cold_starts,
+            queued: t.queued + o.queued,
+            refused: t.refused + o.refused,
+            parks: t.parks + o.parks,
+            reused: t.reused + o.reused,
+            shrunk: t.shrunk + o.shrunk,
+            idle: t.idle + o.idle_container_secs,
+        })
+    };
+    let single_idle = total(1).idle;
+    for reuse in values {
+        let ReuseTotal {
+            arrivals,
+            hits,
+            cold,
+            queued,
+            refused,
+            parks,
+            reused,
+            shrunk,
+            idle,
+        } = total(reuse);
+        let rate = if arrivals == 0 {
+            1.0
+        } else {
+            hits as f64 / arrivals as f64
+        };
+        let ratio = if single_idle > 0.0 {
+            format!("{:.2}×", idle / single_idle)
+        } else {
+            "–".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "| **all** | {arrivals} | | **{reuse}** | **{:.2} %** | {cold} | {queued} | {refused} | | | {parks} | {reused} | {shrunk} | {idle:.0} | {ratio} |",
+            rate * 100.0,
+        );
+    }
+    out
 }
 
 /// The three named scenarios, generated from a fixed seed (same claims every run).
@@ -1555,6 +1920,106 @@ mod tests {
         );
         assert!(adaptive.hit_rate() > 0.95, "{adaptive:?}");
         assert!(fixed.hit_rate() < 0.7, "{fixed:?}");
+    }
+
+    #[test]
+    fn a_reset_container_serves_the_oldest_waiter() {
+        // Room for one container. A takes the parked one at 1 s for 1 s; B (1.1 s)
+        // queues. Reused: A's container is reset (10 ms) and goes to B at 2.010 s,
+        // and is removed after B, its second job; the one park is the replacement
+        // after that. Single use: A's slot frees at 2 s and B waits for a park of
+        // its own (0.303 s alone), then that one is replaced too.
+        let limits = PoolLimits {
+            max_containers: 1,
+            ..PoolLimits::default()
+        };
+        let trace = workload(&[(1_000, 1_000), (1_100, 100)], 20);
+        let engine = EngineModel::measured();
+        let run = |reuse| {
+            let limits = PoolLimits { reuse, ..limits };
+            simulate(&trace, &limits, &engine, &Policy::Fixed(1))
+        };
+        let (single, reused) = (run(1), run(2));
+        assert_eq!(
+            (reused.hits, reused.queued, reused.reused, reused.parks),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(reused.max_claim_wait, ms(2_010) - ms(1_100));
+        assert_eq!(
+            (single.hits, single.queued, single.reused, single.parks),
+            (1, 1, 0, 2)
+        );
+        let wait = single.max_claim_wait.as_secs_f64();
+        assert!((wait - (0.9 + engine.park_latency(1).as_secs_f64())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_reset_container_above_the_target_goes_as_surplus() {
+        // The pool's own rules: the hit's replacement is parked (10.318 s) before
+        // the reset container is back (10.51 s); then two are parked for a target
+        // of 1, and the longest parked (by first park: the reused one) goes.
+        let limits = PoolLimits {
+            reuse: 2,
+            ..PoolLimits::default()
+        };
+        let outcome = simulate(
+            &workload(&[(10_000, 500)], 20),
+            &limits,
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!(
+            (outcome.hits, outcome.reused, outcome.shrunk, outcome.parks),
+            (1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_container_serves_at_most_reuse_jobs() {
+        // One container at a time, five claims at once, three jobs per container:
+        // the parked one serves three (a hit, then two waiters after resets), is
+        // removed, and a park serves the last two and is parked again.
+        let limits = PoolLimits {
+            max_containers: 1,
+            reuse: 3,
+            ..PoolLimits::default()
+        };
+        let claims: Vec<(u64, u64)> = (0..5).map(|i| (1_000 + i, 100)).collect();
+        let outcome = simulate(
+            &workload(&claims, 20),
+            &limits,
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!(
+            (outcome.hits, outcome.queued, outcome.parks, outcome.reused),
+            (1, 4, 1, 4)
+        );
+    }
+
+    #[test]
+    fn a_reset_container_past_max_age_is_removed() {
+        // Parked at 0, claimed at 9.9 s, back from its reset at 10.41 s: older than
+        // max_age (10 s), so it is removed, not parked again.
+        let limits = PoolLimits {
+            reuse: 5,
+            max_age: Duration::from_secs(10),
+            ..PoolLimits::default()
+        };
+        let outcome = simulate(
+            &workload(&[(9_900, 500)], 20),
+            &limits,
+            &EngineModel::measured(),
+            &Policy::Fixed(1),
+        );
+        assert_eq!((outcome.hits, outcome.reused, outcome.shrunk), (1, 0, 0));
+    }
+
+    #[test]
+    fn reuse_values_add_single_use_and_refuse_zero() {
+        assert_eq!(reuse_values(&[]).ok(), Some(vec![1]));
+        assert_eq!(reuse_values(&[100, 10, 10]).ok(), Some(vec![1, 10, 100]));
+        assert!(matches!(reuse_values(&[10, 0]), Err(SimError::Reuse(0))));
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use warmpool_pool::sim::{
-    compare, parse_trace, report, run_trace_file, simulate, synthetic_settings,
-    synthetic_workloads, trace_settings, Comparison, Policy, SimOutcome, Workload, GOAL_HIT_RATE,
+    compare, compare_reuse, parse_trace, report, reuse_report, run_trace_file, simulate,
+    synthetic_settings, synthetic_workloads, trace_settings, Comparison, Policy, ReuseComparison,
+    SimOutcome, SimSettings, Workload, GOAL_HIT_RATE,
 };
 
 /// The fixture trace, in the repository (`tests/fixtures/traces`, copied from the
@@ -281,4 +282,210 @@ fn beyond_the_engines_reach_the_shipped_queue_limits_hold() {
             comparison.workload
         );
     }
+}
+
+/// Every count of every run, one line per (workload, policy), idle to the bit.
+fn outcome_lines(comparisons: &[Comparison]) -> String {
+    let mut out = String::new();
+    for comparison in comparisons {
+        for (policy, o) in &comparison.runs {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{:016x},{},{}\n",
+                comparison.workload,
+                policy.label(),
+                o.arrivals,
+                o.hits,
+                o.cold_starts,
+                o.queued,
+                o.refused,
+                o.timed_out,
+                o.replaced,
+                o.shrunk,
+                o.parks,
+                o.idle_container_secs.to_bits(),
+                o.p99_claim_wait.as_nanos(),
+                o.max_claim_wait.as_nanos(),
+            ));
+        }
+        if let Some((size, o)) = &comparison.cheapest_fixed {
+            out.push_str(&format!(
+                "{},cheapest {size},{}\n",
+                comparison.workload, o.hits
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn single_use_runs_are_those_of_before_reuse() {
+    // Regression: with reuse 1 (the default) every run of the fixture and the
+    // synthetic scenarios counts exactly what the simulator counted before reuse
+    // was modelled (tests/golden/single-use-runs.csv, written by the simulator of
+    // commit 519d5d4; WARMPOOL_BLESS=1 writes it again).
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/single-use-runs.csv");
+    let now = outcome_lines(fixture_comparisons()) + &outcome_lines(synthetic_comparisons());
+    if std::env::var_os("WARMPOOL_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().expect("a parent"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        std::fs::write(&golden, &now).unwrap_or_else(|error| panic!("{error}"));
+    }
+    let before = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|error| panic!("{}: {error}", golden.display()));
+    for (line, (was, is)) in before.lines().zip(now.lines()).enumerate() {
+        assert_eq!(was, is, "line {}", line + 1);
+    }
+    assert_eq!(before.lines().count(), now.lines().count());
+}
+
+/// Reuse 1 and 10 under every policy of `settings`, on every workload.
+fn reuse_runs(
+    workloads: &[Workload],
+    settings: &SimSettings,
+) -> Vec<(Policy, Vec<ReuseComparison>)> {
+    settings
+        .policies()
+        .into_iter()
+        .map(|policy| {
+            let runs = compare_reuse(workloads, settings, &policy, &[1, 10]);
+            (policy, runs)
+        })
+        .collect()
+}
+
+fn fixture_reuse_runs() -> &'static [(Policy, Vec<ReuseComparison>)] {
+    static RUNS: OnceLock<Vec<(Policy, Vec<ReuseComparison>)>> = OnceLock::new();
+    RUNS.get_or_init(|| reuse_runs(fixture_workloads(), &trace_settings()))
+}
+
+fn synthetic_reuse_runs() -> &'static [(Policy, Vec<ReuseComparison>)] {
+    static RUNS: OnceLock<Vec<(Policy, Vec<ReuseComparison>)>> = OnceLock::new();
+    RUNS.get_or_init(|| reuse_runs(&synthetic_workloads(), &synthetic_settings()))
+}
+
+fn at(comparison: &ReuseComparison, reuse: usize) -> &SimOutcome {
+    comparison
+        .at(reuse)
+        .unwrap_or_else(|| panic!("{}: no run at reuse {reuse}", comparison.workload))
+}
+
+#[test]
+fn reuse_1_is_single_use() {
+    // compare_reuse at 1 runs exactly what compare runs.
+    for (runs, comparisons) in [
+        (fixture_reuse_runs(), fixture_comparisons()),
+        (synthetic_reuse_runs(), synthetic_comparisons()),
+    ] {
+        for (policy, by_workload) in runs {
+            for (reuse, single) in by_workload.iter().zip(comparisons) {
+                let expected = single
+                    .outcome(|p| p == policy)
+                    .expect("the policy in the comparison");
+                assert_eq!(
+                    at(reuse, 1),
+                    expected,
+                    "{} {}",
+                    reuse.workload,
+                    policy.label()
+                );
+                assert_eq!(expected.reused, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn reuse_never_lowers_hits() {
+    for (policy, by_workload) in fixture_reuse_runs().iter().chain(synthetic_reuse_runs()) {
+        for comparison in by_workload {
+            let (single, reused) = (at(comparison, 1), at(comparison, 10));
+            assert!(
+                reused.hits >= single.hits,
+                "{} under {}: {} hits at reuse 10, {} at reuse 1",
+                comparison.workload,
+                policy.label(),
+                reused.hits,
+                single.hits
+            );
+        }
+    }
+}
+
+#[test]
+fn a_container_serves_at_most_reuse_jobs_on_the_fixture() {
+    // Each container is parked once (a park, or parked before the trace: at most
+    // max_idle) and serves at most `reuse` jobs, returning after each but its last.
+    let settings = trace_settings();
+    for (policy, by_workload) in fixture_reuse_runs() {
+        for comparison in by_workload {
+            for (reuse, o) in &comparison.runs {
+                let containers = o.parks + settings.limits.max_idle;
+                let served = o.hits + o.cold_starts + o.queued - o.timed_out;
+                let what = format!(
+                    "{} under {} at reuse {reuse}",
+                    comparison.workload,
+                    policy.label()
+                );
+                assert!(served <= reuse * containers, "{what}: {o:?}");
+                assert!(o.reused <= (reuse - 1) * containers, "{what}: {o:?}");
+                assert!(o.reused <= served, "{what}: {o:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn reuse_raises_hits_markedly_on_the_busiest_function() {
+    // The busiest function of the fixture (most claims) comes faster than the
+    // engine parks in its bursts. Single use: every hit takes a container some park
+    // made (or one parked before the trace), so hits <= parks + max_idle, and
+    // the engine's rate bounds the parks. Reused ten times, a container serves up
+    // to ten claims per park: hits go past what any single-use pool could get
+    // from as many parks as this one made.
+    let settings = trace_settings();
+    let (_, adaptive) = fixture_reuse_runs()
+        .iter()
+        .find(|(policy, _)| matches!(policy, Policy::Adaptive(_)))
+        .expect("an adaptive run");
+    let busiest = adaptive
+        .iter()
+        .max_by_key(|c| c.arrivals)
+        .expect("a function");
+    let (single, reused) = (at(busiest, 1), at(busiest, 10));
+    assert!(
+        single.hits <= single.parks + settings.limits.max_idle,
+        "{single:?}"
+    );
+    assert!(
+        reused.hits > single.parks + settings.limits.max_idle,
+        "{}: {} hits at reuse 10 with {} parks; at reuse 1 {} hits with {} parks",
+        busiest.workload,
+        reused.hits,
+        reused.parks,
+        single.hits,
+        single.parks
+    );
+    // And misses at least halve.
+    let misses = |o: &SimOutcome| o.arrivals - o.hits;
+    assert!(
+        2 * misses(reused) <= misses(single),
+        "{single:?} vs {reused:?}"
+    );
+}
+
+#[test]
+fn the_reuse_report_puts_each_reuse_beside_single_use() {
+    let settings = trace_settings();
+    let policy = Policy::Adaptive(settings.sizing.clone());
+    let (_, adaptive) = fixture_reuse_runs()
+        .iter()
+        .find(|(p, _)| *p == policy)
+        .expect("an adaptive run");
+    let report = reuse_report("fixture", &settings, &policy, adaptive);
+    for row in ["| fn00 | 164 |", "| fn11 |", "| **all** |"] {
+        assert!(report.contains(row), "no `{row}` in:\n{report}");
+    }
+    assert_eq!(report.matches("| **all** |").count(), 2, "{report}");
+    let fn00_rows = report.lines().filter(|l| l.starts_with("| fn00 |")).count();
+    assert_eq!(fn00_rows, 2, "{report}");
 }
