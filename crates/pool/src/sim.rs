@@ -440,6 +440,11 @@ struct PoolState<'a> {
     resetting: usize,
     /// Jobs a container serves.
     reuse: usize,
+    /// The most containers coming back after their job (reuse) within
+    /// `returning_ttl`, and since when, as the pool keeps it.
+    returning_peak: (usize, Duration),
+    /// The profile's `idle_ttl`.
+    returning_ttl: Duration,
     /// Claims waiting for a container, in arrival order.
     queue: VecDeque<Arrival>,
     /// When the pool reconciles next: at most a second after the last, and
@@ -471,9 +476,21 @@ impl PoolState<'_> {
             self.queue.pop_front();
             self.timed_out += 1;
         }
+        // As the pool counts them: busy containers with jobs left after the
+        // one they run, and those being reset; the rules see their peak.
+        let reuse = self.reuse;
+        let returning = self
+            .busy
+            .iter()
+            .filter(|Reverse(b)| b.resetting || b.container.jobs + 1 < reuse)
+            .count();
+        let (peak, at) = self.returning_peak;
+        if returning >= peak || self.now.saturating_sub(at) > self.returning_ttl {
+            self.returning_peak = (returning, self.now);
+        }
         Counts {
-            resetting: 0,
-            returning: 0,
+            resetting: self.resetting,
+            returning: returning.max(self.returning_peak.0),
             parking: self.pool_parks,
             cold: self.parks.len() - self.pool_parks,
             busy: self.busy.len(),
@@ -720,6 +737,11 @@ pub fn simulate(
         busy_seq: 0,
         resetting: 0,
         reuse: limits.reuse.max(1),
+        returning_peak: (0, Duration::ZERO),
+        returning_ttl: match policy {
+            Policy::Adaptive(sizing) => sizing.idle_ttl,
+            _ => SizingConfig::default().idle_ttl,
+        },
         queue: VecDeque::new(),
         next_reconcile: decide::RECONCILE_EVERY,
         idle_container_secs: 0.0,
@@ -1954,10 +1976,11 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_container_above_the_target_goes_as_surplus() {
+    fn a_reset_container_is_kept_beside_the_target_within_idle_ttl() {
         // The pool's own rules: the hit's replacement is parked (10.318 s) before
         // the reset container is back (10.51 s); then two are parked for a target
-        // of 1, and the longest parked (by first park: the reused one) goes.
+        // of 1, and neither goes: the pool saw one container coming back within
+        // idle_ttl (10 min), and keeps a place for it beside the target.
         let limits = PoolLimits {
             reuse: 2,
             ..PoolLimits::default()
@@ -1970,7 +1993,7 @@ mod tests {
         );
         assert_eq!(
             (outcome.hits, outcome.reused, outcome.shrunk, outcome.parks),
-            (1, 1, 1, 1)
+            (1, 1, 0, 1)
         );
     }
 
