@@ -524,7 +524,10 @@ impl Parked {
         loop {
             while let Some(frame) = self.decoder.next_frame().map_err(|e| e.to_string())? {
                 match frame {
-                    Frame::Reset { ok: true, .. } if !reset => reset = true,
+                    Frame::Reset { ok: true, report } if !reset => {
+                        tracing::debug!(container = %self.id(), report = %report, "the gate reset its container");
+                        reset = true;
+                    }
                     Frame::Reset { ok: false, report } => {
                         return Err(format!("its gate could not reset it: {report}"))
                     }
