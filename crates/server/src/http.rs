@@ -5,15 +5,17 @@ use crate::api::{self, BadRequest, JobView, NodeView, PoolView, SubmitRequest};
 use crate::follow::Piece;
 use crate::service::{CancelReply, Service, ServiceError};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::sync::Arc;
+use warmpool_core::Config;
+use warmpool_store::{NewJob, StreamName};
 
 /// An error as the API answers it: `{"error": "..."}` with a fitting status.
 pub struct ApiError {
@@ -29,6 +31,16 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// The status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The `error` text it is answered with.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -171,9 +183,10 @@ struct SubmitQuery {
     wait: bool,
 }
 
-/// A query string that does not parse is a 400 in the API's own shape.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| {
+/// A query string that does not parse is a 400 in the API's own shape. (What
+/// axum's `Query` extractor does, with the API's error.)
+fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    Query::try_from_uri(uri).map(|Query(v)| v).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid query: {}", e.body_text()),
@@ -181,25 +194,34 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
+/// `POST /v1/jobs?wait=`: whether to wait for the job's end.
+pub fn submit_query(uri: &Uri) -> Result<bool, ApiError> {
+    Ok(query::<SubmitQuery>(uri)?.wait)
+}
+
+/// `POST /v1/jobs`'s body: JSON to a job the store can take, checked against
+/// the config (its profiles and `[server]` limits), or a 400 saying why not.
+pub fn decode_submit(body: &[u8], config: &Config) -> Result<NewJob, ApiError> {
+    let req: SubmitRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
+    Ok(api::parse_submit(req, config)?)
+}
+
 async fn submit(
     State(svc): State<Arc<Service>>,
-    q: Result<Query<SubmitQuery>, QueryRejection>,
+    uri: Uri,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
+    let wait = submit_query(&uri)?;
     // Up to `max_body` of JSON, and the limits checked on every entry: off the
     // async workers, which /healthz and every other request share.
     let config = svc.config.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let req: SubmitRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
-        Ok::<_, ApiError>(api::parse_submit(req, &config)?)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let job = tokio::task::spawn_blocking(move || decode_submit(&body, &config))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let began = std::time::Instant::now();
     let id = svc.submit(job).await?;
-    if q.wait {
+    if wait {
         let stored = began.elapsed();
         let inline = inline(&svc);
         let (record, output) = svc
@@ -247,16 +269,18 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list(
-    State(svc): State<Arc<Service>>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<JobView>>, ApiError> {
-    let q = query(q)?;
-    let query = warmpool_store::ListQuery {
+/// `GET /v1/jobs?state=&profile=&limit=`: what to list.
+pub fn list_query(uri: &Uri) -> Result<warmpool_store::ListQuery, ApiError> {
+    let q: ListQuery = query(uri)?;
+    Ok(warmpool_store::ListQuery {
         state: api::parse_state(q.state.as_deref())?,
         profile: q.profile,
         limit: q.limit.unwrap_or(100).min(1000),
-    };
+    })
+}
+
+async fn list(State(svc): State<Arc<Service>>, uri: Uri) -> Result<Json<Vec<JobView>>, ApiError> {
+    let query = list_query(&uri)?;
     let jobs = svc.list(&query).await?;
     Ok(Json(
         jobs.into_iter()
@@ -272,6 +296,14 @@ struct OutputQuery {
     follow: bool,
 }
 
+/// `GET /v1/jobs/{id}/output?stream=&follow=`: the stream asked for (stdout
+/// unless said; SSE ignores it) and whether to follow it.
+pub fn output_query(uri: &Uri) -> Result<(Result<StreamName, ApiError>, bool), ApiError> {
+    let q: OutputQuery = query(uri)?;
+    let stream = api::parse_stream(q.stream.as_deref()).map_err(ApiError::from);
+    Ok((stream, q.follow))
+}
+
 /// `GET /v1/jobs/{id}/output`: one stream's raw bytes (what is stored, or with
 /// `follow=true` everything until the job ends), or with `Accept:
 /// text/event-stream` both streams as SSE and an `end` event. One follower
@@ -279,10 +311,10 @@ struct OutputQuery {
 async fn output(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
-    q: Result<Query<OutputQuery>, QueryRejection>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
+    let (stream, follow) = output_query(&uri)?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -321,11 +353,11 @@ async fn output(
         )
             .into_response());
     }
-    let stream = api::parse_stream(q.stream.as_deref())?;
+    let stream = stream?;
     let mut wanted = [false, false];
     wanted[stream.index()] = true;
     let follower = svc
-        .follow(&id, wanted, q.follow)
+        .follow(&id, wanted, follow)
         .await?
         .ok_or_else(|| no_job(&id))?;
     // A client that goes away only drops this stream; the job is not disturbed.
