@@ -150,7 +150,11 @@ fn structured(data: &[u8]) {
     let mut rest = &stream[..];
     while !rest.is_empty() {
         // Mostly small reads, now and then a large one.
-        let max = if mix.next() % 4 == 0 { 2 * BIG } else { 4096 };
+        let max = if mix.next().is_multiple_of(4) {
+            2 * BIG
+        } else {
+            4096
+        };
         let (c, r) = rest.split_at(mix.size(max).min(rest.len()));
         chunks.push(c);
         rest = r;

@@ -22,9 +22,12 @@ pub mod mention;
 pub mod spec;
 pub mod webhook;
 
+/// A target's body: returns if its properties hold, panics if not.
+pub type Body = fn(&[u8]);
+
 /// Every target: its name (a directory under `fuzz/seeds/`, a binary under
 /// `fuzz/fuzz_targets/`) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("spec", spec::run),
     ("frames", frames::run),
     ("webhook", webhook::run),

@@ -18,20 +18,17 @@ pub fn run(data: &[u8]) {
     };
     let bot = BotName::new(BOT).expect("a valid login");
     let mention = format!("@{BOT}");
-    match find_command(text, &bot) {
-        Some(command) => {
-            let start = command.as_ptr() as usize - text.as_ptr() as usize;
-            assert!(
-                start <= text.len() && start + command.len() <= text.len(),
-                "the command is not a piece of the body"
-            );
-            assert_eq!(command, command.trim());
-            assert!(
-                text[..start].to_ascii_lowercase().contains(&mention),
-                "a command with no mention before it"
-            );
-        }
-        None => {}
+    if let Some(command) = find_command(text, &bot) {
+        let start = command.as_ptr() as usize - text.as_ptr() as usize;
+        assert!(
+            start <= text.len() && start + command.len() <= text.len(),
+            "the command is not a piece of the body"
+        );
+        assert_eq!(command, command.trim());
+        assert!(
+            text[..start].to_ascii_lowercase().contains(&mention),
+            "a command with no mention before it"
+        );
     }
     if !text.contains('@') {
         assert_eq!(find_command(text, &bot), None);

@@ -28,7 +28,7 @@ struct Trickle<'a> {
 
 impl Read for Trickle<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.mix.next() % 11 == 0 {
+        if self.mix.next().is_multiple_of(11) {
             return Err(std::io::ErrorKind::Interrupted.into());
         }
         let n = self.mix.size(9).min(buf.len()).min(self.data.len());
