@@ -18,6 +18,7 @@ use warmpool_core::Config;
 use warmpool_store::{NewJob, StreamName};
 
 /// An error as the API answers it: `{"error": "..."}` with a fitting status.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
@@ -451,4 +452,55 @@ async fn readyz(State(svc): State<Arc<Service>>) -> Response {
 async fn metrics(State(svc): State<Arc<Service>>) -> Response {
     let text = crate::metrics::render(&svc);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(q: &str) -> Uri {
+        format!("/v1/jobs?{q}").parse().unwrap()
+    }
+
+    #[test]
+    fn queries_decode_or_are_a_400() {
+        assert!(submit_query(&uri("wait=true")).unwrap());
+        assert!(!submit_query(&uri("")).unwrap());
+        let e = submit_query(&uri("wait=maybe")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.message().starts_with("invalid query"), "{}", e.message());
+
+        let q = list_query(&uri("state=running&profile=bb&limit=5000")).unwrap();
+        assert_eq!(q.state, Some(warmpool_store::JobState::Running));
+        assert_eq!((q.profile.as_deref(), q.limit), (Some("bb"), 1000));
+        assert_eq!(list_query(&uri("")).unwrap().limit, 100);
+        for bad in ["state=bogus", "limit=-1", "limit=x"] {
+            let e = list_query(&uri(bad)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+
+        let (stream, follow) = output_query(&uri("stream=stderr&follow=true")).unwrap();
+        assert_eq!((stream.unwrap(), follow), (StreamName::Stderr, true));
+        // A bad stream is refused only where the stream is used (not by SSE).
+        let (stream, _) = output_query(&uri("stream=both")).unwrap();
+        assert_eq!(stream.unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert!(output_query(&uri("follow=2")).is_err());
+    }
+
+    #[test]
+    fn a_submitted_body_decodes_or_is_a_400() {
+        let config = Config::parse("[profiles.bb]\nimage = \"x\"\n").unwrap();
+        let job = decode_submit(br#"{"profile":"bb","args":["a"]}"#, &config).unwrap();
+        assert_eq!((job.profile.as_str(), job.args.len()), ("bb", 1));
+        for bad in [
+            &b"not json"[..],
+            br#"{"profile":"nope"}"#,
+            br#"{"profile":"bb","extra":1}"#,
+            br#"{"profile":"bb","env":{"1X":"v"}}"#,
+        ] {
+            let e = decode_submit(bad, &config).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert!(!e.message().is_empty());
+        }
+    }
 }
