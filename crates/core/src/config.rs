@@ -556,6 +556,11 @@ impl<'de> Deserialize<'de> for ConfigDuration {
                 if v < 0 {
                     return Err(E::custom(format!("duration {v} is negative")));
                 }
+                // The bound a string has (see `parse_duration`): a deadline this
+                // far ahead (`now + kill_grace`) would overflow.
+                if v as f64 > MAX_DURATION_SECS {
+                    return Err(E::custom(format!("duration {v} is out of range")));
+                }
                 Ok(ConfigDuration(Duration::from_secs(v as u64)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -656,6 +661,9 @@ fn positive_duration(
     Ok(d)
 }
 
+/// Longest duration taken, in seconds (about 31 years), written either way.
+const MAX_DURATION_SECS: f64 = 1e9;
+
 /// `"500ms"`, `"30s"`, `"2m"`, `"1h"`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -677,7 +685,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs > 1e9 {
+    if !secs.is_finite() || secs > MAX_DURATION_SECS {
         return Err(format!("\"{s}\" is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -706,7 +714,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     let bytes = value * mult;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 / 2.0 {
+    // 2^63 itself is out: `u64::MAX / 2` rounds up to it as an f64.
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 / 2.0 {
         return Err(format!("\"{s}\" is out of range"));
     }
     Ok(bytes as u64)
@@ -1045,7 +1054,14 @@ impl RawServer {
         };
         // What the API accepts must fit the gate's spec, with room for the
         // profile's and the image's own env.
-        let total = limits.max_env_bytes + limits.max_args_bytes + limits.max_stdin;
+        // Each may be up to 2^63 bytes: summed without overflow.
+        let total = [
+            limits.max_env_bytes,
+            limits.max_args_bytes,
+            limits.max_stdin,
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add);
         if total > MAX_JOB_INPUT {
             return Err(format!(
                 "keys `max_env_bytes`, `max_args_bytes` and `max_stdin`: {total} bytes together, over the {MAX_JOB_INPUT} bytes a job spec can carry"
@@ -1574,6 +1590,61 @@ mod tests {
         server_err("max_stdin = \"12 furlongs\"", "max_stdin");
         let e = server_with("max_stdin = \"200M\"", None).unwrap_err();
         assert!(e.contains("max_stdin") && e.contains("spec"), "{e}");
+    }
+
+    // Found by the fuzz target `config` (its property: a size that parses is at
+    // most 2^63 - 1): "09223372036854775807" rounds up to 2^63 as an f64, and
+    // the range check let exactly 2^63 through (a `memory` that would wrap
+    // negative as Docker's i64).
+    #[test]
+    fn sizes_stop_below_2_pow_63() {
+        assert!(parse_size("09223372036854775807").is_err());
+        assert!(parse_size("8t").is_ok());
+        assert!(parse_size("8388608t").is_err());
+        assert_eq!(parse_size("8388607t").unwrap(), 8388607 << 40);
+    }
+
+    // Found while writing the fuzz target `config` (its property: the limits
+    // together fit a job spec), confirmed by running it on this input: three
+    // limits near 2^63 bytes overflowed their sum (a panic in the loader, with
+    // overflow checks; a wrapped sum that passed, without) instead of being refused.
+    #[test]
+    fn job_limits_at_their_largest_are_refused_not_summed_past_u64() {
+        let e = server_with(
+            "max_env_bytes = 9223372036854775807\nmax_args_bytes = 9223372036854775807\nmax_stdin = 9223372036854775807",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("max_stdin") && e.contains("spec"), "{e}");
+        let e = server_with(
+            "max_stdin = \"8000000t\"\nmax_args_bytes = \"8000000t\"\nmax_env_bytes = \"8000000t\"",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("spec"), "{e}");
+    }
+
+    // Found while writing the fuzz target `config`'s properties: a duration
+    // given as an integer had no upper bound (a string has 10^9 s), so
+    // `kill_grace = 9223372036854775807` loaded, and `now + kill_grace` would
+    // panic when a job timed out.
+    #[test]
+    fn integer_durations_have_the_bound_strings_have() {
+        let e = err("[profiles.a]\nimage = \"x\"\nkill_grace = 9223372036854775807\n");
+        assert!(
+            e.contains("profile \"a\"") && e.contains("out of range"),
+            "{e}"
+        );
+        let e = err("[profiles.a]\nimage = \"x\"\n[server]\nshutdown_grace = 1000000001\n");
+        assert!(
+            e.contains("shutdown_grace") && e.contains("out of range"),
+            "{e}"
+        );
+        let c = Config::parse("[profiles.a]\nimage = \"x\"\njob_timeout = 1000000000\n").unwrap();
+        assert_eq!(
+            c.profiles["a"].job_timeout,
+            Duration::from_secs(1_000_000_000)
+        );
     }
 
     #[test]

@@ -521,6 +521,11 @@ impl FrameDecoder {
         self.buf.len() - self.start
     }
 
+    /// Bytes held: those pending, and consumed ones not yet compacted away.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn push(&mut self, chunk: &[u8]) {
         // Compact before growing so the buffer stays about one frame large.
         if self.start > 0 && self.start == self.buf.len() {

@@ -5,17 +5,21 @@ use crate::api::{self, BadRequest, JobView, NodeView, PoolView, SubmitRequest};
 use crate::follow::Piece;
 use crate::service::{CancelReply, Service, ServiceError};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::sync::Arc;
+use warmpool_core::Config;
+use warmpool_store::{NewJob, StreamName};
 
 /// An error as the API answers it: `{"error": "..."}` with a fitting status.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
@@ -29,6 +33,16 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// The status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The `error` text it is answered with.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -180,9 +194,11 @@ fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
         .map_err(|e| ApiError::new(e.status(), format!("invalid path: {}", e.body_text())))
 }
 
-/// A query string that does not parse is a 400 in the API's own shape.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| {
+/// A query string that does not parse (a parameter given twice included) is a
+/// 400 in the API's own shape. (What axum's `Query` extractor does, with the
+/// API's error.)
+fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    Query::try_from_uri(uri).map(|Query(v)| v).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid query: {}", e.body_text()),
@@ -190,28 +206,37 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
+/// `POST /v1/jobs?wait=`: whether to wait for the job's end.
+pub fn submit_query(uri: &Uri) -> Result<bool, ApiError> {
+    Ok(query::<SubmitQuery>(uri)?.wait)
+}
+
+/// `POST /v1/jobs`'s body: JSON to a job the store can take, checked against
+/// the config (its profiles and `[server]` limits), or a 400 saying why not.
+pub fn decode_submit(body: &[u8], config: &Config) -> Result<NewJob, ApiError> {
+    let req: SubmitRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
+    Ok(api::parse_submit(req, config)?)
+}
+
 async fn submit(
     State(svc): State<Arc<Service>>,
-    q: Result<Query<SubmitQuery>, QueryRejection>,
+    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
+    let wait = submit_query(&uri)?;
     // Over `max_body` (413) or a body that breaks off: in the API's own shape.
     let body =
         body.map_err(|e| ApiError::new(e.status(), format!("invalid job: {}", e.body_text())))?;
     // Up to `max_body` of JSON, and the limits checked on every entry: off the
     // async workers, which /healthz and every other request share.
     let config = svc.config.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let req: SubmitRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job: {e}")))?;
-        Ok::<_, ApiError>(api::parse_submit(req, &config)?)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let job = tokio::task::spawn_blocking(move || decode_submit(&body, &config))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let began = std::time::Instant::now();
     let id = svc.submit(job).await?;
-    if q.wait {
+    if wait {
         let stored = began.elapsed();
         let inline = inline(&svc);
         let (record, output) = svc
@@ -260,16 +285,18 @@ struct ListQuery {
     limit: Option<u64>,
 }
 
-async fn list(
-    State(svc): State<Arc<Service>>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<JobView>>, ApiError> {
-    let q = query(q)?;
-    let query = warmpool_store::ListQuery {
+/// `GET /v1/jobs?state=&profile=&limit=`: what to list.
+pub fn list_query(uri: &Uri) -> Result<warmpool_store::ListQuery, ApiError> {
+    let q: ListQuery = query(uri)?;
+    Ok(warmpool_store::ListQuery {
         state: api::parse_state(q.state.as_deref())?,
         profile: q.profile,
         limit: api::parse_limit(q.limit)?,
-    };
+    })
+}
+
+async fn list(State(svc): State<Arc<Service>>, uri: Uri) -> Result<Json<Vec<JobView>>, ApiError> {
+    let query = list_query(&uri)?;
     let jobs = svc.list(&query).await?;
     Ok(Json(
         jobs.into_iter()
@@ -285,6 +312,14 @@ struct OutputQuery {
     follow: bool,
 }
 
+/// `GET /v1/jobs/{id}/output?stream=&follow=`: the stream asked for (stdout
+/// unless said; SSE ignores it) and whether to follow it.
+pub fn output_query(uri: &Uri) -> Result<(Result<StreamName, ApiError>, bool), ApiError> {
+    let q: OutputQuery = query(uri)?;
+    let stream = api::parse_stream(q.stream.as_deref()).map_err(ApiError::from);
+    Ok((stream, q.follow))
+}
+
 /// `GET /v1/jobs/{id}/output`: one stream's raw bytes (what is stored, or with
 /// `follow=true` everything until the job ends), or with `Accept:
 /// text/event-stream` both streams as SSE and an `end` event. One follower
@@ -292,13 +327,13 @@ struct OutputQuery {
 async fn output(
     State(svc): State<Arc<Service>>,
     id: Result<Path<String>, PathRejection>,
-    q: Result<Query<OutputQuery>, QueryRejection>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    let q = query(q)?;
+    let (stream, follow) = output_query(&uri)?;
     // Checked whichever form is asked for (SSE carries both streams).
-    let stream = api::parse_stream(q.stream.as_deref())?;
+    let stream = stream?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -340,7 +375,7 @@ async fn output(
     let mut wanted = [false, false];
     wanted[stream.index()] = true;
     let follower = svc
-        .follow(&id, wanted, q.follow)
+        .follow(&id, wanted, follow)
         .await?
         .ok_or_else(|| no_job(&id))?;
     // A client that goes away only drops this stream; the job is not disturbed.
@@ -422,4 +457,63 @@ async fn readyz(State(svc): State<Arc<Service>>) -> Response {
 async fn metrics(State(svc): State<Arc<Service>>) -> Response {
     let text = crate::metrics::render(&svc);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(q: &str) -> Uri {
+        format!("/v1/jobs?{q}").parse().unwrap()
+    }
+
+    #[test]
+    fn queries_decode_or_are_a_400() {
+        assert!(submit_query(&uri("wait=true")).unwrap());
+        assert!(!submit_query(&uri("")).unwrap());
+        let e = submit_query(&uri("wait=maybe")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.message().starts_with("invalid query"), "{}", e.message());
+
+        let q = list_query(&uri("state=running&profile=bb&limit=1000")).unwrap();
+        assert_eq!(q.state, Some(warmpool_store::JobState::Running));
+        assert_eq!((q.profile.as_deref(), q.limit), (Some("bb"), 1000));
+        assert_eq!(list_query(&uri("")).unwrap().limit, 100);
+        for bad in [
+            "state=bogus",
+            "state=",
+            "limit=-1",
+            "limit=x",
+            "limit=0",
+            "limit=5000",
+            "limit=1&limit=2",
+        ] {
+            let e = list_query(&uri(bad)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+
+        let (stream, follow) = output_query(&uri("stream=stderr&follow=true")).unwrap();
+        assert_eq!((stream.unwrap(), follow), (StreamName::Stderr, true));
+        // A bad stream is the handler's 400 (for SSE too).
+        let (stream, _) = output_query(&uri("stream=both")).unwrap();
+        assert_eq!(stream.unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert!(output_query(&uri("follow=2")).is_err());
+    }
+
+    #[test]
+    fn a_submitted_body_decodes_or_is_a_400() {
+        let config = Config::parse("[profiles.bb]\nimage = \"x\"\n").unwrap();
+        let job = decode_submit(br#"{"profile":"bb","args":["a"]}"#, &config).unwrap();
+        assert_eq!((job.profile.as_str(), job.args.len()), ("bb", 1));
+        for bad in [
+            &b"not json"[..],
+            br#"{"profile":"nope"}"#,
+            br#"{"profile":"bb","extra":1}"#,
+            br#"{"profile":"bb","env":{"1X":"v"}}"#,
+        ] {
+            let e = decode_submit(bad, &config).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert!(!e.message().is_empty());
+        }
+    }
 }
