@@ -77,7 +77,23 @@ fn frames() {
         "exit-0",
         &encode_frame(&Frame::Exit(ExitStatus::Code(0))),
     );
-    write("frames", "unknown-kind", b"\x09\x00\x00\x00\x01x");
+    let reused = [
+        Frame::Exit(ExitStatus::Code(0)),
+        Frame::Reset {
+            ok: true,
+            report: "processes: 1 killed, none left; /tmp: 1 entry removed".into(),
+        },
+        Frame::Ready("warmpool-gate/0.1.0".into()),
+        Frame::Started(7),
+        Frame::Exit(ExitStatus::Code(1)),
+        Frame::Reset {
+            ok: false,
+            report: "process 9 (uid 0) is left".into(),
+        },
+    ];
+    let all: Vec<u8> = reused.iter().flat_map(encode_frame).collect();
+    write("frames", "reuse", &all);
+    write("frames", "unknown-kind", b"\x0a\x00\x00\x00\x01x");
 }
 
 fn webhooks() {
