@@ -5,53 +5,12 @@
 
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 use warmpool_runtime::{
     ContainerAction, ContainerSpec, ContainerState, DockerRuntime, EngineEvent, Runtime, Signal,
 };
 
-const BUSYBOX: &str = "warmpool-test/busybox:latest";
-const TEST_LABEL: &str = "warmpool-test-run";
-
-fn ensure_images() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/images/build.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run tests/images/build.sh");
-    assert!(
-        out.status.success(),
-        "building the test images failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
-/// Removes every container carrying this test's label when dropped, so a failed
-/// assertion leaves nothing behind.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let filter = format!("label={TEST_LABEL}={}", self.0);
-        if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
-            }
-        }
-    }
-}
+use warmpool_testkit::labelled::{ensure_images, unique, Cleanup, BUSYBOX, TEST_LABEL};
 
 async fn state_of(rt: &DockerRuntime, run: &str, id: &str) -> Option<ContainerState> {
     let list = rt.list(&[(TEST_LABEL, run)]).await.expect("list");

@@ -16,8 +16,12 @@
 //!   `restore`, and whose `stall` holds every connection silent instead: how a
 //!   test cuts one node off from PostgreSQL.
 //!
+//! - [`labelled`]: for tests on the shared engine: the test images, unique
+//!   names, and a guard removing every container of the test's label.
+//!
 //! Each module's docs say what it does not do.
 
 pub mod dockerd;
+pub mod labelled;
 pub mod postgres;
 pub mod proxy;
