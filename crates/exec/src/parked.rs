@@ -449,7 +449,9 @@ impl Parked {
                 // Off the job's usual path (a run that got its exit frame, or that
                 // warmpool killed itself, never asks): did the container die, or
                 // the engine with it?
-                lost_engine = !engine_answers(runtime.as_ref(), ENGINE_CHECK_TIMEOUT).await;
+                lost_engine = warmpool_runtime::ping(runtime.as_ref(), ENGINE_CHECK_TIMEOUT)
+                    .await
+                    .is_err();
                 let engine_note = if lost_engine {
                     "; the engine did not answer afterwards"
                 } else {
@@ -558,14 +560,6 @@ impl Parked {
             }
         }
     }
-}
-
-/// Whether the engine answers within `within` (any answer: it is there).
-async fn engine_answers(runtime: &dyn Runtime, within: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(within, runtime.info()).await,
-        Ok(Ok(_))
-    )
 }
 
 /// The ledger, also if a panic elsewhere poisoned its lock (it holds counts only).

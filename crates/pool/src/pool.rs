@@ -475,11 +475,6 @@ impl Pool {
         &self.inner.name
     }
 
-    /// Whether the engine answers at all.
-    pub async fn engine_reachable(&self) -> bool {
-        self.inner.executor.runtime().info().await.is_ok()
-    }
-
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
     }
@@ -1260,9 +1255,9 @@ impl Pool {
         runtime: &Arc<dyn Runtime>,
         why: &(dyn std::fmt::Display + Sync),
     ) -> bool {
-        let answered = tokio::time::timeout(ENGINE_PING_TIMEOUT, runtime.info())
+        let answered = warmpool_runtime::ping(runtime.as_ref(), ENGINE_PING_TIMEOUT)
             .await
-            .is_ok_and(|r| r.is_ok());
+            .is_ok();
         if !answered {
             let mut st = lock(&self.inner.state);
             if !st.closed {

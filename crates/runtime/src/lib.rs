@@ -111,6 +111,16 @@ impl RuntimeError {
     }
 }
 
+/// Whether the engine answers within `within` (any answer: it is there), or
+/// why not: the one ping the pool, the executor and `/readyz` ask.
+pub async fn ping(runtime: &dyn Runtime, within: std::time::Duration) -> Result<(), String> {
+    match tokio::time::timeout(within, runtime.info()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("the engine did not answer within {within:?}")),
+    }
+}
+
 /// A container engine, as warmpool needs it.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {

@@ -72,13 +72,9 @@ async fn engine(svc: &Service) -> Option<String> {
         return p.error.clone();
     }
     let runtime = svc.pools.runtime().clone();
-    let error = match tokio::time::timeout(PROBE_TIMEOUT, runtime.info()).await {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!(
-            "the engine did not answer within {PROBE_TIMEOUT:?}"
-        )),
-    };
+    let error = warmpool_runtime::ping(runtime.as_ref(), PROBE_TIMEOUT)
+        .await
+        .err();
     *last = Some(EngineProbe {
         at: Instant::now(),
         error: error.clone(),
