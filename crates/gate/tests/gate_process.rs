@@ -1,29 +1,16 @@
 //! The gate binary as a process on the host: spec handling, exit reporting,
 //! signal forwarding and reaping, without any container engine in the way.
 
+mod common;
+
+use common::{gate_dir, spec, stderr_of, stdout_of};
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 use warmpool_gate::protocol::{encode_frame, ExitStatus, Frame, FrameDecoder, JobSpec};
-use warmpool_gate::GATE_BINARY;
-
-fn gate_path() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("warmpool-gate-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gate");
-        std::fs::write(&path, GATE_BINARY).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    })
-}
 
 fn start_gate() -> Child {
-    Command::new(gate_path())
+    Command::new(gate_dir().join("gate"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -31,15 +18,6 @@ fn start_gate() -> Child {
         .env("HOME", "/home/gate")
         .spawn()
         .unwrap()
-}
-
-fn spec(argv: &[&str]) -> JobSpec {
-    JobSpec {
-        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        env: vec![b"PATH=/usr/bin:/bin".to_vec()],
-        cwd: Vec::new(),
-        stdin: None,
-    }
 }
 
 /// Everything the gate said, decoded, plus its stderr and exit code.
@@ -61,16 +39,7 @@ impl Transcript {
             .collect()
     }
     fn stderr_frames(&self) -> String {
-        let bytes: Vec<u8> = self
-            .frames
-            .iter()
-            .filter_map(|f| match f {
-                Frame::Stderr(d) => Some(d.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
+        stderr_of(&self.frames)
     }
     fn exit(&self) -> Option<ExitStatus> {
         match self.frames.last() {
@@ -326,15 +295,7 @@ fn sigterm_goes_to_the_jobs_process_group() {
     }
     drop(stdin);
     child.wait().unwrap();
-    let stdout: Vec<u8> = frames
-        .iter()
-        .filter_map(|f| match f {
-            Frame::Stdout(d) => Some(d.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let text = String::from_utf8_lossy(&stdout);
+    let text = stdout_of(&frames);
     assert!(text.contains("child got TERM"), "{text}");
     assert!(text.contains("parent got TERM"), "{text}");
     assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Code(7))));
