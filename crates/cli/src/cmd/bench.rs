@@ -375,6 +375,13 @@ async fn failover(args: &BenchArgs, config: &warmpool_core::Config) -> anyhow::R
     Ok(0)
 }
 
+/// One line per goal: met or MISSED, and the figure that says so.
+fn print_goals(goals: &[(String, bool)]) {
+    for (goal, met) in goals {
+        println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
+    }
+}
+
 async fn throughput(
     args: &BenchArgs,
     profile: &warmpool_core::Profile,
@@ -437,9 +444,7 @@ async fn throughput(
         "ratio jobs/s reuse / single use: {:.1}x",
         f.reuse_over_single
     );
-    for (goal, met) in &f.goals {
-        println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
-    }
+    print_goals(&f.goals);
     Ok(0)
 }
 
@@ -494,9 +499,7 @@ async fn http(
         "service overhead p50: {:.2} ms (HTTP warm p50 {:.2} ms - direct warm exit p50 {:.2} ms)",
         f.service_overhead_p50_ms, f.warm_p50_ms, f.direct_warm_exit_p50_ms
     );
-    for (goal, met) in &f.goals {
-        println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
-    }
+    print_goals(&f.goals);
     Ok(0)
 }
 
@@ -723,9 +726,7 @@ fn print_table(r: &Report) {
     for k in keys {
         println!("ratio {k}: {:.1}x", r.ratios[k]);
     }
-    for (goal, met) in &r.goals {
-        println!("goal {}: {goal}", if *met { "met" } else { "MISSED" });
-    }
+    print_goals(&r.goals);
     if let Some(b) = &r.burst {
         println!();
         println!(
