@@ -4,7 +4,7 @@
 //! comment. The decisions live in `warmpool-github`; this module only wires them.
 
 use crate::lock;
-use crate::service::{read_secret, JobHooks, Service};
+use crate::service::{read_secret, Front, JobHooks, Service};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -224,11 +224,7 @@ fn note(status: StatusCode, text: &str) -> Response {
 
 #[async_trait::async_trait]
 impl JobHooks for GithubBot {
-    async fn before_start(
-        &self,
-        job_id: &str,
-        env: &mut Vec<(String, String)>,
-    ) -> Result<(), String> {
+    async fn before_start(&self, job_id: &str, front: &mut Front) -> Result<(), String> {
         let Some((_, meta)) = self.delivery_of(job_id).await else {
             return Ok(());
         };
@@ -244,7 +240,7 @@ impl JobHooks for GithubBot {
             }
             (None, false) => String::new(),
         };
-        env.push(("BRANCH_NAME".to_string(), branch));
+        front.env.push(("BRANCH_NAME".to_string(), branch));
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 
 use crate::live::LiveJob;
 use crate::lock;
-use crate::service::{read_secret, Service};
+use crate::service::{read_secret, Front, Service};
 use crate::sink::JobSink;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -129,7 +129,7 @@ impl JobRun {
     }
 
     async fn prepare(&mut self, q: QueuedJob) -> Result<Prepared, String> {
-        let mut front = Vec::new();
+        let mut front = Front::default();
         if let Some(h) = self.svc.hooks() {
             h.before_start(&self.id, &mut front).await?;
         }
@@ -258,13 +258,11 @@ impl JobRun {
 }
 
 /// What the job needs to run: its pool, the secrets read now from the server's
-/// environment (never stored), and the job as the gate gets it: its own env,
-/// then a front end's (`front`), then the secrets (which nothing overrides).
-pub(crate) fn prepared(
-    svc: &Service,
-    job: NewJob,
-    front: Vec<(String, String)>,
-) -> Result<Prepared, String> {
+/// environment or made by a front end (never stored), and the job as the gate
+/// gets it: its own env, then a front end's, then the secrets (which nothing
+/// overrides). The profile's `secret_env` names the front end withholds or
+/// supplies itself are not read.
+pub(crate) fn prepared(svc: &Service, job: NewJob, front: Front) -> Result<Prepared, String> {
     let name = &job.profile;
     let pool = svc
         .pools
@@ -274,11 +272,19 @@ pub(crate) fn prepared(
     let profile = pool.profile().profile.clone();
     let mut secrets = Vec::new();
     let mut env = job.env;
-    env.extend(front);
+    env.extend(front.env);
+    let made = |name: &String| front.secrets.iter().any(|(k, _)| k == name);
     for name in &profile.secret_env {
+        if front.withhold.contains(name) || made(name) {
+            continue;
+        }
         let value = read_secret(name)?;
         secrets.push(value.clone());
         env.push((name.clone(), value));
+    }
+    for (name, value) in front.secrets {
+        secrets.push(value.clone());
+        env.push((name, value));
     }
     Ok(Prepared {
         pool,

@@ -53,13 +53,24 @@ pub enum CancelReply {
 #[async_trait::async_trait]
 pub trait JobHooks: Send + Sync + 'static {
     /// Just before the job claims a container; `Err` fails the job with that reason.
-    async fn before_start(
-        &self,
-        job_id: &str,
-        env: &mut Vec<(String, String)>,
-    ) -> Result<(), String>;
+    async fn before_start(&self, job_id: &str, front: &mut Front) -> Result<(), String>;
     /// After the job's end is stored.
     async fn after_end(&self, job_id: &str);
+}
+
+/// What a front end (the GitHub bot) adds to a job as it starts; none of it is
+/// stored.
+#[derive(Debug, Default)]
+pub struct Front {
+    /// Variables after the job's own (overriding them).
+    pub env: Vec<(String, String)>,
+    /// Secrets made for this job (a short-lived token): passed last, like the
+    /// profile's `secret_env`, and redacted from its errors. A name here is
+    /// not read from the server's environment.
+    pub secrets: Vec<(String, String)>,
+    /// Names of the profile's `secret_env` this job must not get (least
+    /// privilege: a job that needs no GitHub token gets none).
+    pub withhold: Vec<String>,
 }
 
 /// This node's part in the cluster, counted for /metrics.
@@ -323,7 +334,7 @@ impl Service {
         // Before the claim: a job that cannot run (a missing secret) fails on the
         // ordinary path, where it is stored, and must not cost a parked container
         // (a claimed one is removed when dropped, not given back).
-        let Ok(prepared) = crate::run::prepared(self, job.clone(), Vec::new()) else {
+        let Ok(prepared) = crate::run::prepared(self, job.clone(), Front::default()) else {
             return Ok(None);
         };
         let Some(claimed) = pool.try_claim() else {
