@@ -2,6 +2,7 @@
 //! one job warm, cold, and through plain `docker run --rm --init`.
 #![allow(dead_code)]
 
+pub mod github;
 pub mod server;
 
 use std::collections::BTreeMap;
