@@ -49,6 +49,8 @@ enum Command {
     Logs(cmd::logs::LogsArgs),
     /// Show the pools of `warmpool serve` (--watch: redraw until Ctrl-C).
     Status(cmd::status::StatusArgs),
+    /// Copy the embedded job store to a new file, online (the server may run).
+    Backup(cmd::backup::BackupArgs),
 }
 
 extern "C" {
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
             Command::Jobs(args) => cmd::jobs::run(args).await,
             Command::Logs(args) => cmd::logs::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
+            Command::Backup(args) => cmd::backup::run(args).await,
         }
     });
     // A write to our stdout that a reader never takes must not keep us alive once

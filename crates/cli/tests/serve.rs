@@ -265,6 +265,99 @@ fn metrics_are_prometheus_text() {
     );
     // One node alone is a cluster of one, holding its lease.
     assert!(text.contains("warmpool_node_leased 1"), "{text}");
+    dashboard_queries_only_exported_metrics(&text);
+}
+
+/// Every metric the Grafana dashboard in `examples/` queries is one this server
+/// exports (a sample name in `text`), and each panel has a query.
+fn dashboard_queries_only_exported_metrics(text: &str) {
+    let path = repo_root().join("examples/grafana/warmpool-dashboard.json");
+    let dash = json(&std::fs::read_to_string(&path).unwrap());
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split([' ', '{']).next())
+        .collect();
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    let mut queried = std::collections::BTreeSet::new();
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("warmpool_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                queried.insert(name);
+            }
+        }
+    }
+    let missing: Vec<_> = queried
+        .iter()
+        .filter(|m| !exported.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics lacks: {missing:?}"
+    );
+    // The hit rate, claim latency and engine panels an operator alerts on.
+    for m in [
+        "warmpool_pool_hits_total",
+        "warmpool_claim_seconds_bucket",
+        "warmpool_pool_engine_down",
+    ] {
+        assert!(queried.contains(m), "the dashboard does not show {m}");
+    }
+}
+
+#[test]
+fn backup_copies_the_store_while_the_server_runs() {
+    let s = Server::start("", &[]);
+    let (code, body) = s.post(
+        "/v1/jobs?wait=true",
+        r#"{"profile":"bb","args":["echo","kept"]}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let restored = s.dir.join("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    let dest = restored.join("jobs.sqlite3");
+    let out = std::process::Command::new(BIN)
+        .args(["backup", "--config", s.cfg.to_str().unwrap(), "--to"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backed up"));
+    // Again onto the same file: refused, exit 125, the reason said.
+    let again = std::process::Command::new(BIN)
+        .args(["backup", "--config", s.cfg.to_str().unwrap(), "--to"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("new file"));
+    // The copy opens as a store and holds the job.
+    let copy = warmpool_store::SqliteStore::open(
+        &restored,
+        std::sync::Arc::new(warmpool_store::SystemClock),
+    )
+    .expect("the copy opens as a store");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let job = rt
+        .block_on(warmpool_store::JobStore::get(&copy, &id))
+        .unwrap()
+        .expect("the job is in the copy");
+    assert_eq!(job.state, warmpool_store::JobState::Succeeded);
 }
 
 /// Every line is a comment or `name{labels} value`; the number of samples.

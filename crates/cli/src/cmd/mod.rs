@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share: loading the config and
 //! connecting to the engine it names.
 
+pub mod backup;
 pub mod bench;
 pub mod bench_failover;
 pub mod bench_http;

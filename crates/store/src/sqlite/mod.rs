@@ -437,6 +437,41 @@ fn lock_dir(data_dir: &Path) -> Result<fs::File, LockError> {
     }
 }
 
+/// An online backup of the store in `data_dir` into the new file `dest`: one
+/// consistent snapshot (`VACUUM INTO`, a read transaction), taken while a
+/// server runs on the directory or not. Its size in bytes. `dest` must not
+/// exist; it is a store file a server opens as `jobs.sqlite3`.
+pub fn backup(data_dir: &Path, dest: &Path) -> Result<u64, StoreError> {
+    let path = data_dir.join(FILE_NAME);
+    if !path.is_file() {
+        return Err(StoreError::Open(format!(
+            "no job store at {}: check [server] data_dir",
+            path.display()
+        )));
+    }
+    if dest.exists() {
+        return Err(StoreError::Open(format!(
+            "{} exists: a backup goes to a new file",
+            dest.display()
+        )));
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let db = Connection::open_with_flags(&path, flags)
+        .map_err(|e| StoreError::Open(format!("opening {}: {e}", path.display())))?;
+    db.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| StoreError::Open(e.to_string()))?;
+    let dest_text = dest
+        .to_str()
+        .ok_or_else(|| StoreError::Open(format!("{} is not a UTF-8 path", dest.display())))?;
+    db.execute("VACUUM INTO ?1", params![dest_text])
+        .map_err(|e| StoreError::Open(format!("backing up into {}: {e}", dest.display())))?;
+    let len = fs::metadata(dest)
+        .map_err(|e| StoreError::Open(format!("{}: {e}", dest.display())))?
+        .len();
+    Ok(len)
+}
+
 fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);

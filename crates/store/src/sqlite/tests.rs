@@ -983,3 +983,38 @@ async fn measure_inserts_per_second_from_8_tasks() {
         measure("tmpfs", &tmpfs.0).await;
     }
 }
+
+#[tokio::test]
+async fn a_backup_taken_while_the_store_is_open_opens_as_a_store() {
+    let (dir, copy) = (TempDir::new(), TempDir::new());
+    let store = open(&dir);
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(store.insert(&job("py")).await.expect("insert"));
+    }
+    assert!(store.start(&ids[0], "n1", true).await.expect("start"));
+    fs::create_dir_all(&copy.0).expect("mkdir");
+    let dest = copy.0.join(FILE_NAME);
+    let bytes = backup(&dir.0, &dest).expect("backup while open");
+    assert!(bytes > 0);
+    // A second backup to the same file is refused, and the first is kept.
+    let again = backup(&dir.0, &dest).expect_err("dest exists");
+    assert!(again.to_string().contains("new file"), "{again}");
+    // The store keeps working; the copy is a store of its own with every job.
+    store
+        .insert(&job("py"))
+        .await
+        .expect("insert after the backup");
+    drop(store);
+    let restored = SqliteStore::open(&copy.0, Arc::new(SystemClock)).expect("open the copy");
+    for id in &ids {
+        assert!(
+            restored.get(id).await.expect("get").is_some(),
+            "{id} missing"
+        );
+    }
+    let first = restored.get(&ids[0]).await.expect("get").expect("first");
+    assert_eq!(first.state, JobState::Running);
+    let missing = backup(&copy.0.join("nowhere"), &copy.0.join("x")).expect_err("no store");
+    assert!(missing.to_string().contains("data_dir"), "{missing}");
+}
