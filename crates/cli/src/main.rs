@@ -47,7 +47,7 @@ enum Command {
     Jobs(cmd::jobs::JobsArgs),
     /// Print a job's output (--follow: as it is written, until the job ends).
     Logs(cmd::logs::LogsArgs),
-    /// Show the pools of `warmpool serve` (--watch: redraw until Ctrl-C).
+    /// Show the pools of `warmpool serve`: levels, hit rate, claim times (--watch: redraw until Ctrl-C).
     Status(cmd::status::StatusArgs),
     /// Copy the embedded job store to a new file, online (the server may run).
     Backup(cmd::backup::BackupArgs),

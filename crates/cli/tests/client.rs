@@ -308,7 +308,7 @@ fn status_shows_the_pools() {
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
         [
             "NODE", "PROFILE", "IMAGE", "IDLE", "BUSY", "STARTING", "QUEUED", "TARGET", "HITS",
-            "MISSES", "HIT", "RATE"
+            "MISSES", "HIT", "RATE", "CLAIM", "P50", "CLAIM", "P99"
         ]
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -317,6 +317,11 @@ fn status_shows_the_pools() {
     let misses: u64 = row[9].parse().unwrap();
     assert_eq!(hits + misses, 1, "{table}");
     assert!(row[10].ends_with('%'), "{table}");
+    // One claim: its time, in ms, is both percentiles.
+    for cell in &row[11..13] {
+        let ms: f64 = cell.strip_suffix("ms").unwrap().parse().unwrap();
+        assert!(ms > 0.0, "{table}");
+    }
 
     // --watch, not on a terminal: a new table each interval, until Ctrl-C. Stop
     // it once it has printed three tables.

@@ -302,6 +302,15 @@ pub struct PoolView {
     /// Jobs run per container parked, so far (claims / containers parked).
     #[serde(default)]
     pub jobs_per_container: f64,
+    /// Time from a job's claim to a container in hand on this node, in
+    /// milliseconds: the median, 90th and 99th percentiles since the server
+    /// started (`null` before the first job; estimated within histogram buckets).
+    #[serde(default)]
+    pub claim_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub claim_p90_ms: Option<f64>,
+    #[serde(default)]
+    pub claim_p99_ms: Option<f64>,
 }
 
 fn one() -> usize {

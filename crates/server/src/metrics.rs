@@ -8,8 +8,9 @@ use std::time::Duration;
 
 /// Upper bounds (seconds) of the histogram buckets: from a warm hand-over (ms)
 /// to a long job (minutes).
-const BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+const BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// A Prometheus histogram of durations, lock-free.
@@ -33,6 +34,31 @@ impl Histogram {
             d.as_micros().min(u128::from(u64::MAX)) as u64,
             Ordering::Relaxed,
         );
+    }
+
+    /// The `q` quantile (0..=1), interpolated within its bucket as Prometheus'
+    /// `histogram_quantile` does; `None` before the first observation or past
+    /// the last bucket's bound (then the bound is a floor, not an estimate).
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = q * count as f64;
+        let mut below = 0u64;
+        let mut lower = 0.0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let upto = self.buckets[i].load(Ordering::Relaxed);
+            if upto as f64 >= rank && upto > below {
+                let within = (rank - below as f64) / (upto - below) as f64;
+                return Some(Duration::from_secs_f64(
+                    lower + (le - lower) * within.max(0.0),
+                ));
+            }
+            below = upto;
+            lower = *le;
+        }
+        None
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -60,6 +86,21 @@ pub struct Histograms {
     pub claim: Histogram,
     pub first_output: Histogram,
     pub duration: Histogram,
+    /// Time to claim, per profile (for `GET /v1/pools` and `warmpool status`).
+    pub claim_by_profile: std::collections::BTreeMap<String, Histogram>,
+}
+
+impl Histograms {
+    /// Histograms with one claim histogram per profile.
+    pub fn for_profiles<'a>(profiles: impl IntoIterator<Item = &'a String>) -> Histograms {
+        Histograms {
+            claim_by_profile: profiles
+                .into_iter()
+                .map(|p| (p.clone(), Histogram::default()))
+                .collect(),
+            ..Histograms::default()
+        }
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -255,4 +296,36 @@ warmpool_cluster_nodes{{lost=\"false\"}} {}
 warmpool_cluster_nodes{{lost=\"true\"}} {lost}",
         nodes - lost
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Option<Duration>) -> Option<f64> {
+        d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets_as_prometheus_does() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        // 100 claims: 90 of 0.3 ms (bucket 0.25..0.5 ms), 10 of 40 ms (25..50 ms).
+        for _ in 0..90 {
+            h.observe(Duration::from_micros(300));
+        }
+        for _ in 0..10 {
+            h.observe(Duration::from_millis(40));
+        }
+        // Rank 50 of the 90 in 0.25..0.5 ms: 0.25 + 0.25 * 50/90.
+        assert_eq!(ms(h.quantile(0.5)), Some(0.389));
+        assert_eq!(ms(h.quantile(0.9)), Some(0.5));
+        // Rank 99: 9 of the 10 in 25..50 ms.
+        assert_eq!(ms(h.quantile(0.99)), Some(47.5));
+        assert_eq!(h.quantile(1.5), None);
+        // Past the last bound: no estimate.
+        let slow = Histogram::default();
+        slow.observe(Duration::from_secs(600));
+        assert_eq!(slow.quantile(0.5), None);
+    }
 }

@@ -210,7 +210,10 @@ pub fn document(config: &Config, auth: bool) -> Value {
                     "reuse": {"type": "integer", "minimum": 1, "description": "jobs a container may serve (the profile's reuse)"},
                     "reused": {"type": "integer", "minimum": 0, "description": "containers reset by their gate after a job and parked again"},
                     "reset_failed": {"type": "integer", "minimum": 0, "description": "resets that failed (the container was removed)"},
-                    "jobs_per_container": {"type": "number", "minimum": 0, "description": "jobs run per container parked so far"}
+                    "jobs_per_container": {"type": "number", "minimum": 0, "description": "jobs run per container parked so far"},
+                    "claim_p50_ms": {"type": nullable("number"), "minimum": 0, "description": "median time from a claim to a container in hand on this node since it started, in ms (null before the first job)"},
+                    "claim_p90_ms": {"type": nullable("number"), "minimum": 0, "description": "90th percentile of the same"},
+                    "claim_p99_ms": {"type": nullable("number"), "minimum": 0, "description": "99th percentile of the same"}
                 }
             },
             "Readiness": {

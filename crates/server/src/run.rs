@@ -172,6 +172,7 @@ impl JobRun {
         let cancelled = Arc::new(AtomicBool::new(false));
         let control = RunControl::with_signals(rx).with_cancel_flag(cancelled.clone());
         let began = std::time::Instant::now();
+        let profile = p.pool.profile().profile.name.clone();
         let outcome = {
             let run = p.pool.run_claimed(claimed, p.job, &mut sink, control);
             tokio::pin!(run);
@@ -199,6 +200,9 @@ impl JobRun {
             Ok(run) => {
                 let h = &self.svc.histograms;
                 h.claim.observe(run.claim_time);
+                if let Some(per) = h.claim_by_profile.get(&profile) {
+                    per.observe(run.claim_time);
+                }
                 if let Some(f) = run.outcome.run.first_output {
                     h.first_output.observe(f);
                 }

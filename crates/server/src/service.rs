@@ -126,6 +126,7 @@ impl Service {
     /// A service over running pools; then [`Service::recover`] picks up stored work.
     pub fn new(config: Arc<Config>, store: Arc<dyn JobStore>, pools: Arc<Pools>) -> Arc<Service> {
         let node = pools.instance().to_string();
+        let histograms = crate::metrics::Histograms::for_profiles(config.profiles.keys());
         Arc::new(Service {
             config,
             store,
@@ -133,7 +134,7 @@ impl Service {
             node,
             live: Mutex::new(HashMap::new()),
             outcomes: Outcomes::default(),
-            histograms: Default::default(),
+            histograms,
             hooks: Mutex::new(None),
             wiped: AtomicBool::new(false),
             tasks: TaskTracker::new(),
@@ -564,6 +565,12 @@ impl Service {
             .iter()
             .map(|(_, p)| {
                 let s = p.stats();
+                let per = self.histograms.claim_by_profile.get(&s.profile);
+                // Milliseconds to the microsecond.
+                let claim_ms = |q: f64| {
+                    per.and_then(|h| h.quantile(q))
+                        .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
+                };
                 crate::api::PoolView {
                     node: self.node.clone(),
                     profile: s.profile,
@@ -587,6 +594,9 @@ impl Service {
                             (claims as f64 / started as f64 * 100.0).round() / 100.0
                         }
                     },
+                    claim_p50_ms: claim_ms(0.5),
+                    claim_p90_ms: claim_ms(0.9),
+                    claim_p99_ms: claim_ms(0.99),
                 }
             })
             .collect()

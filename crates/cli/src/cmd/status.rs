@@ -84,6 +84,8 @@ fn pools_table(pools: &[PoolView]) -> String {
                 p.hits.to_string(),
                 p.misses.to_string(),
                 hit_rate(p.hits, p.misses),
+                millis(p.claim_p50_ms),
+                millis(p.claim_p99_ms),
             ]
         })
         .collect();
@@ -101,9 +103,21 @@ fn pools_table(pools: &[PoolView]) -> String {
             ("HITS", n),
             ("MISSES", n),
             ("HIT RATE", n),
+            ("CLAIM P50", n),
+            ("CLAIM P99", n),
         ],
         &rows,
     )
+}
+
+/// A claim time in milliseconds, `-` before the first claim.
+fn millis(ms: Option<f64>) -> String {
+    match ms {
+        None => "-".to_string(),
+        Some(ms) if ms < 10.0 => format!("{ms:.2}ms"),
+        Some(ms) if ms < 10_000.0 => format!("{ms:.0}ms"),
+        Some(ms) => format!("{:.1}s", ms / 1000.0),
+    }
 }
 
 /// Hits as a share of all claims, `-` before the first.
@@ -129,6 +143,14 @@ mod tests {
     }
 
     #[test]
+    fn claim_times_read_at_a_glance() {
+        assert_eq!(millis(None), "-");
+        assert_eq!(millis(Some(0.4)), "0.40ms");
+        assert_eq!(millis(Some(312.4)), "312ms");
+        assert_eq!(millis(Some(61_000.0)), "61.0s");
+    }
+
+    #[test]
     fn a_pool_row_has_every_count() {
         let t = pools_table(&[PoolView {
             node: "n1".into(),
@@ -145,6 +167,9 @@ mod tests {
             reused: 0,
             reset_failed: 0,
             jobs_per_container: 1.0,
+            claim_p50_ms: Some(0.389),
+            claim_p90_ms: Some(0.5),
+            claim_p99_ms: Some(47.5),
         }]);
         let mut lines = t.lines();
         assert!(lines.next().unwrap().starts_with("NODE"));
@@ -161,7 +186,9 @@ mod tests {
                 "5",
                 "6",
                 "2",
-                "75.0%"
+                "75.0%",
+                "0.39ms",
+                "48ms"
             ]
         );
     }
