@@ -13,10 +13,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
 
 if [ ! -x "$BUSYBOX" ] || ! "$BUSYBOX" --help >/dev/null 2>&1 || ldd "$BUSYBOX" >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "build.sh: installing busybox-static" >&2
-    (apt-get install -y -qq busybox-static >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq busybox-static >/dev/null; })
-  else
+  if [ "$BUSYBOX" = /bin/busybox ]; then
+    bash "$here/../need.sh" busybox-static
+  fi
+  if [ ! -x "$BUSYBOX" ] || ldd "$BUSYBOX" >/dev/null 2>&1; then
     echo "build.sh: need a static busybox at $BUSYBOX: apt-get install busybox-static (or set BUSYBOX=path)" >&2
     exit 1
   fi

@@ -563,8 +563,14 @@ fn the_openapi_document_is_valid() {
     ] {
         assert!(v["paths"][path].is_object(), "{path} is described");
     }
-    // Validated by the reference validator (`.ci/run` installs it from PyPI).
-    let mut child = Command::new("python3")
+    // Validated by the reference validator (installed from PyPI when missing).
+    let python = python_package(
+        "py-openapi",
+        "openapi-spec-validator",
+        OPENAPI_SPEC_VALIDATOR,
+    )
+    .join("bin/python");
+    let mut child = Command::new(python)
         .args([
             "-c",
             "import json, sys; from openapi_spec_validator import validate; validate(json.load(sys.stdin)); print('valid')",
@@ -578,7 +584,7 @@ fn the_openapi_document_is_valid() {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "the OpenAPI document does not validate (pip install openapi-spec-validator if it is missing):\n{}",
+        "the OpenAPI document does not validate:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
@@ -1229,26 +1235,40 @@ fn every_answer_a_route_gives_is_in_the_openapi_document() {
 /// command line changed between major versions.
 const SCHEMATHESIS: &str = "4.32.5";
 
-/// schemathesis, installed when missing into a virtualenv under the target
-/// dir (`target/py`, where `.ci/run` puts it too); a clear panic when that
-/// cannot be done (no python3 or no PyPI), never a skip.
+/// The openapi-spec-validator release the suite validates with.
+const OPENAPI_SPEC_VALIDATOR: &str = "0.9.0";
+
+/// schemathesis, installed when missing (see [`python_package`]).
 fn schemathesis() -> std::path::PathBuf {
+    python_package("py", "schemathesis", SCHEMATHESIS).join("bin/schemathesis")
+}
+
+/// The virtualenv `target/<venv>` (`.ci/run` puts schemathesis in `target/py`
+/// too) holding `package` at `version`, installed from PyPI when missing (and
+/// python3-venv with tests/need.sh); a clear panic when that cannot be done (no
+/// python3 or no PyPI), never a skip. One installer at a time.
+fn python_package(venv: &str, package: &str, version: &str) -> std::path::PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .expect("the target dir")
         .to_path_buf();
-    let venv = target.join("py");
-    let bin = venv.join("bin/schemathesis");
-    let version = || {
-        Command::new(&bin)
-            .arg("--version")
+    let venv = target.join(venv);
+    let python = venv.join("bin/python");
+    let installed = || {
+        Command::new(&python)
+            .args([
+                "-c",
+                &format!("import importlib.metadata as m; print(m.version({package:?}))"),
+            ])
             .output()
             .ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
-    if version().ends_with(&format!("version {SCHEMATHESIS}")) {
-        return bin;
+    if installed() == version {
+        return venv;
     }
     let run = |cmd: &mut Command, what: &str| {
         let out = cmd
@@ -1256,37 +1276,40 @@ fn schemathesis() -> std::path::PathBuf {
             .unwrap_or_else(|e| panic!("{what}: {e} (the serve suite needs python3)"));
         assert!(
             out.status.success(),
-            "{what} failed: the serve suite runs schemathesis {SCHEMATHESIS} from PyPI \
-             (`.ci/run` installs it; or: python3 -m venv {v} && {v}/bin/pip install schemathesis=={SCHEMATHESIS}):\n{}{}",
+            "{what} failed: the serve suite runs {package} {version} from PyPI \
+             (`.ci/run` installs it; or: python3 -m venv {v} && {v}/bin/pip install {package}=={version}):\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             v = venv.display(),
         );
     };
-    if !venv.join("bin/python").exists() {
+    if !python.exists() {
+        // Debian's python3 makes virtualenvs only with python3-venv.
+        run(
+            Command::new("bash")
+                .arg(repo_root().join("tests/need.sh"))
+                .arg("python3-venv"),
+            "tests/need.sh python3-venv",
+        );
         run(
             Command::new("python3").arg("-m").arg("venv").arg(&venv),
             "python3 -m venv",
         );
     }
     run(
-        Command::new(venv.join("bin/python")).args([
+        Command::new(&python).args([
             "-m",
             "pip",
             "install",
             "-q",
             "--disable-pip-version-check",
-            &format!("schemathesis=={SCHEMATHESIS}"),
+            &format!("{package}=={version}"),
         ]),
-        "pip install schemathesis",
+        &format!("pip install {package}"),
     );
-    let v = version();
-    assert!(
-        v.ends_with(&format!("version {SCHEMATHESIS}")),
-        "schemathesis in {} says {v:?}",
-        venv.display()
-    );
-    bin
+    let v = installed();
+    assert_eq!(v, version, "{package} in {}", venv.display());
+    venv
 }
 
 #[test]

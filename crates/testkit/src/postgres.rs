@@ -50,6 +50,11 @@ impl PgCluster {
     /// Creates and starts a cluster. Panics (with what to do) if PostgreSQL is
     /// not installed or the cluster cannot start.
     pub fn start() -> PgCluster {
+        if find_bin_dir().is_none() {
+            // Installed when missing and we are root (Debian); else it says what to do.
+            let need = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/need.sh");
+            let _ = Command::new("bash").arg(need).arg("postgresql").status();
+        }
         let bin = find_bin_dir().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL is not installed: no initdb in PATH, in $WARMPOOL_PG_BIN or under \

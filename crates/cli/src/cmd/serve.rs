@@ -28,13 +28,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .listen
         .parse()
         .with_context(|| format!("[server] listen = \"{}\"", config.server.listen))?;
-    let token = std::env::var("WARMPOOL_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    // WARMPOOL_API_TOKEN, or the file WARMPOOL_API_TOKEN_FILE names (a
+    // container's or systemd's secret file).
+    let token = match std::env::var("WARMPOOL_API_TOKEN_FILE") {
+        Ok(path) if std::env::var_os("WARMPOOL_API_TOKEN").is_none() => {
+            let t = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading WARMPOOL_API_TOKEN_FILE ({path})"))?;
+            let t = t.trim_end_matches(['\n', '\r']).to_string();
+            anyhow::ensure!(!t.is_empty(), "WARMPOOL_API_TOKEN_FILE ({path}) is empty");
+            Some(t)
+        }
+        _ => std::env::var("WARMPOOL_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
     if token.is_none() && !addr.ip().is_loopback() {
         anyhow::bail!(
             "refusing to listen on {addr} without WARMPOOL_API_TOKEN: anyone who can reach it could run jobs. \
-             Set WARMPOOL_API_TOKEN (clients send it as a Bearer token), or listen on 127.0.0.1"
+             Set WARMPOOL_API_TOKEN or WARMPOOL_API_TOKEN_FILE (clients send it as a Bearer token), or listen on 127.0.0.1"
         );
     }
     // Signals first (a SIGTERM during start-up is a clean stop too), then the
