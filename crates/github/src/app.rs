@@ -316,7 +316,7 @@ fn parse_utc(s: &str) -> Option<SystemTime> {
 /// jobs get the profile's `GITHUB_TOKEN`), or a GitHub App (per repository).
 #[derive(Debug, Clone)]
 pub enum Credentials {
-    Token(GitHubClient),
+    Token(Box<GitHubClient>),
     App(Arc<App>),
 }
 
@@ -329,7 +329,7 @@ impl Credentials {
         repo: &RepoName,
     ) -> Result<GitHubClient, AppError> {
         match self {
-            Credentials::Token(client) => Ok(client.clone()),
+            Credentials::Token(client) => Ok(GitHubClient::clone(client)),
             Credentials::App(app) => {
                 let installation = installation.ok_or(AppError::NoInstallation)?;
                 app.own_client(installation, repo).await

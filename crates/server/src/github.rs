@@ -78,10 +78,10 @@ impl GithubBot {
             }
             None => {
                 let token = read_secret("GITHUB_TOKEN")?;
-                Credentials::Token(
+                Credentials::Token(Box::new(
                     GitHubClient::with_base_url(&config.api_url, &token)
                         .map_err(|e| e.to_string())?,
-                )
+                ))
             }
         };
         Ok(Arc::new(GithubBot {
