@@ -85,7 +85,7 @@ pub enum AppError {
     Jwt(String),
     #[error("the delivery names no GitHub App installation (`installation.id`); with `[github] app_id` the bot acts only through an installation of the App on the repository")]
     NoInstallation,
-    #[error("minting a GitHub App installation token for {repo} (installation {installation}): {source}")]
+    #[error("minting a GitHub App installation token for {repo} (installation {installation}; check `[github] app_id`, the private key, and that the App is installed on the repository): {source}")]
     Mint {
         repo: String,
         installation: u64,
