@@ -379,6 +379,28 @@ pub struct GithubConfig {
     /// Largest webhook body taken (GitHub sends at most 25 MB); apart from the
     /// API's `[server] max_body`.
     pub max_body: u64,
+    /// GitHub App auth: the App's id and its private key's file (which
+    /// `GITHUB_APP_PRIVATE_KEY_FILE` overrides); see [`GithubConfig::app_auth`].
+    pub app_id: Option<u64>,
+    pub private_key_file: Option<String>,
+}
+
+impl GithubConfig {
+    /// The GitHub App (id, private key file) the bot authenticates as, or `None`
+    /// for a personal token; `env_key_file` is `GITHUB_APP_PRIVATE_KEY_FILE`,
+    /// which wins over `private_key_file`. One without the other is an error.
+    pub fn app_auth(&self, env_key_file: Option<&str>) -> Result<Option<(u64, String)>, String> {
+        let key_file = env_key_file
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .or_else(|| self.private_key_file.clone());
+        match (self.app_id, key_file) {
+            (Some(id), Some(file)) => Ok(Some((id, file))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("[github] key `app_id` is set but the App's private key is not: set `private_key_file` (or GITHUB_APP_PRIVATE_KEY_FILE in the environment), or remove `app_id` to use GITHUB_TOKEN".to_string()),
+            (None, Some(_)) => Err("[github] a GitHub App private key is given (`private_key_file` or GITHUB_APP_PRIVATE_KEY_FILE) but key `app_id` is not: set `app_id` to the App's id".to_string()),
+        }
+    }
 }
 
 /// GitHub's own cap on a webhook payload.
@@ -393,6 +415,9 @@ struct RawGithub {
     profile: String,
     api_url: Option<String>,
     max_body: Option<ConfigSize>,
+    /// Read as any TOML value, so that a wrong type is an error naming the key.
+    app_id: Option<toml::Value>,
+    private_key_file: Option<String>,
 }
 
 /// A GitHub login: letters, digits and single hyphens, at most 39 characters.
@@ -434,12 +459,31 @@ impl RawGithub {
                 "key `max_body`: {max_body} bytes; give 1k to 25m (GitHub sends at most 25 MB)"
             ));
         }
+        let app_id = match self.app_id {
+            None => None,
+            Some(id) => Some(
+                id.as_integer()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        format!("key `app_id`: {id} is not a GitHub App id (a positive integer)")
+                    })?,
+            ),
+        };
+        if self.private_key_file.as_deref() == Some("") {
+            return Err(
+                "key `private_key_file` is empty: give the path of the App's private key (PEM)"
+                    .to_string(),
+            );
+        }
         Ok(GithubConfig {
             bot_username: self.bot_username,
             authorized_users: self.authorized_users,
             profile: self.profile,
             api_url,
             max_body,
+            app_id,
+            private_key_file: self.private_key_file,
         })
     }
 }
@@ -1311,6 +1355,56 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn github_app_keys() {
+        let base = "[profiles.claude]\nimage = \"x\"\n[github]\nbot_username = \"B\"\nprofile = \"claude\"\n";
+        let g = |extra: &str| Config::parse(&format!("{base}{extra}")).map(|c| c.github.unwrap());
+        let pat = g("").unwrap();
+        assert_eq!(pat.app_auth(None), Ok(None));
+        let app = g("app_id = 123\nprivate_key_file = \"/k.pem\"\n").unwrap();
+        assert_eq!(app.app_auth(None), Ok(Some((123, "/k.pem".to_string()))));
+        // The environment's file wins; an empty one is not one.
+        assert_eq!(
+            app.app_auth(Some("/env.pem")),
+            Ok(Some((123, "/env.pem".to_string())))
+        );
+        assert_eq!(
+            app.app_auth(Some("")),
+            Ok(Some((123, "/k.pem".to_string())))
+        );
+        let id_only = g("app_id = 123\n").unwrap();
+        let e = id_only.app_auth(None).unwrap_err();
+        assert!(
+            e.contains("app_id") && e.contains("private_key_file"),
+            "{e}"
+        );
+        assert_eq!(
+            id_only.app_auth(Some("/env.pem")),
+            Ok(Some((123, "/env.pem".to_string())))
+        );
+        let e = g("private_key_file = \"/k.pem\"\n")
+            .unwrap()
+            .app_auth(None)
+            .unwrap_err();
+        assert!(
+            e.contains("app_id") && e.contains("private_key_file"),
+            "{e}"
+        );
+        let e = pat.app_auth(Some("/env.pem")).unwrap_err();
+        assert!(
+            e.contains("app_id") && e.contains("GITHUB_APP_PRIVATE_KEY_FILE"),
+            "{e}"
+        );
+        for bad in ["0", "-5", "\"123\"", "1.5"] {
+            let e = g(&format!("app_id = {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("app_id"), "{bad}: {e}");
+        }
+        let e = g("app_id = 1\nprivate_key_file = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private_key_file"), "{e}");
     }
 
     #[test]

@@ -198,6 +198,18 @@ impl GitHubClient {
         })
     }
 
+    /// The same API root, connections and retries with another token (an App's
+    /// JWT or an installation token).
+    pub fn with_token(&self, token: &str) -> Result<GitHubClient, ApiError> {
+        let mut authorization =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ApiError::BadToken)?;
+        authorization.set_sensitive(true);
+        Ok(GitHubClient {
+            authorization,
+            ..self.clone()
+        })
+    }
+
     pub fn with_retry(mut self, retry: RetryPolicy) -> GitHubClient {
         self.retry = retry;
         self
@@ -272,7 +284,7 @@ impl GitHubClient {
     }
 
     /// One call, retried as [`RetryPolicy`] says; the body of a 2xx answer.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,

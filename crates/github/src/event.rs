@@ -34,6 +34,9 @@ pub struct Trigger {
     pub author: String,
     /// What to react to, to say the command was seen.
     pub reaction_target: ReactionTarget,
+    /// The GitHub App installation the delivery came through (`installation.id`);
+    /// `None` for a repository's own webhook.
+    pub installation: Option<u64>,
 }
 
 /// The thing that carries the mention; each has its own reactions endpoint.
@@ -127,6 +130,10 @@ impl Event {
         };
 
         let repo_full_name = RepoName::parse(string(payload, "/repository/full_name")?)?;
+        let installation = match payload.pointer("/installation/id") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(number(payload, "/installation/id")?),
+        };
         let trigger = match source {
             Source::IssueComment => Trigger {
                 issue_number: number(payload, "/issue/number")?,
@@ -140,6 +147,7 @@ impl Event {
                 repo_full_name,
                 command,
                 author: author.to_string(),
+                installation,
             },
             Source::ReviewComment => Trigger {
                 issue_number: number(payload, "/pull_request/number")?,
@@ -149,6 +157,7 @@ impl Event {
                 repo_full_name,
                 command,
                 author: author.to_string(),
+                installation,
             },
             Source::OpenedIssue => {
                 let issue_number = number(payload, "/issue/number")?;
@@ -160,6 +169,7 @@ impl Event {
                     repo_full_name,
                     command,
                     author: author.to_string(),
+                    installation,
                 }
             }
         };
@@ -676,6 +686,27 @@ mod tests {
         assert_eq!(trigger.issue_number, 7);
         assert!(!trigger.is_pull_request);
         assert_eq!(trigger.reaction_target, ReactionTarget::IssueComment(99));
+        assert_eq!(trigger.installation, None, "a repository's own webhook");
+    }
+
+    #[test]
+    fn the_app_installation_comes_from_the_delivery() {
+        let mut payload = comment(json!("@ClaudeBot go"), json!("me"));
+        payload["installation"] = json!({"id": 4242, "node_id": "x"});
+        let Ok(Event::Trigger(t)) = Event::from_webhook("issue_comment", &payload, &bot()) else {
+            panic!("a trigger");
+        };
+        assert_eq!(t.installation, Some(4242));
+        for bad in [json!("4242"), json!(-1), json!(1.5)] {
+            payload["installation"]["id"] = bad;
+            assert!(matches!(
+                Event::from_webhook("issue_comment", &payload, &bot()),
+                Err(EventError::WrongType {
+                    field: "/installation/id",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

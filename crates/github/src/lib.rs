@@ -9,10 +9,13 @@
 //!   GitHub's length limit kept).
 //! - [`refusal`]: [`RefusalLimit`], at most one refusal per user and issue per hour.
 //! - [`api`]: [`GitHubClient`], the three calls with retries and rate-limit waits.
+//! - [`app`]: GitHub App auth: the JWT, installation tokens per repository and
+//!   operation ([`job_permissions`]), the bot's own tokens cached; [`Credentials`].
 //!
 //! Only [`api`] does I/O; the rest is pure and tested in microseconds.
 
 pub mod api;
+pub mod app;
 pub mod comment;
 pub mod event;
 pub mod refusal;
@@ -20,6 +23,7 @@ pub mod repo;
 pub mod signature;
 
 pub use api::{ApiError, GitHubClient, PullRequestHead, Reaction, RetryPolicy};
+pub use app::{job_permissions, App, AppError, Credentials, InstallationToken, Permissions};
 pub use comment::{
     answer_comment, failure_comment, unauthorized_comment, Failure, MAX_COMMENT_CHARS,
 };

@@ -76,6 +76,7 @@ fn a_comment_on_an_issue_triggers() {
             command: "please fix the test".to_string(),
             author: "Codertocat".to_string(),
             reaction_target: ReactionTarget::IssueComment(492700400),
+            installation: None,
         }
     );
 }
@@ -113,6 +114,7 @@ fn a_review_comment_triggers_with_the_head_branch() {
             command: "please fix the test".to_string(),
             author: "Codertocat".to_string(),
             reaction_target: ReactionTarget::ReviewComment(284312630),
+            installation: None,
         }
     );
 }

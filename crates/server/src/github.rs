@@ -16,8 +16,9 @@ use std::time::Instant;
 use warmpool_core::config::GithubConfig;
 use warmpool_github::signature::Verifier;
 use warmpool_github::{
-    answer_comment, authorized, failure_comment, unauthorized_comment, BotName, Event, Failure,
-    GitHubClient, Reaction, RefusalLimit, RepoName, Trigger,
+    answer_comment, authorized, failure_comment, job_permissions, unauthorized_comment, App,
+    AppError, BotName, Credentials, Event, Failure, GitHubClient, InstallationToken, Reaction,
+    RefusalLimit, RepoName, Trigger,
 };
 use warmpool_store::{JobState, NewJob};
 
@@ -29,13 +30,23 @@ struct Meta {
     is_pull_request: bool,
     /// Known from the payload (review comments); else looked up when the job starts.
     branch: Option<String>,
+    /// The GitHub App installation the delivery came through (App auth).
+    #[serde(default)]
+    installation: Option<u64>,
+    /// The job's `OPERATION_TYPE`, which sets its App token's permissions;
+    /// `None` (older records) is a mention's, `default`.
+    #[serde(default)]
+    operation: Option<String>,
 }
 
 pub struct GithubBot {
     config: GithubConfig,
     bot: BotName,
     secret: Vec<u8>,
-    api: GitHubClient,
+    /// A personal token, or the GitHub App minting tokens per repository.
+    creds: Credentials,
+    /// App tokens minted for running jobs, by job id: revoked at the job's end.
+    job_tokens: Mutex<HashMap<String, InstallationToken>>,
     svc: Weak<Service>,
     /// Jobs of this bot not answered yet, by job id: (delivery id, meta).
     jobs: Mutex<HashMap<String, (String, Meta)>>,
@@ -50,18 +61,35 @@ impl GithubBot {
     /// The bot for `[github]`, its secrets from the environment.
     pub fn from_env(config: GithubConfig, svc: &Arc<Service>) -> Result<Arc<GithubBot>, String> {
         let secret = read_secret("GITHUB_WEBHOOK_SECRET")?;
-        let token = read_secret("GITHUB_TOKEN")?;
         if secret.is_empty() {
             return Err("GITHUB_WEBHOOK_SECRET is empty: anyone could sign deliveries".into());
         }
         let bot = BotName::new(&config.bot_username).map_err(|e| e.to_string())?;
-        let api =
-            GitHubClient::with_base_url(&config.api_url, &token).map_err(|e| e.to_string())?;
+        let key_file = std::env::var("GITHUB_APP_PRIVATE_KEY_FILE").ok();
+        let creds = match config.app_auth(key_file.as_deref())? {
+            // The App: no GITHUB_TOKEN needed; the key is read and tried now.
+            Some((app_id, file)) => {
+                let api = GitHubClient::with_base_url(&config.api_url, "unused")
+                    .map_err(|e| e.to_string())?;
+                let app = App::from_key_file(app_id, std::path::Path::new(&file), api)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(app_id, "the GitHub bot authenticates as a GitHub App");
+                Credentials::App(Arc::new(app))
+            }
+            None => {
+                let token = read_secret("GITHUB_TOKEN")?;
+                Credentials::Token(Box::new(
+                    GitHubClient::with_base_url(&config.api_url, &token)
+                        .map_err(|e| e.to_string())?,
+                ))
+            }
+        };
         Ok(Arc::new(GithubBot {
             config,
             bot,
             secret: secret.into_bytes(),
-            api,
+            creds,
+            job_tokens: Mutex::new(HashMap::new()),
             svc: Arc::downgrade(svc),
             jobs: Mutex::new(HashMap::new()),
             bodies: Default::default(),
@@ -124,17 +152,49 @@ impl GithubBot {
         matches!(svc.store().get(job).await, Ok(Some(r)) if r.state.is_final())
     }
 
+    /// A client for the bot's own calls on `repo` (an installation token with an App).
+    async fn api(
+        &self,
+        installation: Option<u64>,
+        repo: &RepoName,
+    ) -> Result<GitHubClient, String> {
+        self.creds
+            .client(installation, repo)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Post a comment in the background (errors are logged: the job is not at stake).
-    fn comment_later(self: &Arc<Self>, repo: RepoName, issue: u64, body: String) {
+    fn comment_later(
+        self: &Arc<Self>,
+        installation: Option<u64>,
+        repo: RepoName,
+        issue: u64,
+        body: String,
+    ) {
         let bot = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = bot.api.post_comment(&repo, issue, &body).await {
+            let api = bot.api(installation, &repo).await;
+            if let Err(e) = async {
+                api?.post_comment(&repo, issue, &body)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await
+            {
                 tracing::warn!(repo = %repo, issue, error = %e, "posting a comment failed");
             }
         });
     }
 
     async fn accept(self: &Arc<Self>, svc: &Arc<Service>, delivery: &str, t: Trigger) -> Response {
+        if self.creds.app().is_some() && t.installation.is_none() {
+            tracing::info!(repo = %t.repo_full_name, "a delivery with no App installation");
+            return note(
+                StatusCode::OK,
+                "ignored: the delivery names no GitHub App installation (installation.id): the bot authenticates as a GitHub App and acts only where the App is installed; deliver through the App's webhook",
+            );
+        }
         if !authorized(&t.author, &self.config.authorized_users) {
             tracing::info!(author = %t.author, repo = %t.repo_full_name, "a mention by an unauthorized user");
             let tell = lock(&self.refusals).allow(
@@ -150,6 +210,7 @@ impl GithubBot {
                 );
             }
             self.comment_later(
+                t.installation,
                 t.repo_full_name.clone(),
                 t.issue_number,
                 unauthorized_comment(&t.author),
@@ -164,6 +225,8 @@ impl GithubBot {
             issue_number: t.issue_number,
             is_pull_request: t.is_pull_request,
             branch: t.branch.clone(),
+            installation: t.installation,
+            operation: Some("default".to_string()),
         };
         let env = vec![
             ("REPO_FULL_NAME".to_string(), meta.repo.clone()),
@@ -194,8 +257,15 @@ impl GithubBot {
                 // Seen: an eyes reaction, in the background.
                 let bot = self.clone();
                 let (repo, target) = (t.repo_full_name.clone(), t.reaction_target);
+                let installation = t.installation;
                 tokio::spawn(async move {
-                    if let Err(e) = bot.api.add_reaction(&repo, target, Reaction::Eyes).await {
+                    let api = bot.api(installation, &repo).await;
+                    let reacted = async {
+                        api?.add_reaction(&repo, target, Reaction::Eyes)
+                            .await
+                            .map_err(|e| e.to_string())
+                    };
+                    if let Err(e) = reacted.await {
                         tracing::warn!(repo = %repo, error = %e, "adding the eyes reaction failed");
                     }
                 });
@@ -232,7 +302,8 @@ impl JobHooks for GithubBot {
             (Some(b), _) => b.clone(),
             (None, true) => {
                 let repo = RepoName::parse(&meta.repo).map_err(|e| e.to_string())?;
-                self.api
+                self.api(meta.installation, &repo)
+                    .await?
                     .pull_request_head(&repo, meta.issue_number)
                     .await
                     .map(|h| h.branch)
@@ -241,10 +312,42 @@ impl JobHooks for GithubBot {
             (None, false) => String::new(),
         };
         front.env.push(("BRANCH_NAME".to_string(), branch));
+        // With the App, the job's GITHUB_TOKEN is its own: minted now for this
+        // repository and what the operation needs (or none), revoked at its end.
+        if let Some(app) = self.creds.app() {
+            let operation = meta.operation.as_deref().unwrap_or("default");
+            match job_permissions(operation) {
+                None => front.withhold.push("GITHUB_TOKEN".to_string()),
+                Some(permissions) => {
+                    let repo = RepoName::parse(&meta.repo).map_err(|e| e.to_string())?;
+                    let installation = meta
+                        .installation
+                        .ok_or_else(|| AppError::NoInstallation.to_string())?;
+                    let token = app
+                        .mint(installation, &repo, permissions)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    front
+                        .secrets
+                        .push(("GITHUB_TOKEN".to_string(), token.secret().to_string()));
+                    lock(&self.job_tokens).insert(job_id.to_string(), token);
+                }
+            }
+        }
         Ok(())
     }
 
     async fn after_end(&self, job_id: &str) {
+        let minted = lock(&self.job_tokens).remove(job_id);
+        if let (Some(token), Some(app)) = (minted, self.creds.app()) {
+            // Dead now rather than within the hour; if this fails, it expires.
+            match app.revoke(&token).await {
+                Ok(()) => tracing::debug!(job = %job_id, "the job's App token is revoked"),
+                Err(e) => {
+                    tracing::warn!(job = %job_id, error = %e, "revoking the job's App token failed")
+                }
+            }
+        }
         let Some((delivery, meta)) = self.delivery_of(job_id).await else {
             return;
         };
@@ -294,7 +397,14 @@ impl JobHooks for GithubBot {
         let Ok(repo) = RepoName::parse(&meta.repo) else {
             return;
         };
-        match self.api.post_comment(&repo, meta.issue_number, &body).await {
+        let posted = match self.api(meta.installation, &repo).await {
+            Ok(api) => api
+                .post_comment(&repo, meta.issue_number, &body)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match posted {
             Ok(()) => {
                 lock(&self.jobs).remove(job_id);
                 if let Err(e) = svc.store().mark_answered(&delivery).await {

@@ -7,7 +7,7 @@
 #     be empty).
 # Out, on success (exit 0), exactly two lines on stdout:
 #     Answer for <REPO_FULL_NAME>#<ISSUE_NUMBER> (pr=<IS_PULL_REQUEST>, branch=<BRANCH_NAME>, op=<OPERATION_TYPE>): <COMMAND>
-#     token-length: <length of GITHUB_TOKEN>
+#     token-length: <length of GITHUB_TOKEN> sha256: <its sha256's first 16 hex digits>
 # and one line on stderr. The secrets' values are never written.
 # Exit 2: a variable is missing (or malformed), with a message on stderr.
 # COMMAND containing "sleep": sleeps 30 s first (for timeouts).
@@ -47,4 +47,5 @@ echo "$prog (stand-in): answering $REPO_FULL_NAME#$ISSUE_NUMBER as $BOT_USERNAME
 printf 'Answer for %s#%s (pr=%s, branch=%s, op=%s): %s\n' \
   "$REPO_FULL_NAME" "$ISSUE_NUMBER" "$IS_PULL_REQUEST" "${BRANCH_NAME:-}" \
   "$OPERATION_TYPE" "$COMMAND"
-printf 'token-length: %s\n' "${#GITHUB_TOKEN}"
+printf 'token-length: %s sha256: %s\n' "${#GITHUB_TOKEN}" \
+  "$(printf %s "$GITHUB_TOKEN" | sha256sum | cut -c1-16)"
