@@ -272,7 +272,7 @@ impl GitHubClient {
     }
 
     /// One call, retried as [`RetryPolicy`] says; the body of a 2xx answer.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
