@@ -35,3 +35,4 @@ pub use event::{
 pub use refusal::RefusalLimit;
 pub use repo::{BotName, NameError, RepoName};
 pub use signature::{sign, verify, SignatureError};
+pub use triage::Operation;

@@ -7,6 +7,35 @@ use crate::comment::{answer_comment, MAX_COMMENT_CHARS};
 use crate::repo::{BotName, RepoName};
 use serde_json::Value;
 
+/// What a bot job is for: its `OPERATION_TYPE`, and what its end is answered
+/// with (a comment, labels, a review). Stored with the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Operation {
+    /// A command from a mention: answered with a comment.
+    #[default]
+    Default,
+    /// A pull request's review at one commit: answered with a review.
+    PrReview,
+    /// Labels for a new issue; the job gets no GitHub token.
+    AutoTag,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Default => "default",
+            Operation::PrReview => "pr-review",
+            Operation::AutoTag => "auto-tag",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Operation> {
+        [Operation::Default, Operation::PrReview, Operation::AutoTag]
+            .into_iter()
+            .find(|op| op.as_str() == name)
+    }
+}
+
 /// The most labels applied to one issue (GitHub allows 100; more is a runaway job).
 pub const MAX_LABELS: usize = 10;
 /// The longest label name GitHub accepts.
@@ -296,6 +325,14 @@ mod tests {
             Failed("none".into())
         );
         assert_eq!(checks_verdict(&[]), Green);
+    }
+
+    #[test]
+    fn operations_by_name() {
+        for op in [Operation::Default, Operation::PrReview, Operation::AutoTag] {
+            assert_eq!(Operation::parse(op.as_str()), Some(op));
+        }
+        assert_eq!(Operation::parse("review"), None);
     }
 
     #[test]

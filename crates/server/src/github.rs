@@ -16,10 +16,11 @@ use std::time::Instant;
 use warmpool_core::config::GithubConfig;
 use warmpool_github::signature::Verifier;
 use warmpool_github::{
-    answer_comment, authorized, failure_comment, unauthorized_comment, BotName, Event, Failure,
-    GitHubClient, Reaction, RefusalLimit, RepoName, Trigger,
+    answer_comment, authorized, failure_comment, is_review_command, opened_issue,
+    unauthorized_comment, BotName, Event, Failure, GitHubClient, Operation, Reaction, RefusalLimit,
+    RepoName, Trigger,
 };
-use warmpool_store::{JobState, NewJob};
+use warmpool_store::{JobRecord, JobState, NewJob};
 
 /// Where a delivery's job is answered; stored with the delivery (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,7 +30,31 @@ struct Meta {
     is_pull_request: bool,
     /// Known from the payload (review comments); else looked up when the job starts.
     branch: Option<String>,
+    /// The job's `OPERATION_TYPE` (`default`, `pr-review`, `auto-tag`); records
+    /// stored before it existed are `default`.
+    #[serde(default = "default_operation")]
+    operation: String,
+    /// The commit a `pr-review` job reviews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha: Option<String>,
+    /// An `auto-tag` job's issue text, for the keyword rules if the job fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issue_text: Option<String>,
 }
+
+fn default_operation() -> String {
+    Operation::Default.as_str().to_string()
+}
+
+impl Meta {
+    /// The operation; an unknown name (a newer version's) is answered as a mention.
+    fn operation(&self) -> Operation {
+        Operation::parse(&self.operation).unwrap_or_default()
+    }
+}
+
+#[path = "github_triage.rs"]
+mod triage;
 
 pub struct GithubBot {
     config: GithubConfig,
@@ -159,11 +184,17 @@ impl GithubBot {
                 "the author may not trigger jobs; told them so",
             );
         }
+        if t.is_pull_request && is_review_command(&t.command) {
+            return self.review_by_hand(svc, t).await;
+        }
         let meta = Meta {
             repo: t.repo_full_name.to_string(),
             issue_number: t.issue_number,
             is_pull_request: t.is_pull_request,
             branch: t.branch.clone(),
+            operation: default_operation(),
+            sha: None,
+            issue_text: None,
         };
         let env = vec![
             ("REPO_FULL_NAME".to_string(), meta.repo.clone()),
@@ -217,6 +248,20 @@ impl GithubBot {
     }
 }
 
+/// How a final job failed, if it did; `None` for success.
+fn failure_of(record: &JobRecord) -> Option<Failure> {
+    Some(match record.state {
+        JobState::Succeeded => return None,
+        JobState::TimedOut => Failure::TimedOut,
+        JobState::Cancelled => Failure::Cancelled,
+        JobState::Interrupted => Failure::Interrupted,
+        _ if record.started_ms.is_none() => Failure::NotStarted,
+        _ => Failure::Failed {
+            exit_code: record.exit_code,
+        },
+    })
+}
+
 fn note(status: StatusCode, text: &str) -> Response {
     let key = if status.is_success() { "note" } else { "error" };
     (status, Json(serde_json::json!({ key: text }))).into_response()
@@ -228,6 +273,12 @@ impl JobHooks for GithubBot {
         let Some((_, meta)) = self.delivery_of(job_id).await else {
             return Ok(());
         };
+        if meta.operation() == Operation::AutoTag {
+            // Least privilege: labels are applied by the bot, not the job.
+            front.withhold.push("GITHUB_TOKEN".to_string());
+            front.env.push(("BRANCH_NAME".to_string(), String::new()));
+            return Ok(());
+        }
         let branch = match (&meta.branch, meta.is_pull_request) {
             (Some(b), _) => b.clone(),
             (None, true) => {
@@ -262,21 +313,6 @@ impl JobHooks for GithubBot {
             // Stopped mid-job (shutdown): answered after the restart.
             return;
         }
-        let body = match record.state {
-            JobState::Succeeded => {
-                answer_comment(&String::from_utf8_lossy(&stdout), job_id, &self.bot)
-            }
-            JobState::TimedOut => failure_comment(job_id, Failure::TimedOut),
-            JobState::Cancelled => failure_comment(job_id, Failure::Cancelled),
-            JobState::Interrupted => failure_comment(job_id, Failure::Interrupted),
-            _ if record.started_ms.is_none() => failure_comment(job_id, Failure::NotStarted),
-            _ => failure_comment(
-                job_id,
-                Failure::Failed {
-                    exit_code: record.exit_code,
-                },
-            ),
-        };
         // Another node may have answered it already: the node that took a
         // lost node's jobs over answers for them, and the lost node's own
         // run (this node's memory still holding the delivery) ends after.
@@ -291,10 +327,27 @@ impl JobHooks for GithubBot {
                 return tracing::warn!(job = %job_id, error = %e, "reading deliveries failed");
             }
         }
-        let Ok(repo) = RepoName::parse(&meta.repo) else {
-            return;
+        let stdout = String::from_utf8_lossy(&stdout);
+        let answered = match meta.operation() {
+            Operation::Default => {
+                let Ok(repo) = RepoName::parse(&meta.repo) else {
+                    return;
+                };
+                let body = match failure_of(&record) {
+                    None => answer_comment(&stdout, job_id, &self.bot),
+                    Some(failure) => failure_comment(job_id, failure),
+                };
+                self.api
+                    .post_comment(&repo, meta.issue_number, &body)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            op => {
+                self.answer_triage(job_id, op, &meta, &record, &stdout)
+                    .await
+            }
         };
-        match self.api.post_comment(&repo, meta.issue_number, &body).await {
+        match answered {
             Ok(()) => {
                 lock(&self.jobs).remove(job_id);
                 if let Err(e) = svc.store().mark_answered(&delivery).await {
@@ -360,9 +413,20 @@ pub async fn webhook(
             )
         }
     };
+    // An opened issue is labelled whether or not it also mentions the bot.
+    let labelling = bot.config.triage.auto_label
+        && match opened_issue(event, &payload, &bot.bot) {
+            Ok(Some(issue)) => {
+                bot.label_later(&svc, issue);
+                true
+            }
+            _ => false,
+        };
     match Event::from_webhook(event, &payload, &bot.bot) {
         Ok(Event::Ping) => note(StatusCode::OK, "pong"),
+        Ok(Event::Ignored(_)) if labelling => note(StatusCode::ACCEPTED, "labelling the issue"),
         Ok(Event::Ignored(why)) => note(StatusCode::OK, &format!("ignored: {why}")),
+        Ok(Event::ChecksPassed(c)) => bot.checks_passed(&svc, c),
         Ok(Event::Trigger(t)) => {
             let Some(delivery) = header("x-github-delivery").filter(|d| !d.is_empty()) else {
                 return note(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
