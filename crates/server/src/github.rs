@@ -279,6 +279,9 @@ impl JobHooks for GithubBot {
             front.env.push(("BRANCH_NAME".to_string(), String::new()));
             return Ok(());
         }
+        if meta.operation() == Operation::PrReview {
+            self.review_starts(job_id, &meta).await;
+        }
         let branch = match (&meta.branch, meta.is_pull_request) {
             (Some(b), _) => b.clone(),
             (None, true) => {

@@ -171,8 +171,8 @@ impl GithubBot {
         }
     }
 
-    /// One review job for `pull` at `sha`, unless its key is stored already;
-    /// the in-progress label goes on when it is queued. The job's id if new.
+    /// One review job for `pull` at `sha`, unless its key is stored already.
+    /// The job's id if new.
     async fn start_review(
         self: &Arc<Self>,
         svc: &Arc<Service>,
@@ -195,10 +195,6 @@ impl GithubBot {
         match self.submit(svc, &key, meta, job).await {
             Ok(Some(id)) => {
                 tracing::info!(%key, job = %id, "reviewing a pull request");
-                let label = self.config.triage.review_label_in_progress.clone();
-                if let Err(e) = self.api.add_labels(repo, pull, &[label]).await {
-                    tracing::warn!(%key, error = %e, "adding the in-progress label failed");
-                }
                 Some(id)
             }
             Ok(None) => {
@@ -209,6 +205,18 @@ impl GithubBot {
                 tracing::warn!(%key, error = %e, "starting the review failed");
                 None
             }
+        }
+    }
+
+    /// A review job is starting: the in-progress label goes on (here, not when
+    /// queued, so that it is on before the job's end takes it off).
+    pub(super) async fn review_starts(&self, job_id: &str, meta: &Meta) {
+        let Ok(repo) = RepoName::parse(&meta.repo) else {
+            return;
+        };
+        let label = [self.config.triage.review_label_in_progress.clone()];
+        if let Err(e) = self.api.add_labels(&repo, meta.issue_number, &label).await {
+            tracing::warn!(job = %job_id, error = %e, "adding the in-progress label failed");
         }
     }
 
