@@ -295,7 +295,7 @@ mod tests {
     fn checks_are_green_running_or_failed() {
         use ChecksVerdict::*;
         let ok = suite("completed", Some("success"));
-        assert_eq!(checks_verdict(&[ok.clone()]), Green);
+        assert_eq!(checks_verdict(std::slice::from_ref(&ok)), Green);
         assert_eq!(
             checks_verdict(&[
                 ok.clone(),
