@@ -378,3 +378,42 @@ fn keyword_text(title: &str, body: &str) -> String {
     const MAX_CHARS: usize = 8192;
     format!("{title}\n{body}").chars().take(MAX_CHARS).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stored_before_operations_read_as_mentions() {
+        let old = r#"{"repo":"o/r","issue_number":3,"is_pull_request":true,"branch":null}"#;
+        let meta: Meta = serde_json::from_str(old).unwrap();
+        assert_eq!(meta.operation(), Operation::Default);
+        assert_eq!((meta.sha, meta.issue_text), (None, None));
+        let unknown = r#"{"repo":"o/r","issue_number":3,"is_pull_request":true,"branch":null,"operation":"later"}"#;
+        let meta: Meta = serde_json::from_str(unknown).unwrap();
+        assert_eq!(meta.operation(), Operation::Default);
+    }
+
+    #[test]
+    fn a_review_record_keeps_its_commit() {
+        let meta = Meta {
+            repo: "o/r".into(),
+            issue_number: 2,
+            is_pull_request: true,
+            branch: None,
+            operation: Operation::PrReview.as_str().into(),
+            sha: Some("abc1234".into()),
+            issue_text: None,
+        };
+        let back: Meta = serde_json::from_str(&serde_json::to_string(&meta).unwrap()).unwrap();
+        assert_eq!(back.operation(), Operation::PrReview);
+        assert_eq!(back.sha.as_deref(), Some("abc1234"));
+    }
+
+    #[test]
+    fn the_keyword_text_is_bounded() {
+        let text = keyword_text("title", &"x".repeat(100_000));
+        assert!(text.starts_with("title\nx"));
+        assert_eq!(text.chars().count(), 8192);
+    }
+}
