@@ -109,6 +109,7 @@ impl GitHubClient {
                         .get("conclusion")
                         .and_then(Value::as_str)
                         .map(str::to_string),
+                    runs: s.get("latest_check_runs_count").and_then(Value::as_u64),
                 });
             }
             if items.len() < 100 {

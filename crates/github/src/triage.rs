@@ -166,6 +166,10 @@ pub struct Suite {
     pub status: String,
     /// Set once completed: `success`, `failure`, `neutral`, `skipped`, ...
     pub conclusion: Option<String>,
+    /// `latest_check_runs_count`, when GitHub gives it. GitHub makes a queued
+    /// suite for every installed app that has checks permission, and one that
+    /// never creates a run stays queued forever: such a suite is not waited for.
+    pub runs: Option<u64>,
 }
 
 /// Whether a commit's check suites allow a review.
@@ -183,7 +187,7 @@ pub fn checks_verdict(suites: &[Suite]) -> ChecksVerdict {
     let mut running = false;
     for suite in suites {
         if suite.status != "completed" {
-            running = true;
+            running |= suite.runs != Some(0);
             continue;
         }
         match suite.conclusion.as_deref() {
@@ -288,6 +292,7 @@ mod tests {
         Suite {
             status: status.into(),
             conclusion: conclusion.map(Into::into),
+            runs: None,
         }
     }
 
@@ -325,6 +330,13 @@ mod tests {
             Failed("none".into())
         );
         assert_eq!(checks_verdict(&[]), Green);
+        // An app's suite that never got a run is not waited for; one with runs is.
+        let idle = |runs| Suite {
+            runs: Some(runs),
+            ..suite("queued", None)
+        };
+        assert_eq!(checks_verdict(&[ok.clone(), idle(0)]), Green);
+        assert_eq!(checks_verdict(&[ok, idle(2)]), Running);
     }
 
     #[test]
