@@ -248,11 +248,16 @@ fn a_pull_request_from_a_fork_is_found_by_its_head_sha() {
     let bot = bot_with("review_on_checks = true\nreview_settle = \"50ms\"\n", gh);
     let mut suite = example("check_suite", "completed");
     suite["check_suite"]["pull_requests"] = json!([]);
+    // Two suites of the commit complete together: both checks run, one review.
     let (code, resp) = deliver(&bot, "check_suite", "d-fork", &suite);
+    assert_eq!(code, 202, "{resp}");
+    let (code, resp) = deliver(&bot, "check_suite", "d-fork-2", &suite);
     assert_eq!(code, 202, "{resp}");
     let posted = bot.github.wait_for("the fork's review", 1, |r| {
         r.method == "POST" && r.path.ends_with("/reviews")
     });
+    wait_log(&bot, "this commit is reviewed already", 1);
+    assert_eq!(reviews(&bot).len(), 1, "one review for two suites");
     assert_eq!(posted[0].path, format!("{REPO}/pulls/7/reviews"));
     assert!(
         posted[0].body.contains("branch=fork-fix"),
