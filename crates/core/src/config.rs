@@ -383,6 +383,8 @@ pub struct GithubConfig {
     /// `GITHUB_APP_PRIVATE_KEY_FILE` overrides); see [`GithubConfig::app_auth`].
     pub app_id: Option<u64>,
     pub private_key_file: Option<String>,
+    /// Reviews and auto-labelling (`auto_label`, `label_rules`, `review_*`).
+    pub triage: TriageConfig,
 }
 
 impl GithubConfig {
@@ -403,6 +405,37 @@ impl GithubConfig {
     }
 }
 
+/// Auto-labelling of new issues and reviews of pull requests whose checks pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriageConfig {
+    /// Label each opened issue with a job (`OPERATION_TYPE=auto-tag`, no token).
+    pub auto_label: bool,
+    /// `[github.label_rules]`: label → keywords, used when the job fails;
+    /// `None`: the documented defaults (bug, enhancement, documentation, question).
+    pub label_rules: Option<Vec<(String, Vec<String>)>>,
+    /// Review a pull request when every check suite of its head commit passed.
+    pub review_on_checks: bool,
+    /// How long after a suite's success the suites are read (others may start).
+    pub review_settle: Duration,
+    pub review_label_in_progress: String,
+    pub review_label_complete: String,
+}
+
+pub const DEFAULT_REVIEW_SETTLE: Duration = Duration::from_secs(30);
+
+impl Default for TriageConfig {
+    fn default() -> Self {
+        TriageConfig {
+            auto_label: false,
+            label_rules: None,
+            review_on_checks: false,
+            review_settle: DEFAULT_REVIEW_SETTLE,
+            review_label_in_progress: "claude-review-in-progress".to_string(),
+            review_label_complete: "claude-review-complete".to_string(),
+        }
+    }
+}
+
 /// GitHub's own cap on a webhook payload.
 pub const GITHUB_MAX_BODY: u64 = 25 * 1024 * 1024;
 
@@ -418,6 +451,19 @@ struct RawGithub {
     /// Read as any TOML value, so that a wrong type is an error naming the key.
     app_id: Option<toml::Value>,
     private_key_file: Option<String>,
+    #[serde(default)]
+    auto_label: bool,
+    label_rules: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    review_on_checks: bool,
+    review_settle: Option<toml::Value>,
+    review_label_in_progress: Option<String>,
+    review_label_complete: Option<String>,
+}
+
+/// A label name GitHub takes: 1 to 50 characters, not only spaces.
+fn valid_label(s: &str) -> bool {
+    !s.trim().is_empty() && s.chars().count() <= 50 && !s.chars().any(char::is_control)
 }
 
 /// A GitHub login: letters, digits and single hyphens, at most 39 characters.
@@ -476,6 +522,49 @@ impl RawGithub {
                     .to_string(),
             );
         }
+        let defaults = TriageConfig::default();
+        let label = |key: &str, given: Option<String>, default: String| match given {
+            None => Ok(default),
+            Some(l) if valid_label(&l) => Ok(l),
+            Some(l) => Err(format!(
+                "key `{key}`: {l:?} is not a label name (1 to 50 characters)"
+            )),
+        };
+        let mut label_rules = None;
+        if let Some(rules) = self.label_rules {
+            let mut kept = Vec::new();
+            for (name, words) in rules {
+                if !valid_label(&name) {
+                    return Err(format!(
+                        "key `label_rules`: {name:?} is not a label name (1 to 50 characters)"
+                    ));
+                }
+                if words.iter().any(|w| w.trim().is_empty()) {
+                    return Err(format!(
+                        "key `label_rules.{name}`: an empty keyword would match nothing"
+                    ));
+                }
+                kept.push((name, words));
+            }
+            label_rules = Some(kept);
+        }
+        let triage = TriageConfig {
+            auto_label: self.auto_label,
+            label_rules,
+            review_on_checks: self.review_on_checks,
+            review_settle: typed::<ConfigDuration>("review_settle", self.review_settle)?
+                .map_or(defaults.review_settle, |d| d.0),
+            review_label_in_progress: label(
+                "review_label_in_progress",
+                self.review_label_in_progress,
+                defaults.review_label_in_progress,
+            )?,
+            review_label_complete: label(
+                "review_label_complete",
+                self.review_label_complete,
+                defaults.review_label_complete,
+            )?,
+        };
         Ok(GithubConfig {
             bot_username: self.bot_username,
             authorized_users: self.authorized_users,
@@ -484,6 +573,7 @@ impl RawGithub {
             max_body,
             app_id,
             private_key_file: self.private_key_file,
+            triage,
         })
     }
 }
@@ -1318,6 +1408,32 @@ mod tests {
         assert_eq!(p.network.as_deref(), Some("none"));
         assert_eq!(p.output_limit, DEFAULT_OUTPUT_LIMIT);
         assert_eq!((p.min_idle, p.max_containers), (2, 16));
+    }
+
+    #[test]
+    fn the_github_triage_keys() {
+        let base = "[profiles.claude]\nimage = \"x\"\n[github]\nbot_username = \"B\"\nprofile = \"claude\"\n";
+        let g = Config::parse(base).unwrap().github.unwrap();
+        assert_eq!(g.triage, TriageConfig::default());
+        let c = Config::parse(&format!(
+            "{base}auto_label = true\nreview_on_checks = true\nreview_settle = \"200ms\"\nreview_label_complete = \"reviewed\"\n[github.label_rules]\nbug = [\"crash\"]\n"
+        ))
+        .unwrap();
+        let t = c.github.unwrap().triage;
+        assert!(t.auto_label && t.review_on_checks);
+        assert_eq!(t.review_settle, Duration::from_millis(200));
+        assert_eq!(t.review_label_complete, "reviewed");
+        assert_eq!(t.review_label_in_progress, "claude-review-in-progress");
+        assert_eq!(
+            t.label_rules,
+            Some(vec![("bug".to_string(), vec!["crash".to_string()])])
+        );
+        let e = Config::parse(&format!("{base}review_label_in_progress = \"\"\n")).unwrap_err();
+        assert!(e.to_string().contains("review_label_in_progress"), "{e}");
+        let e = Config::parse(&format!("{base}[github.label_rules]\nbug = [\" \"]\n")).unwrap_err();
+        assert!(e.to_string().contains("label_rules.bug"), "{e}");
+        let e = Config::parse(&format!("{base}review_settle = \"soon\"\n")).unwrap_err();
+        assert!(e.to_string().contains("review_settle"), "{e}");
     }
 
     #[test]

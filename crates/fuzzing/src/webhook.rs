@@ -110,6 +110,10 @@ fn event(name: &str, body: &[u8]) {
             let repo = RepoName::parse(t.repo_full_name.as_str()).expect("parsed once already");
             assert_eq!(repo, t.repo_full_name);
         }
+        Ok(Event::ChecksPassed(c)) => {
+            assert_eq!(name, "check_suite");
+            assert!(warmpool_github::valid_sha(&c.head_sha));
+        }
         Err(e) => {
             assert!(handled && name != "ping", "{name}: {e}");
             assert!(!e.to_string().is_empty());

@@ -15,6 +15,36 @@ pub enum Event {
     /// Nothing to do; the reason is for the log and the delivery's response.
     Ignored(String),
     Trigger(Trigger),
+    /// A check suite of a commit completed successfully: maybe time to review
+    /// the pull requests whose head it is.
+    ChecksPassed(ChecksPassed),
+}
+
+/// `check_suite.completed` with conclusion `success`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksPassed {
+    pub repo_full_name: RepoName,
+    /// The commit the suite ran on (hex, checked: it goes into API paths).
+    pub head_sha: String,
+    /// The pull requests the payload lists with this head; none for a pull
+    /// request from a fork (GitHub lists only the repository's own branches):
+    /// then they are looked up by the SHA.
+    pub pull_numbers: Vec<u64>,
+    /// The GitHub App installation the delivery came through (`installation.id`).
+    pub installation: Option<u64>,
+}
+
+/// A newly opened issue, for auto-labelling (whether or not it mentions the bot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedIssue {
+    pub repo_full_name: RepoName,
+    pub number: u64,
+    pub title: String,
+    /// Empty when the issue has none.
+    pub body: String,
+    pub author: String,
+    /// The GitHub App installation the delivery came through (`installation.id`).
+    pub installation: Option<u64>,
 }
 
 /// Someone asked the bot to do something.
@@ -87,6 +117,7 @@ impl Event {
             "issue_comment" => (Source::IssueComment, "created"),
             "pull_request_review_comment" => (Source::ReviewComment, "created"),
             "issues" => (Source::OpenedIssue, "opened"),
+            "check_suite" => return checks_passed(payload),
             other => {
                 return Ok(ignored(format!(
                     "event {:?} is not handled",
@@ -130,10 +161,7 @@ impl Event {
         };
 
         let repo_full_name = RepoName::parse(string(payload, "/repository/full_name")?)?;
-        let installation = match payload.pointer("/installation/id") {
-            None | Some(Value::Null) => None,
-            Some(_) => Some(number(payload, "/installation/id")?),
-        };
+        let installation = installation(payload)?;
         let trigger = match source {
             Source::IssueComment => Trigger {
                 issue_number: number(payload, "/issue/number")?,
@@ -175,6 +203,120 @@ impl Event {
         };
         Ok(Event::Trigger(trigger))
     }
+}
+
+/// The issue an `issues.opened` delivery opens, unless the bot opened it;
+/// `None` for any other delivery. Pure, like [`Event::from_webhook`].
+pub fn opened_issue(
+    event_name: &str,
+    payload: &Value,
+    bot: &BotName,
+) -> Result<Option<OpenedIssue>, EventError> {
+    if event_name != "issues" {
+        return Ok(None);
+    }
+    if !payload.is_object() {
+        return Err(EventError::NotAnObject);
+    }
+    if string(payload, "/action")? != "opened" {
+        return Ok(None);
+    }
+    let author = string(payload, "/issue/user/login")?;
+    if bot.is_self(author) {
+        return Ok(None);
+    }
+    Ok(Some(OpenedIssue {
+        repo_full_name: RepoName::parse(string(payload, "/repository/full_name")?)?,
+        number: number(payload, "/issue/number")?,
+        title: string(payload, "/issue/title")?.to_string(),
+        body: optional_string(payload, "/issue/body")?
+            .unwrap_or("")
+            .to_string(),
+        author: author.to_string(),
+        installation: installation(payload)?,
+    }))
+}
+
+/// The GitHub App installation a delivery came through (`installation.id`),
+/// `None` for a repository's own webhook.
+fn installation(payload: &Value) -> Result<Option<u64>, EventError> {
+    match payload.pointer("/installation/id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Ok(Some(number(payload, "/installation/id")?)),
+    }
+}
+
+/// Whether a command asks for a review by hand (`@bot review`): the word
+/// `review`, in any case, with nothing after it but punctuation.
+pub fn is_review_command(command: &str) -> bool {
+    let word = command.trim().trim_end_matches(['.', '!', '?']).trim_end();
+    word.eq_ignore_ascii_case("review")
+}
+
+/// A commit SHA as it may go into an API path: 7 to 64 hex digits.
+pub fn valid_sha(sha: &str) -> bool {
+    (7..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn checks_passed(payload: &Value) -> Result<Event, EventError> {
+    if !payload.is_object() {
+        return Err(EventError::NotAnObject);
+    }
+    let action = string(payload, "/action")?;
+    if action != "completed" {
+        return Ok(ignored(format!(
+            "check_suite action {:?} is not handled",
+            shorten(action, 60)
+        )));
+    }
+    let conclusion = optional_string(payload, "/check_suite/conclusion")?.unwrap_or("none");
+    if conclusion != "success" {
+        return Ok(ignored(format!(
+            "the check suite concluded {:?}: no review",
+            shorten(conclusion, 60)
+        )));
+    }
+    let head_sha = string(payload, "/check_suite/head_sha")?;
+    if !valid_sha(head_sha) {
+        return Err(EventError::WrongType {
+            field: "/check_suite/head_sha",
+            expected: "a commit SHA (hex)",
+        });
+    }
+    let mut pull_numbers = Vec::new();
+    match payload.pointer("/check_suite/pull_requests") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(pulls)) => {
+            for pull in pulls {
+                // Only those whose head is this very commit.
+                if pull.pointer("/head/sha").and_then(Value::as_str) != Some(head_sha) {
+                    continue;
+                }
+                let n =
+                    pull.get("number")
+                        .and_then(Value::as_u64)
+                        .ok_or(EventError::WrongType {
+                            field: "/check_suite/pull_requests/*/number",
+                            expected: "a whole number",
+                        })?;
+                if !pull_numbers.contains(&n) {
+                    pull_numbers.push(n);
+                }
+            }
+        }
+        Some(_) => {
+            return Err(EventError::WrongType {
+                field: "/check_suite/pull_requests",
+                expected: "an array",
+            })
+        }
+    }
+    Ok(Event::ChecksPassed(ChecksPassed {
+        repo_full_name: RepoName::parse(string(payload, "/repository/full_name")?)?,
+        head_sha: head_sha.to_string(),
+        pull_numbers,
+        installation: installation(payload)?,
+    }))
 }
 
 /// Whether `author` is on the allow list (GitHub logins are case-insensitive).
@@ -651,6 +793,89 @@ mod tests {
             &bot(),
         );
         assert!(matches!(event, Ok(Event::Ignored(_))), "{event:?}");
+    }
+
+    #[test]
+    fn review_commands_and_shas() {
+        for yes in ["review", "Review", " REVIEW. ", "review!"] {
+            assert!(is_review_command(yes), "{yes:?}");
+        }
+        for no in ["review this file", "please review", "", "reviews"] {
+            assert!(!is_review_command(no), "{no:?}");
+        }
+        assert!(valid_sha("ec26c3e57ca3a959ca5aad62de7213c562f8c821"));
+        for bad in [
+            "",
+            "abc",
+            "../../x",
+            "ec26c3e57ca3a959ca5aad62de7213c562f8c82z",
+        ] {
+            assert!(!valid_sha(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn check_suites_pass_or_are_ignored() {
+        let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        let suite = |conclusion: Value, pulls: Value| {
+            json!({
+                "action": "completed",
+                "check_suite": {"head_sha": sha, "conclusion": conclusion, "pull_requests": pulls},
+                "repository": {"full_name": "o/r"},
+            })
+        };
+        let parse = |p: Value| Event::from_webhook("check_suite", &p, &bot());
+        let pulls = json!([
+            {"number": 2, "head": {"sha": sha}},
+            {"number": 3, "head": {"sha": "0000000"}},
+            {"number": 2, "head": {"sha": sha}},
+        ]);
+        let Ok(Event::ChecksPassed(passed)) = parse(suite(json!("success"), pulls)) else {
+            panic!("a green suite passes");
+        };
+        assert_eq!(passed.pull_numbers, vec![2], "only PRs at this head, once");
+        assert_eq!(passed.head_sha, sha);
+        for other in [json!("failure"), json!("neutral"), json!(null)] {
+            assert!(matches!(
+                parse(suite(other, json!([]))),
+                Ok(Event::Ignored(_))
+            ));
+        }
+        let mut bad = suite(json!("success"), json!([]));
+        bad["check_suite"]["head_sha"] = json!("../x");
+        assert!(parse(bad).is_err());
+        let mut bad = suite(
+            json!("success"),
+            json!([{"number": "2", "head": {"sha": sha}}]),
+        );
+        assert!(parse(bad.clone()).is_err());
+        bad["action"] = json!("requested");
+        assert!(matches!(parse(bad), Ok(Event::Ignored(_))));
+    }
+
+    #[test]
+    fn opened_issues_for_labelling() {
+        let payload = json!({
+            "action": "opened",
+            "issue": {"number": 4, "title": "Crash", "body": null, "user": {"login": "me"}},
+            "repository": {"full_name": "o/r"},
+        });
+        let issue = opened_issue("issues", &payload, &bot()).unwrap().unwrap();
+        assert_eq!(
+            (issue.number, issue.title.as_str(), issue.body.as_str()),
+            (4, "Crash", "")
+        );
+        assert_eq!(opened_issue("issue_comment", &payload, &bot()), Ok(None));
+        let mut own = payload.clone();
+        own["issue"]["user"]["login"] = json!("ClaudeBot");
+        assert_eq!(opened_issue("issues", &own, &bot()), Ok(None));
+        let mut edited = payload;
+        edited["action"] = json!("edited");
+        assert_eq!(opened_issue("issues", &edited, &bot()), Ok(None));
+        assert_eq!(
+            opened_issue("issues", &json!(1), &bot()),
+            Err(EventError::NotAnObject)
+        );
     }
 
     #[test]

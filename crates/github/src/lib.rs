@@ -8,26 +8,35 @@
 //! - [`comment`]: the answer, failure and refusal comments (bot mentions defanged,
 //!   GitHub's length limit kept).
 //! - [`refusal`]: [`RefusalLimit`], at most one refusal per user and issue per hour.
-//! - [`api`]: [`GitHubClient`], the three calls with retries and rate-limit waits.
+//! - [`api`]: [`GitHubClient`], the three calls with retries and rate-limit waits;
+//!   `api_triage` adds labels, pull requests by commit, check suites and reviews.
 //! - [`app`]: GitHub App auth: the JWT, installation tokens per repository and
 //!   operation ([`job_permissions`]), the bot's own tokens cached; [`Credentials`].
+//! - [`triage`]: auto-labelling and review decisions (chosen labels, keyword rules,
+//!   whether checks allow a review, the review's key and text).
 //!
-//! Only [`api`] does I/O; the rest is pure and tested in microseconds.
+//! Only [`api`] and [`app`] do I/O; the rest is pure and tested in microseconds.
 
 pub mod api;
+mod api_triage;
 pub mod app;
 pub mod comment;
 pub mod event;
 pub mod refusal;
 pub mod repo;
 pub mod signature;
+pub mod triage;
 
 pub use api::{ApiError, GitHubClient, PullRequestHead, Reaction, RetryPolicy};
 pub use app::{job_permissions, App, AppError, Credentials, InstallationToken, Permissions};
 pub use comment::{
     answer_comment, failure_comment, unauthorized_comment, Failure, MAX_COMMENT_CHARS,
 };
-pub use event::{authorized, Event, EventError, ReactionTarget, Trigger};
+pub use event::{
+    authorized, is_review_command, opened_issue, valid_sha, ChecksPassed, Event, EventError,
+    OpenedIssue, ReactionTarget, Trigger,
+};
 pub use refusal::RefusalLimit;
 pub use repo::{BotName, NameError, RepoName};
 pub use signature::{sign, verify, SignatureError};
+pub use triage::Operation;

@@ -251,3 +251,48 @@ fn a_signed_example_delivery_verifies_as_sent() {
     tampered[at] ^= 1;
     assert!(verify(b"test secret", &tampered, Some(&header)).is_err());
 }
+
+#[test]
+fn every_completed_check_suite_example_passes_or_is_ignored() {
+    let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+    let suites = all_examples()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "check_suite")
+        .expect("check_suite examples");
+    let mut passed = 0;
+    for payload in suites["examples"].as_array().unwrap() {
+        match decide("check_suite", payload) {
+            Ok(Event::ChecksPassed(c)) => {
+                passed += 1;
+                assert_eq!(c.repo_full_name, repo());
+                assert_eq!(c.head_sha, sha);
+                // The example whose suite lists no pull request (a fork's).
+                let listed = payload["check_suite"]["pull_requests"].as_array().unwrap();
+                let want: Vec<u64> = if listed.is_empty() { vec![] } else { vec![2] };
+                assert_eq!(c.pull_numbers, want);
+            }
+            Ok(Event::Ignored(why)) => assert_ne!(payload["action"], "completed", "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(passed, 4, "the four completed examples pass");
+}
+
+#[test]
+fn an_opened_issue_example_is_one_to_label() {
+    let payload = example("issues", "opened");
+    let issue = warmpool_github::opened_issue("issues", &payload, &bot())
+        .unwrap()
+        .expect("an issue to label");
+    assert_eq!(issue.repo_full_name, repo());
+    assert_eq!(issue.number, 1);
+    assert_eq!(issue.title, "Spelling error in the README file");
+    assert_eq!(issue.author, "Codertocat");
+    let edited = example("issues", "edited");
+    assert_eq!(
+        warmpool_github::opened_issue("issues", &edited, &bot()),
+        Ok(None)
+    );
+}

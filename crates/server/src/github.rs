@@ -16,11 +16,11 @@ use std::time::Instant;
 use warmpool_core::config::GithubConfig;
 use warmpool_github::signature::Verifier;
 use warmpool_github::{
-    answer_comment, authorized, failure_comment, job_permissions, unauthorized_comment, App,
-    AppError, BotName, Credentials, Event, Failure, GitHubClient, InstallationToken, Reaction,
-    RefusalLimit, RepoName, Trigger,
+    answer_comment, authorized, failure_comment, is_review_command, job_permissions, opened_issue,
+    unauthorized_comment, App, AppError, BotName, Credentials, Event, Failure, GitHubClient,
+    InstallationToken, Operation, Reaction, RefusalLimit, RepoName, Trigger,
 };
-use warmpool_store::{JobState, NewJob};
+use warmpool_store::{JobRecord, JobState, NewJob};
 
 /// Where a delivery's job is answered; stored with the delivery (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,11 +33,31 @@ struct Meta {
     /// The GitHub App installation the delivery came through (App auth).
     #[serde(default)]
     installation: Option<u64>,
-    /// The job's `OPERATION_TYPE`, which sets its App token's permissions;
-    /// `None` (older records) is a mention's, `default`.
-    #[serde(default)]
-    operation: Option<String>,
+    /// The job's `OPERATION_TYPE` (`default`, `pr-review`, `auto-tag`); records
+    /// stored before it existed are `default`.
+    #[serde(default = "default_operation")]
+    operation: String,
+    /// The commit a `pr-review` job reviews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha: Option<String>,
+    /// An `auto-tag` job's issue text, for the keyword rules if the job fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issue_text: Option<String>,
 }
+
+fn default_operation() -> String {
+    Operation::Default.as_str().to_string()
+}
+
+impl Meta {
+    /// The operation; an unknown name (a newer version's) is answered as a mention.
+    fn operation(&self) -> Operation {
+        Operation::parse(&self.operation).unwrap_or_default()
+    }
+}
+
+#[path = "github_triage.rs"]
+mod triage;
 
 pub struct GithubBot {
     config: GithubConfig,
@@ -164,6 +184,19 @@ impl GithubBot {
             .map_err(|e| e.to_string())
     }
 
+    /// With App auth, a delivery must name the installation it came through:
+    /// the bot acts only where the App is installed. The refusal, if any.
+    fn needs_installation(&self, installation: Option<u64>, repo: &RepoName) -> Option<Response> {
+        if self.creds.app().is_none() || installation.is_some() {
+            return None;
+        }
+        tracing::info!(repo = %repo, "a delivery with no App installation");
+        Some(note(
+            StatusCode::OK,
+            "ignored: the delivery names no GitHub App installation (installation.id): the bot authenticates as a GitHub App and acts only where the App is installed; deliver through the App's webhook",
+        ))
+    }
+
     /// Post a comment in the background (errors are logged: the job is not at stake).
     fn comment_later(
         self: &Arc<Self>,
@@ -188,12 +221,8 @@ impl GithubBot {
     }
 
     async fn accept(self: &Arc<Self>, svc: &Arc<Service>, delivery: &str, t: Trigger) -> Response {
-        if self.creds.app().is_some() && t.installation.is_none() {
-            tracing::info!(repo = %t.repo_full_name, "a delivery with no App installation");
-            return note(
-                StatusCode::OK,
-                "ignored: the delivery names no GitHub App installation (installation.id): the bot authenticates as a GitHub App and acts only where the App is installed; deliver through the App's webhook",
-            );
+        if let Some(refused) = self.needs_installation(t.installation, &t.repo_full_name) {
+            return refused;
         }
         if !authorized(&t.author, &self.config.authorized_users) {
             tracing::info!(author = %t.author, repo = %t.repo_full_name, "a mention by an unauthorized user");
@@ -220,13 +249,18 @@ impl GithubBot {
                 "the author may not trigger jobs; told them so",
             );
         }
+        if t.is_pull_request && is_review_command(&t.command) {
+            return self.review_by_hand(svc, t).await;
+        }
         let meta = Meta {
             repo: t.repo_full_name.to_string(),
             issue_number: t.issue_number,
             is_pull_request: t.is_pull_request,
             branch: t.branch.clone(),
             installation: t.installation,
-            operation: Some("default".to_string()),
+            operation: default_operation(),
+            sha: None,
+            issue_text: None,
         };
         let env = vec![
             ("REPO_FULL_NAME".to_string(), meta.repo.clone()),
@@ -287,6 +321,20 @@ impl GithubBot {
     }
 }
 
+/// How a final job failed, if it did; `None` for success.
+fn failure_of(record: &JobRecord) -> Option<Failure> {
+    Some(match record.state {
+        JobState::Succeeded => return None,
+        JobState::TimedOut => Failure::TimedOut,
+        JobState::Cancelled => Failure::Cancelled,
+        JobState::Interrupted => Failure::Interrupted,
+        _ if record.started_ms.is_none() => Failure::NotStarted,
+        _ => Failure::Failed {
+            exit_code: record.exit_code,
+        },
+    })
+}
+
 fn note(status: StatusCode, text: &str) -> Response {
     let key = if status.is_success() { "note" } else { "error" };
     (status, Json(serde_json::json!({ key: text }))).into_response()
@@ -298,25 +346,10 @@ impl JobHooks for GithubBot {
         let Some((_, meta)) = self.delivery_of(job_id).await else {
             return Ok(());
         };
-        let branch = match (&meta.branch, meta.is_pull_request) {
-            (Some(b), _) => b.clone(),
-            (None, true) => {
-                let repo = RepoName::parse(&meta.repo).map_err(|e| e.to_string())?;
-                self.api(meta.installation, &repo)
-                    .await?
-                    .pull_request_head(&repo, meta.issue_number)
-                    .await
-                    .map(|h| h.branch)
-                    .map_err(|e| format!("looking up the pull request's branch failed: {e}"))?
-            }
-            (None, false) => String::new(),
-        };
-        front.env.push(("BRANCH_NAME".to_string(), branch));
         // With the App, the job's GITHUB_TOKEN is its own: minted now for this
         // repository and what the operation needs (or none), revoked at its end.
         if let Some(app) = self.creds.app() {
-            let operation = meta.operation.as_deref().unwrap_or("default");
-            match job_permissions(operation) {
+            match job_permissions(meta.operation().as_str()) {
                 None => front.withhold.push("GITHUB_TOKEN".to_string()),
                 Some(permissions) => {
                     let repo = RepoName::parse(&meta.repo).map_err(|e| e.to_string())?;
@@ -334,10 +367,36 @@ impl JobHooks for GithubBot {
                 }
             }
         }
+        if meta.operation() == Operation::AutoTag {
+            // Least privilege: labels are applied by the bot, not the job.
+            front.withhold.push("GITHUB_TOKEN".to_string());
+            front.env.push(("BRANCH_NAME".to_string(), String::new()));
+            return Ok(());
+        }
+        if meta.operation() == Operation::PrReview {
+            self.review_starts(job_id, &meta).await;
+        }
+        let branch = match (&meta.branch, meta.is_pull_request) {
+            (Some(b), _) => b.clone(),
+            (None, true) => {
+                let repo = RepoName::parse(&meta.repo).map_err(|e| e.to_string())?;
+                self.api(meta.installation, &repo)
+                    .await?
+                    .pull_request_head(&repo, meta.issue_number)
+                    .await
+                    .map(|h| h.branch)
+                    .map_err(|e| format!("looking up the pull request's branch failed: {e}"))?
+            }
+            (None, false) => String::new(),
+        };
+        front.env.push(("BRANCH_NAME".to_string(), branch));
         Ok(())
     }
 
     async fn after_end(&self, job_id: &str) {
+        let Some((delivery, meta)) = self.delivery_of(job_id).await else {
+            return;
+        };
         let minted = lock(&self.job_tokens).remove(job_id);
         if let (Some(token), Some(app)) = (minted, self.creds.app()) {
             // Dead now rather than within the hour; if this fails, it expires.
@@ -348,9 +407,6 @@ impl JobHooks for GithubBot {
                 }
             }
         }
-        let Some((delivery, meta)) = self.delivery_of(job_id).await else {
-            return;
-        };
         let Some(svc) = self.svc.upgrade() else {
             return;
         };
@@ -365,21 +421,6 @@ impl JobHooks for GithubBot {
             // Stopped mid-job (shutdown): answered after the restart.
             return;
         }
-        let body = match record.state {
-            JobState::Succeeded => {
-                answer_comment(&String::from_utf8_lossy(&stdout), job_id, &self.bot)
-            }
-            JobState::TimedOut => failure_comment(job_id, Failure::TimedOut),
-            JobState::Cancelled => failure_comment(job_id, Failure::Cancelled),
-            JobState::Interrupted => failure_comment(job_id, Failure::Interrupted),
-            _ if record.started_ms.is_none() => failure_comment(job_id, Failure::NotStarted),
-            _ => failure_comment(
-                job_id,
-                Failure::Failed {
-                    exit_code: record.exit_code,
-                },
-            ),
-        };
         // Another node may have answered it already: the node that took a
         // lost node's jobs over answers for them, and the lost node's own
         // run (this node's memory still holding the delivery) ends after.
@@ -394,17 +435,30 @@ impl JobHooks for GithubBot {
                 return tracing::warn!(job = %job_id, error = %e, "reading deliveries failed");
             }
         }
-        let Ok(repo) = RepoName::parse(&meta.repo) else {
-            return;
+        let stdout = String::from_utf8_lossy(&stdout);
+        let answered = match meta.operation() {
+            Operation::Default => {
+                let Ok(repo) = RepoName::parse(&meta.repo) else {
+                    return;
+                };
+                let body = match failure_of(&record) {
+                    None => answer_comment(&stdout, job_id, &self.bot),
+                    Some(failure) => failure_comment(job_id, failure),
+                };
+                match self.api(meta.installation, &repo).await {
+                    Ok(api) => api
+                        .post_comment(&repo, meta.issue_number, &body)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
+            op => {
+                self.answer_triage(job_id, op, &meta, &record, &stdout)
+                    .await
+            }
         };
-        let posted = match self.api(meta.installation, &repo).await {
-            Ok(api) => api
-                .post_comment(&repo, meta.issue_number, &body)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match posted {
+        match answered {
             Ok(()) => {
                 lock(&self.jobs).remove(job_id);
                 if let Err(e) = svc.store().mark_answered(&delivery).await {
@@ -470,9 +524,20 @@ pub async fn webhook(
             )
         }
     };
+    // An opened issue is labelled whether or not it also mentions the bot.
+    let labelling = bot.config.triage.auto_label
+        && match opened_issue(event, &payload, &bot.bot) {
+            Ok(Some(issue)) => {
+                bot.label_later(&svc, issue);
+                true
+            }
+            _ => false,
+        };
     match Event::from_webhook(event, &payload, &bot.bot) {
         Ok(Event::Ping) => note(StatusCode::OK, "pong"),
+        Ok(Event::Ignored(_)) if labelling => note(StatusCode::ACCEPTED, "labelling the issue"),
         Ok(Event::Ignored(why)) => note(StatusCode::OK, &format!("ignored: {why}")),
+        Ok(Event::ChecksPassed(c)) => bot.checks_passed(&svc, c),
         Ok(Event::Trigger(t)) => {
             let Some(delivery) = header("x-github-delivery").filter(|d| !d.is_empty()) else {
                 return note(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");

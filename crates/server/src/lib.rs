@@ -12,7 +12,8 @@
 //!   grows.
 //! - [`http`]: the routes (axum), auth, errors as `{"error": ...}`.
 //! - [`metrics`]: Prometheus text.
-//! - [`github`]: the @mention bot's webhook, on top of the same service.
+//! - [`github`]: the @mention bot's webhook, on top of the same service; its
+//!   `github_triage.rs` labels opened issues and reviews pull requests whose checks pass.
 //! - [`openapi`]: the API described, served at `/v1/openapi.json`.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start the

@@ -4,8 +4,15 @@
 #
 # In: REPO_FULL_NAME ISSUE_NUMBER IS_PULL_REQUEST COMMAND OPERATION_TYPE
 #     BOT_USERNAME GITHUB_TOKEN ANTHROPIC_API_KEY (required), BRANCH_NAME (may
-#     be empty).
-# Out, on success (exit 0), exactly two lines on stdout:
+#     be empty). OPERATION_TYPE is default, review, pr-review or auto-tag.
+# auto-tag: GITHUB_TOKEN must NOT be set (exit 3 if it is); stdin is
+#     {"body","labels","title"} JSON; stdout is some text and a JSON array of
+#     labels chosen from the title's words: "crash"/"error" -> bug,
+#     "readme"/"docs" -> documentation, and always "not-a-repo-label" (a label
+#     no repository has). A title containing "fail": exit 1, nothing chosen.
+# pr-review: needs HEAD_SHA; prints "Review of <repo>#<n> at <HEAD_SHA>
+#     (branch=<BRANCH_NAME>): looks fine" and the token-length line.
+# Otherwise, on success (exit 0), exactly two lines on stdout:
 #     Answer for <REPO_FULL_NAME>#<ISSUE_NUMBER> (pr=<IS_PULL_REQUEST>, branch=<BRANCH_NAME>, op=<OPERATION_TYPE>): <COMMAND>
 #     token-length: <length of GITHUB_TOKEN> sha256: <its sha256's first 16 hex digits>
 # and one line on stderr. The secrets' values are never written.
@@ -14,9 +21,19 @@
 # COMMAND containing "fail": "failing as asked" on stderr, nothing on stdout, exit 1.
 prog=warmpool-agent
 
+required="REPO_FULL_NAME ISSUE_NUMBER IS_PULL_REQUEST COMMAND OPERATION_TYPE BOT_USERNAME ANTHROPIC_API_KEY"
+case ${OPERATION_TYPE:-} in
+  auto-tag)
+    # Least privilege: labelling needs no token, and must not get one.
+    if [ -n "${GITHUB_TOKEN+set}" ]; then
+      echo "$prog: auto-tag got a GITHUB_TOKEN; it must not" >&2
+      exit 3
+    fi ;;
+  pr-review) required="$required GITHUB_TOKEN HEAD_SHA" ;;
+  *) required="$required GITHUB_TOKEN" ;;
+esac
 missing=
-for v in REPO_FULL_NAME ISSUE_NUMBER IS_PULL_REQUEST COMMAND OPERATION_TYPE \
-  BOT_USERNAME GITHUB_TOKEN ANTHROPIC_API_KEY; do
+for v in $required; do
   eval "val=\${$v:-}"
   [ -n "$val" ] || missing="$missing $v"
 done
@@ -32,9 +49,31 @@ case $IS_PULL_REQUEST in
   *) echo "$prog: IS_PULL_REQUEST: \"$IS_PULL_REQUEST\" is not true or false" >&2; exit 2 ;;
 esac
 case $OPERATION_TYPE in
-  default | review) ;;
-  *) echo "$prog: OPERATION_TYPE: \"$OPERATION_TYPE\" is not one of: default, review" >&2; exit 2 ;;
+  default | review | pr-review | auto-tag) ;;
+  *) echo "$prog: OPERATION_TYPE: \"$OPERATION_TYPE\" is not one of: default, review, pr-review, auto-tag" >&2; exit 2 ;;
 esac
+
+if [ "$OPERATION_TYPE" = auto-tag ]; then
+  input=$(cat)
+  # serde_json writes keys in order: title is the last one.
+  title=$(printf '%s' "$input" | sed -n 's/.*"title":"\(.*\)"}$/\1/p' | tr 'A-Z' 'a-z')
+  echo "$prog (stand-in): labelling $REPO_FULL_NAME#$ISSUE_NUMBER: $title" >&2
+  case $title in
+    *fail*) echo "failing as asked" >&2; exit 1 ;;
+  esac
+  chosen=
+  case $title in *crash* | *error*) chosen="$chosen\"bug\", " ;; esac
+  case $title in *readme* | *docs*) chosen="$chosen\"documentation\", " ;; esac
+  printf 'Labels that fit [my choice]:\n[%s"not-a-repo-label"]\nDone.\n' "$chosen"
+  exit 0
+fi
+if [ "$OPERATION_TYPE" = pr-review ]; then
+  echo "$prog (stand-in): reviewing $REPO_FULL_NAME#$ISSUE_NUMBER at $HEAD_SHA" >&2
+  printf 'Review of %s#%s at %s (branch=%s): looks fine\n' \
+    "$REPO_FULL_NAME" "$ISSUE_NUMBER" "$HEAD_SHA" "${BRANCH_NAME:-}"
+  printf 'token-length: %s\n' "${#GITHUB_TOKEN}"
+  exit 0
+fi
 
 case $COMMAND in
   *sleep*) sleep 30 ;;
