@@ -353,6 +353,20 @@ pub fn valid_instance_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// The default instance name: `base` (the hostname) and a short stable hash of
+/// the data directory's absolute path, `-` between; `base` is cut so the name
+/// stays a valid instance name (at most 63 characters).
+pub fn default_instance(base: &str, data_dir: &std::path::Path) -> String {
+    // FNV-1a: stable across builds and Rust versions (unlike `DefaultHasher`).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let base: String = base.chars().take(63 - 9).collect();
+    format!("{base}-{:08x}", hash as u32)
+}
+
 /// The machine's hostname: `/etc/hostname`, else `HOSTNAME`, trimmed; `None` when
 /// neither has one. The only I/O here besides reading the config file.
 pub fn host_name() -> Option<String> {
@@ -1224,7 +1238,27 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse_with_hostname(&text, host_name().as_deref())
+        let hostname = host_name();
+        let mut config = Config::parse_with_hostname(&text, hostname.as_deref())?;
+        // An unset instance is unique per data directory on this host, so two
+        // servers with their own data_dir never take each other's containers.
+        let instance_set = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|doc| doc.get("server")?.get("instance").cloned())
+            .is_some();
+        if !instance_set {
+            let data_dir = std::fs::canonicalize(&config.server.data_dir)
+                .ok()
+                .or_else(|| {
+                    std::env::current_dir()
+                        .ok()
+                        .map(|d| d.join(&config.server.data_dir))
+                })
+                .unwrap_or_else(|| config.server.data_dir.clone());
+            config.server.instance = default_instance(&config.server.instance, &data_dir);
+        }
+        Ok(config)
     }
 
     /// The profiles' names, for messages: "a, b, c".
@@ -1865,5 +1899,22 @@ mod tests {
         assert!(c.profiles.values().all(|p| !p.retry_interrupted));
         let c = Config::parse(&format!("{ONE_PROFILE}\nretry_interrupted = true")).unwrap();
         assert!(c.profiles.values().all(|p| p.retry_interrupted));
+    }
+
+    #[test]
+    fn default_instance_is_unique_per_data_dir_and_valid() {
+        let a = default_instance("build-07", std::path::Path::new("/srv/a/.warmpool"));
+        let b = default_instance("build-07", std::path::Path::new("/srv/b/.warmpool"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("build-07-"), "{a}");
+        assert_eq!(
+            a,
+            default_instance("build-07", std::path::Path::new("/srv/a/.warmpool"))
+        );
+        let long = default_instance(&"h".repeat(63), std::path::Path::new("/d"));
+        assert!(
+            valid_instance_name(&long) && valid_instance_name(&a),
+            "{long}"
+        );
     }
 }
