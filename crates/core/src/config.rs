@@ -742,10 +742,11 @@ struct RawProfile {
     image: String,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    job_timeout: Option<ConfigDuration>,
-    kill_grace: Option<ConfigDuration>,
-    output_limit: Option<ConfigSize>,
-    memory: Option<ConfigSize>,
+    // Durations and sizes stay raw TOML too: a bad one is reported with its key.
+    job_timeout: Option<toml::Value>,
+    kill_grace: Option<toml::Value>,
+    output_limit: Option<toml::Value>,
+    memory: Option<toml::Value>,
     cpus: Option<f64>,
     pids_limit: Option<i64>,
     network: Option<String>,
@@ -822,23 +823,24 @@ impl RawProfile {
                 return Err(format!("key `pids_limit`: {p} must be positive"));
             }
         }
-        if let Some(m) = &self.memory {
+        let memory = typed::<ConfigSize>("memory", self.memory)?.map(|m| m.0);
+        if let Some(m) = memory {
             // The engine refuses anything under 6 MiB; say so now rather than at create.
-            if m.0 < 6 * 1024 * 1024 {
+            if m < 6 * 1024 * 1024 {
                 return Err(format!(
-                    "key `memory`: {} bytes is below the engine's minimum of 6m",
-                    m.0
+                    "key `memory`: {m} bytes is below the engine's minimum of 6m"
                 ));
             }
         }
-        let output_limit = self
-            .output_limit
-            .map(|s| s.0)
-            .unwrap_or(DEFAULT_OUTPUT_LIMIT);
+        let output_limit = typed::<ConfigSize>("output_limit", self.output_limit)?
+            .map_or(DEFAULT_OUTPUT_LIMIT, |s| s.0);
         if output_limit == 0 {
             return Err("key `output_limit`: must be above 0".into());
         }
-        let job_timeout = self.job_timeout.map(|d| d.0).unwrap_or(DEFAULT_JOB_TIMEOUT);
+        let job_timeout = typed::<ConfigDuration>("job_timeout", self.job_timeout)?
+            .map_or(DEFAULT_JOB_TIMEOUT, |d| d.0);
+        let kill_grace = typed::<ConfigDuration>("kill_grace", self.kill_grace)?
+            .map_or(DEFAULT_KILL_GRACE, |d| d.0);
         if job_timeout.is_zero() {
             return Err("key `job_timeout`: must be above 0".into());
         }
@@ -922,9 +924,9 @@ impl RawProfile {
             image: self.image,
             env,
             job_timeout,
-            kill_grace: self.kill_grace.map(|d| d.0).unwrap_or(DEFAULT_KILL_GRACE),
+            kill_grace,
             output_limit,
-            memory: self.memory.map(|m| m.0),
+            memory,
             cpus: self.cpus,
             pids_limit: self.pids_limit,
             network: self.network,
@@ -1916,5 +1918,31 @@ mod tests {
             valid_instance_name(&long) && valid_instance_name(&a),
             "{long}"
         );
+    }
+
+    #[test]
+    fn every_duration_and_size_error_names_its_key() {
+        for (key, value) in [
+            ("job_timeout", "\"5 parsecs\""),
+            ("kill_grace", "\"-1s\""),
+            ("max_wait", "\"soon\""),
+            ("max_age", "true"),
+            ("idle_ttl", "\"1y\""),
+            ("output_limit", "\"lots\""),
+            ("memory", "\"2q\""),
+        ] {
+            let text = format!("[profiles.x]\nimage = \"i\"\n{key} = {value}\n");
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("profile \"x\": key `{key}`: ") || e.contains(&format!("key `{key}`")),
+                "{key}: {e}"
+            );
+            assert!(e.contains(&format!("key `{key}`")), "{key}: {e}");
+        }
+        for (section, key) in [("server", "shutdown_grace"), ("server", "retention"), ("cluster", "node_timeout"), ("cluster", "heartbeat")] {
+            let text = format!("[{section}]\n{key} = \"5 parsecs\"\n[profiles.x]\nimage = \"i\"\n");
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(&format!("[{section}] key `{key}`")), "{key}: {e}");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod bench_queue;
 pub mod bench_throughput;
 pub mod client;
 pub mod doctor;
+pub mod doctor_host;
 pub mod jobs;
 pub mod logs;
 pub mod run;
