@@ -1934,15 +1934,24 @@ mod tests {
             let text = format!("[profiles.x]\nimage = \"i\"\n{key} = {value}\n");
             let e = Config::parse(&text).unwrap_err().to_string();
             assert!(
-                e.starts_with("profile \"x\": key `{key}`: ") || e.contains(&format!("key `{key}`")),
+                e.starts_with("profile \"x\": key `{key}`: ")
+                    || e.contains(&format!("key `{key}`")),
                 "{key}: {e}"
             );
             assert!(e.contains(&format!("key `{key}`")), "{key}: {e}");
         }
-        for (section, key) in [("server", "shutdown_grace"), ("server", "retention"), ("cluster", "node_timeout"), ("cluster", "heartbeat")] {
+        for (section, key) in [
+            ("server", "shutdown_grace"),
+            ("server", "retention"),
+            ("cluster", "node_timeout"),
+            ("cluster", "heartbeat"),
+        ] {
             let text = format!("[{section}]\n{key} = \"5 parsecs\"\n[profiles.x]\nimage = \"i\"\n");
             let e = Config::parse(&text).unwrap_err().to_string();
-            assert!(e.contains(&format!("[{section}] key `{key}`")), "{key}: {e}");
+            assert!(
+                e.contains(&format!("[{section}] key `{key}`")),
+                "{key}: {e}"
+            );
         }
     }
 }

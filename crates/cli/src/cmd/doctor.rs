@@ -7,14 +7,6 @@ use super::doctor_host::{self, AGENT_LABEL};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(after_help = "\
-Environment:
-  DOCKER_HOST            the engine, unless the config sets [engine] host
-  WARMPOOL_LOG           log filter (e.g. debug)
-  GITHUB_WEBHOOK_SECRET, GITHUB_TOKEN (or NAME_FILE)
-                         checked when the config has [github]
-  each profile's secret_env NAME (or NAME_FILE)
-                         checked to be set and readable")]
 pub struct DoctorArgs {
     /// The config file to check (TOML).
     #[arg(long, short = 'c')]
