@@ -56,7 +56,13 @@ fn a_second_server_with_the_instance_refuses_and_the_first_keeps_its_job() {
     // Nothing of the first was swept: its job still runs, in the same containers.
     let job = json(&first.get(&format!("/v1/jobs/{id}")).1);
     assert_eq!(job["state"], "running", "{job}");
-    assert_eq!(first.containers(), containers_before);
+    let containers_after = first.containers();
+    for c in containers_before.lines() {
+        assert!(
+            containers_after.lines().any(|a| a == c),
+            "container {c} of the first server is gone: {containers_after}"
+        );
+    }
     let (code, body) = first.post(&format!("/v1/jobs/{id}/cancel"), "");
     assert_eq!(code, 200, "{body}");
 
