@@ -25,7 +25,7 @@ fn every_flag_of_every_subcommand_is_described() {
             }
             if arg
                 .get_help()
-                .map_or(true, |h| h.to_string().trim().is_empty())
+                .is_none_or(|h| h.to_string().trim().is_empty())
             {
                 missing.push(format!("warmpool {} {}", sub.get_name(), arg.get_id()));
             }

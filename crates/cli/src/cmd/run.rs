@@ -111,7 +111,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let (env, unset) = parse_env(&args.env)?;
     let limit = match timeout {
-        Some(t) => format!("--timeout {}", args.timeout.as_deref().unwrap_or_default()),
+        Some(_) => format!("--timeout {}", args.timeout.as_deref().unwrap_or_default()),
         None => format!(
             "[profiles.{}] job_timeout, {:?}",
             profile.name, profile.job_timeout
