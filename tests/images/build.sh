@@ -94,4 +94,5 @@ RUN ["/bin/mkdir", "-p", "/workspace"]
 RUN ["/bin/chown", "1000:1000", "/workspace"]
 USER 1000:1000
 WORKDIR /workspace
+LABEL io.warmpool.agent="1"
 ENTRYPOINT ["/usr/local/bin/warmpool-agent"]'

@@ -2,6 +2,8 @@
 //! each turning its arguments into calls on `warmpool-exec`.
 
 mod cmd;
+#[cfg(test)]
+mod help_test;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -13,7 +15,8 @@ pub const EXIT_WARMPOOL_FAILED: u8 = 125;
 #[command(
     name = "warmpool",
     version,
-    about = "Warm Docker containers for one-shot jobs: `docker run` semantics, millisecond starts"
+    about = "Warm Docker containers for one-shot jobs: `docker run` semantics, millisecond starts",
+    after_help = "Each command's --help lists the environment variables it reads."
 )]
 struct Cli {
     /// Log lines as text (for people and most collectors) or JSON (for machines).
@@ -32,24 +35,34 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API over the pools, with a durable job store.
+    #[command(after_help = cmd::env_help::SERVE)]
     Serve(cmd::serve::ServeArgs),
     /// Run one job in a fresh container of a profile, like `docker run --rm --init`.
+    #[command(after_help = cmd::env_help::RUN)]
     Run(cmd::run::RunArgs),
     /// Check the engine, each profile's image, and that the gate starts in it.
+    #[command(after_help = cmd::env_help::DOCTOR)]
     Doctor(cmd::doctor::DoctorArgs),
     /// Measure warm and cold starts against `docker exec` and `docker run`.
+    #[command(after_help = cmd::env_help::BENCH)]
     Bench(cmd::bench::BenchArgs),
     /// Simulate pool-sizing policies on synthetic scenarios or an arrival trace.
+    #[command(after_help = cmd::env_help::SIMULATE)]
     Simulate(cmd::simulate::SimulateArgs),
     /// Submit a job to `warmpool serve`; its output becomes ours, its exit code ours.
+    #[command(after_help = cmd::env_help::SUBMIT)]
     Submit(cmd::submit::SubmitArgs),
     /// List the jobs of `warmpool serve`, newest first.
+    #[command(after_help = cmd::env_help::CLIENT)]
     Jobs(cmd::jobs::JobsArgs),
     /// Print a job's output (--follow: as it is written, until the job ends).
+    #[command(after_help = cmd::env_help::CLIENT)]
     Logs(cmd::logs::LogsArgs),
     /// Show the pools of `warmpool serve`: levels, hit rate, claim times (--watch: redraw until Ctrl-C).
+    #[command(after_help = cmd::env_help::CLIENT)]
     Status(cmd::status::StatusArgs),
     /// Copy the embedded job store to a new file, online (the server may run).
+    #[command(after_help = cmd::env_help::BACKUP)]
     Backup(cmd::backup::BackupArgs),
 }
 

@@ -353,6 +353,20 @@ pub fn valid_instance_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// The default instance name: `base` (the hostname) and a short stable hash of
+/// the data directory's absolute path, `-` between; `base` is cut so the name
+/// stays a valid instance name (at most 63 characters).
+pub fn default_instance(base: &str, data_dir: &std::path::Path) -> String {
+    // FNV-1a: stable across builds and Rust versions (unlike `DefaultHasher`).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let base: String = base.chars().take(63 - 9).collect();
+    format!("{base}-{:08x}", hash as u32)
+}
+
 /// The machine's hostname: `/etc/hostname`, else `HOSTNAME`, trimmed; `None` when
 /// neither has one. The only I/O here besides reading the config file.
 pub fn host_name() -> Option<String> {
@@ -862,10 +876,11 @@ struct RawProfile {
     image: String,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    job_timeout: Option<ConfigDuration>,
-    kill_grace: Option<ConfigDuration>,
-    output_limit: Option<ConfigSize>,
-    memory: Option<ConfigSize>,
+    // Durations and sizes stay raw TOML too: a bad one is reported with its key.
+    job_timeout: Option<toml::Value>,
+    kill_grace: Option<toml::Value>,
+    output_limit: Option<toml::Value>,
+    memory: Option<toml::Value>,
     cpus: Option<f64>,
     pids_limit: Option<i64>,
     network: Option<String>,
@@ -942,23 +957,24 @@ impl RawProfile {
                 return Err(format!("key `pids_limit`: {p} must be positive"));
             }
         }
-        if let Some(m) = &self.memory {
+        let memory = typed::<ConfigSize>("memory", self.memory)?.map(|m| m.0);
+        if let Some(m) = memory {
             // The engine refuses anything under 6 MiB; say so now rather than at create.
-            if m.0 < 6 * 1024 * 1024 {
+            if m < 6 * 1024 * 1024 {
                 return Err(format!(
-                    "key `memory`: {} bytes is below the engine's minimum of 6m",
-                    m.0
+                    "key `memory`: {m} bytes is below the engine's minimum of 6m"
                 ));
             }
         }
-        let output_limit = self
-            .output_limit
-            .map(|s| s.0)
-            .unwrap_or(DEFAULT_OUTPUT_LIMIT);
+        let output_limit = typed::<ConfigSize>("output_limit", self.output_limit)?
+            .map_or(DEFAULT_OUTPUT_LIMIT, |s| s.0);
         if output_limit == 0 {
             return Err("key `output_limit`: must be above 0".into());
         }
-        let job_timeout = self.job_timeout.map(|d| d.0).unwrap_or(DEFAULT_JOB_TIMEOUT);
+        let job_timeout = typed::<ConfigDuration>("job_timeout", self.job_timeout)?
+            .map_or(DEFAULT_JOB_TIMEOUT, |d| d.0);
+        let kill_grace = typed::<ConfigDuration>("kill_grace", self.kill_grace)?
+            .map_or(DEFAULT_KILL_GRACE, |d| d.0);
         if job_timeout.is_zero() {
             return Err("key `job_timeout`: must be above 0".into());
         }
@@ -1042,9 +1058,9 @@ impl RawProfile {
             image: self.image,
             env,
             job_timeout,
-            kill_grace: self.kill_grace.map(|d| d.0).unwrap_or(DEFAULT_KILL_GRACE),
+            kill_grace,
             output_limit,
-            memory: self.memory.map(|m| m.0),
+            memory,
             cpus: self.cpus,
             pids_limit: self.pids_limit,
             network: self.network,
@@ -1358,7 +1374,27 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse_with_hostname(&text, host_name().as_deref())
+        let hostname = host_name();
+        let mut config = Config::parse_with_hostname(&text, hostname.as_deref())?;
+        // An unset instance is unique per data directory on this host, so two
+        // servers with their own data_dir never take each other's containers.
+        let instance_set = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|doc| doc.get("server")?.get("instance").cloned())
+            .is_some();
+        if !instance_set {
+            let data_dir = std::fs::canonicalize(&config.server.data_dir)
+                .ok()
+                .or_else(|| {
+                    std::env::current_dir()
+                        .ok()
+                        .map(|d| d.join(&config.server.data_dir))
+                })
+                .unwrap_or_else(|| config.server.data_dir.clone());
+            config.server.instance = default_instance(&config.server.instance, &data_dir);
+        }
+        Ok(config)
     }
 
     /// The profiles' names, for messages: "a, b, c".
@@ -2075,5 +2111,57 @@ mod tests {
         assert!(c.profiles.values().all(|p| !p.retry_interrupted));
         let c = Config::parse(&format!("{ONE_PROFILE}\nretry_interrupted = true")).unwrap();
         assert!(c.profiles.values().all(|p| p.retry_interrupted));
+    }
+
+    #[test]
+    fn default_instance_is_unique_per_data_dir_and_valid() {
+        let a = default_instance("build-07", std::path::Path::new("/srv/a/.warmpool"));
+        let b = default_instance("build-07", std::path::Path::new("/srv/b/.warmpool"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("build-07-"), "{a}");
+        assert_eq!(
+            a,
+            default_instance("build-07", std::path::Path::new("/srv/a/.warmpool"))
+        );
+        let long = default_instance(&"h".repeat(63), std::path::Path::new("/d"));
+        assert!(
+            valid_instance_name(&long) && valid_instance_name(&a),
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn every_duration_and_size_error_names_its_key() {
+        for (key, value) in [
+            ("job_timeout", "\"5 parsecs\""),
+            ("kill_grace", "\"-1s\""),
+            ("max_wait", "\"soon\""),
+            ("max_age", "true"),
+            ("idle_ttl", "\"1y\""),
+            ("output_limit", "\"lots\""),
+            ("memory", "\"2q\""),
+        ] {
+            let text = format!("[profiles.x]\nimage = \"i\"\n{key} = {value}\n");
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("profile \"x\": key `{key}`: ")
+                    || e.contains(&format!("key `{key}`")),
+                "{key}: {e}"
+            );
+            assert!(e.contains(&format!("key `{key}`")), "{key}: {e}");
+        }
+        for (section, key) in [
+            ("server", "shutdown_grace"),
+            ("server", "retention"),
+            ("cluster", "node_timeout"),
+            ("cluster", "heartbeat"),
+        ] {
+            let text = format!("[{section}]\n{key} = \"5 parsecs\"\n[profiles.x]\nimage = \"i\"\n");
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("[{section}] key `{key}`")),
+                "{key}: {e}"
+            );
+        }
     }
 }

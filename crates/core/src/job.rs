@@ -18,6 +18,9 @@ pub struct ImageConfig {
     pub env: Vec<String>,
     pub workdir: String,
     pub user: String,
+    /// The image's labels (`LABEL` in a Dockerfile): `doctor` reads what the
+    /// image says it is (e.g. `io.warmpool.agent`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One job: what differs from one run of a profile to the next.
@@ -173,6 +176,7 @@ mod tests {
             env: vec!["PATH=/bin".into(), "LANG=C".into()],
             workdir: "/srv".into(),
             user: "".into(),
+            ..Default::default()
         }
     }
 

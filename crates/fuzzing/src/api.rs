@@ -54,6 +54,7 @@ fn image() -> ImageConfig {
         env: vec!["PATH=/bin".into(), "HOME=/root".into()],
         workdir: "/".into(),
         user: String::new(),
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,8 @@
 //! All the pools of one config, owned by one instance: started together after
 //! sweeping what a previous life of the same instance left, stopped together.
+//! The instance is taken (see [`crate::owner`]) before anything is swept.
 
+use crate::owner::{OwnerError, Ownership};
 use crate::pool::{sweep, Pool};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use warmpool_runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolsError {
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
     #[error("removing the leftovers of instance \"{instance}\" failed: {source}")]
     Sweep {
         instance: String,
@@ -26,6 +30,7 @@ pub struct Pools {
     pools: BTreeMap<String, Pool>,
     executor: Executor,
     instance: String,
+    ownership: Ownership,
     /// Containers of an earlier life of this instance removed at start.
     pub swept: usize,
 }
@@ -37,18 +42,30 @@ impl Pools {
     pub async fn start(config: &Config, executor: Executor) -> Result<Pools, PoolsError> {
         let instance = config.server.instance.clone();
         let runtime: Arc<dyn Runtime> = executor.runtime().clone();
-        let swept = sweep(&runtime, &instance)
-            .await
-            .map_err(|source| PoolsError::Sweep {
-                instance: instance.clone(),
-                source,
-            })?;
+        let ownership =
+            Ownership::claim(runtime.clone(), &instance, &config.server.data_dir).await?;
+        let swept = match sweep(&runtime, &instance).await {
+            Ok(n) => n,
+            Err(source) => {
+                ownership.release().await;
+                return Err(PoolsError::Sweep {
+                    instance: instance.clone(),
+                    source,
+                });
+            }
+        };
         if swept > 0 {
             tracing::info!(%instance, swept, "removed containers an earlier run of this instance left");
         }
         let mut resolved = Vec::new();
         for profile in config.profiles.values() {
-            resolved.push(executor.resolve(profile).await?);
+            match executor.resolve(profile).await {
+                Ok(r) => resolved.push(r),
+                Err(e) => {
+                    ownership.release().await;
+                    return Err(e.into());
+                }
+            }
         }
         let pools = resolved
             .into_iter()
@@ -61,6 +78,7 @@ impl Pools {
             pools,
             executor,
             instance,
+            ownership,
             swept,
         })
     }
@@ -75,6 +93,11 @@ impl Pools {
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// This instance's hold on its name (whom it took over from, if anyone).
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
     }
 
     /// The engine the pools run on.
@@ -98,5 +121,6 @@ impl Pools {
         if let Err(e) = sweep(&runtime, &self.instance).await {
             tracing::warn!(instance = %self.instance, error = %e, "the last sweep failed");
         }
+        self.ownership.release().await;
     }
 }

@@ -14,7 +14,7 @@ mod translate;
 
 use crate::{
     Attachment, ContainerInfo, ContainerSpec, ContainerState, EngineEvent, EngineInfo, EventStream,
-    ImageConfig, Output, Runtime, RuntimeError, Signal,
+    ImageConfig, Marker, Output, Runtime, RuntimeError, Signal,
 };
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
@@ -298,6 +298,7 @@ impl Runtime for DockerRuntime {
                     env: c.env.unwrap_or_default(),
                     workdir: c.working_dir.unwrap_or_default(),
                     user: c.user.unwrap_or_default(),
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
                 }))
             }
             Err(BollardError::DockerResponseServerError {
@@ -502,6 +503,42 @@ impl Runtime for DockerRuntime {
                 Ok(())
             }
             Err(e) => Err(self.err("remove the container", e)),
+        }
+    }
+
+    async fn mark(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<Marker, RuntimeError> {
+        // Docker's volume create returns the existing volume (with its own labels)
+        // when the name is taken: the compare-and-set a marker needs.
+        let volume = self
+            .docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.err(&format!("create the marker volume {name}"), e))?;
+        Ok(Marker {
+            labels: volume.labels,
+            created: volume.created_at.unwrap_or_default(),
+        })
+    }
+
+    async fn unmark(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.err(&format!("remove the marker volume {name}"), e)),
         }
     }
 

@@ -147,4 +147,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// one from just before the call may come too, and an event may come twice).
     /// The stream ends or errors when the connection does; callers resubscribe.
     async fn events(&self, labels: &[(&str, &str)]) -> Result<EventStream, RuntimeError>;
+    /// Put a marker named `name` carrying `labels` on the engine, unless one of
+    /// that name exists: either way, the marker now under that name (an atomic
+    /// "create if absent": the engine decides which of two callers got there
+    /// first). A marker holds no data and runs nothing (a labelled volume).
+    async fn mark(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<Marker, RuntimeError>;
+    /// Remove the marker `name`; a missing one is not an error.
+    async fn unmark(&self, name: &str) -> Result<(), RuntimeError>;
+}
+
+/// A marker on the engine (see [`Runtime::mark`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub labels: HashMap<String, String>,
+    /// When the engine made it, as the engine writes it (RFC 3339).
+    pub created: String,
 }

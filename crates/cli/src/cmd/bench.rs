@@ -16,8 +16,10 @@ use warmpool_runtime::baseline;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// The config file (TOML) with the profile.
     #[arg(long, short = 'c')]
     config: PathBuf,
+    /// The profile to measure.
     #[arg(long, short = 'p')]
     profile: String,
     /// Jobs per mode.
@@ -686,14 +688,19 @@ async fn measure(
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_table(&report);
+        print_table(&report, &args.args);
     }
     Ok(0)
 }
 
-fn print_table(r: &Report) {
+fn print_table(r: &Report, job_args: &[String]) {
+    let argv = if job_args.is_empty() {
+        "job argv from the image".to_string()
+    } else {
+        format!("job args {job_args:?}")
+    };
     println!(
-        "warmpool bench: profile {} (image {}), {} jobs per mode, job argv from the image",
+        "warmpool bench: profile {} (image {}), {} jobs per mode, {argv}",
         r.profile, r.image, r.jobs
     );
     println!();

@@ -1,10 +1,14 @@
 //! `warmpool doctor`: is everything in place for each profile? Says what is wrong
-//! and how to fix it.
+//! and how to fix it: the config, the instance and its data directory, the
+//! secrets the config needs, the engine (and access to its socket), each
+//! profile's image (the bot's must be a warmpool agent image) and its gate.
 
+use super::doctor_host::{self, AGENT_LABEL};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct DoctorArgs {
+    /// The config file to check (TOML).
     #[arg(long, short = 'c')]
     config: PathBuf,
 }
@@ -24,6 +28,28 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             return Ok(1);
         }
     };
+    let mut failed = 0;
+    println!(
+        "ok    instance {} (data_dir {})",
+        config.server.instance,
+        config.server.data_dir.display()
+    );
+    match doctor_host::data_dir_writable(&config.server.data_dir) {
+        Ok(line) => println!("ok    {line}"),
+        Err(e) => {
+            println!("FAIL  {e}");
+            failed += 1;
+        }
+    }
+    for (name, needed_for) in secrets_needed(&config) {
+        match doctor_host::secret(&name, &needed_for) {
+            Ok(line) => println!("ok    {line}"),
+            Err(e) => {
+                println!("FAIL  {e}");
+                failed += 1;
+            }
+        }
+    }
     let (runtime, executor) = match super::connect(&config) {
         Ok(pair) => pair,
         Err(e) => {
@@ -32,7 +58,6 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             return Ok(1);
         }
     };
-    let mut failed = 0;
     match warmpool_runtime::Runtime::info(runtime.as_ref()).await {
         Ok(info) => {
             let api_ok = info.too_old.is_none();
@@ -60,6 +85,10 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             }
         }
         Err(e) => {
+            if let Some(denied) = doctor_host::socket_denied(runtime.endpoint()) {
+                println!("FAIL  engine: {denied}");
+                return Ok(1);
+            }
             println!("FAIL  engine: {e}");
             println!("      start it (`sudo systemctl start docker` or `sudo dockerd &`), or set DOCKER_HOST / [engine] host");
             return Ok(1);
@@ -74,6 +103,20 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
                 continue;
             }
         };
+        let bot_profile = config.github.as_ref().map(|g| g.profile.as_str());
+        if bot_profile == Some(name.as_str())
+            && resolved.image.labels.get(AGENT_LABEL).map(String::as_str) != Some("1")
+        {
+            println!(
+                "FAIL  profile {name}: image {} is not a warmpool agent image (no label {AGENT_LABEL}=1), \
+                 so the [github] bot cannot run in it (an image of another project under the same tag, \
+                 such as claude-hub's claudecode:latest, has another contract); build images/claude-code \
+                 (`docker build -t warmpool-agent:latest images/claude-code`) and set image = \"warmpool-agent:latest\"",
+                profile.image
+            );
+            failed += 1;
+            continue;
+        }
         let image_id = resolved.image.id.clone();
         match executor.park(resolved).await {
             Ok(parked) => {
@@ -94,4 +137,30 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     }
     executor.drain().await;
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// The secrets the config needs from warmpool's environment, with what for:
+/// the bot's (when `[github]` is set) and every profile's `secret_env`.
+fn secrets_needed(config: &warmpool_core::Config) -> Vec<(String, String)> {
+    let mut needed: Vec<(String, String)> = Vec::new();
+    let mut add = |name: &str, what: String| match needed.iter_mut().find(|(n, _)| n == name) {
+        Some((_, w)) => {
+            w.push_str(", ");
+            w.push_str(&what);
+        }
+        None => needed.push((name.to_string(), what)),
+    };
+    if config.github.is_some() {
+        add(
+            "GITHUB_WEBHOOK_SECRET",
+            "[github] webhook signatures".into(),
+        );
+        add("GITHUB_TOKEN", "[github] API calls".into());
+    }
+    for (name, profile) in &config.profiles {
+        for secret in &profile.secret_env {
+            add(secret, format!("secret_env of profile {name}"));
+        }
+    }
+    needed
 }

@@ -9,6 +9,8 @@ pub mod bench_queue;
 pub mod bench_throughput;
 pub mod client;
 pub mod doctor;
+pub mod doctor_host;
+pub mod env_help;
 pub mod jobs;
 pub mod logs;
 pub mod run;

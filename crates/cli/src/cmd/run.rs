@@ -110,6 +110,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         None
     };
     let (env, unset) = parse_env(&args.env)?;
+    let limit = match timeout {
+        Some(_) => format!("--timeout {}", args.timeout.as_deref().unwrap_or_default()),
+        None => format!(
+            "[profiles.{}] job_timeout, {:?}",
+            profile.name, profile.job_timeout
+        ),
+    };
     let job = Job {
         args: args.args,
         env,
@@ -179,9 +186,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         if let Some(lost) = &outcome.lost {
             eprintln!("warmpool: {lost}");
         }
-        if outcome.timed_out {
-            eprintln!("warmpool: the job timed out and was stopped");
-        }
+    }
+    // Never silent: an exit of 143 (or 137) alone does not say who stopped the job.
+    if outcome.timed_out {
+        eprintln!("warmpool: the job ran past its timeout ({limit}) and was stopped");
     }
     Ok(outcome.exit_code().clamp(0, 255) as u8)
 }

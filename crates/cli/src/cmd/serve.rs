@@ -13,6 +13,7 @@ use warmpool_server::Service;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    /// The config file (TOML): [server], [store], [cluster], [github], profiles.
     #[arg(long, short = 'c')]
     config: PathBuf,
 }

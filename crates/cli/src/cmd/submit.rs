@@ -135,6 +135,19 @@ async fn cancel(client: &Client, id: &str) {
 /// own code, 128+N for death by signal N, [`EXIT_TIMED_OUT`] for a timeout with
 /// neither; else 125 and why, to print.
 pub fn exit_status(job: &JobView) -> (u8, Option<String>) {
+    // Never silent about a timeout: 143 alone does not say who stopped the job.
+    if job.state == "timed_out" {
+        let code = match (job.exit_code, job.signal) {
+            (Some(code), _) => code.clamp(0, 255) as u8,
+            (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+            (None, None) => EXIT_TIMED_OUT,
+        };
+        let why = format!(
+            "job {} ran past its timeout (the profile's job_timeout, or --timeout) and was stopped",
+            job.id
+        );
+        return (code, Some(why));
+    }
     if let Some(code) = job.exit_code {
         return (code.clamp(0, 255) as u8, None);
     }
@@ -143,7 +156,6 @@ pub fn exit_status(job: &JobView) -> (u8, Option<String>) {
     }
     match job.state.as_str() {
         "succeeded" => (0, None),
-        "timed_out" => (EXIT_TIMED_OUT, None),
         state => {
             let why = match &job.error {
                 Some(e) => format!("job {} {}: {e}", job.id, state_words(state)),
@@ -212,17 +224,21 @@ mod tests {
             exit_status(&job("failed", None, Some(9), None)),
             (137, None)
         );
+        let timed_out = Some(
+            "job j-1 ran past its timeout (the profile's job_timeout, or --timeout) and was stopped"
+                .to_string(),
+        );
         assert_eq!(
             exit_status(&job("timed_out", None, Some(15), None)),
-            (143, None)
+            (143, timed_out.clone())
         );
         assert_eq!(
             exit_status(&job("timed_out", Some(3), None, None)),
-            (3, None)
+            (3, timed_out.clone())
         );
         assert_eq!(
             exit_status(&job("timed_out", None, None, None)),
-            (124, None)
+            (124, timed_out)
         );
         assert_eq!(exit_status(&job("failed", Some(300), None, None)).0, 255);
     }

@@ -216,6 +216,15 @@ impl Drop for Server {
             let _ = c.wait();
         }
         drop(CleanupGuard(self.label.clone()));
+        // A killed server leaves its instance's marker (see warmpool_pool::owner).
+        let _ = Command::new("docker")
+            .args([
+                "volume",
+                "rm",
+                "-f",
+                &format!("warmpool-owner-{}", self.instance),
+            ])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
