@@ -4,6 +4,7 @@
 //! comment. The decisions live in `warmpool-github`; this module only wires them.
 
 use crate::lock;
+use crate::mirror::{Mirrors, PersonalToken};
 use crate::service::{read_secret, Front, JobHooks, Service};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
-use warmpool_core::config::GithubConfig;
+use warmpool_core::config::{GithubConfig, MIRROR_MOUNT};
 use warmpool_github::signature::Verifier;
 use warmpool_github::{
     answer_comment, authorized, failure_comment, unauthorized_comment, BotName, Event, Failure,
@@ -44,6 +45,9 @@ pub struct GithubBot {
     /// Refusals posted to unauthorized users, at most one per user and issue
     /// per hour; this node's own (in a cluster, each node keeps its own).
     refusals: Mutex<RefusalLimit>,
+    /// Warm repository mirrors (`[github] mirror_dir`); their refresh loop
+    /// stops with the bot.
+    mirrors: Option<(Arc<Mirrors>, tokio_util::sync::DropGuard)>,
 }
 
 impl GithubBot {
@@ -57,6 +61,21 @@ impl GithubBot {
         let bot = BotName::new(&config.bot_username).map_err(|e| e.to_string())?;
         let api =
             GitHubClient::with_base_url(&config.api_url, &token).map_err(|e| e.to_string())?;
+        let mirrors = match &config.mirror_dir {
+            Some(dir) => {
+                let m = Mirrors::open(
+                    std::path::Path::new(dir),
+                    &config.git_url,
+                    config.mirror_refresh,
+                    Arc::new(PersonalToken(token.clone())),
+                )
+                .map_err(|e| e.to_string())?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                m.keep_fresh(stop.clone());
+                Some((m, stop.drop_guard()))
+            }
+            None => None,
+        };
         Ok(Arc::new(GithubBot {
             config,
             bot,
@@ -66,6 +85,7 @@ impl GithubBot {
             jobs: Mutex::new(HashMap::new()),
             bodies: Default::default(),
             refusals: Mutex::new(RefusalLimit::default()),
+            mirrors,
         }))
     }
 
@@ -241,6 +261,14 @@ impl JobHooks for GithubBot {
             (None, false) => String::new(),
         };
         front.env.push(("BRANCH_NAME".to_string(), branch));
+        if let (Some((mirrors, _)), Ok(repo)) = (&self.mirrors, RepoName::parse(&meta.repo)) {
+            if mirrors.has(&repo) {
+                front.env.push((
+                    "REPO_MIRROR".to_string(),
+                    format!("{MIRROR_MOUNT}/{}/{}.git", repo.owner(), repo.name()),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -248,6 +276,10 @@ impl JobHooks for GithubBot {
         let Some((delivery, meta)) = self.delivery_of(job_id).await else {
             return;
         };
+        if let (Some((mirrors, _)), Ok(repo)) = (&self.mirrors, RepoName::parse(&meta.repo)) {
+            // In the background: the answer does not wait for it.
+            mirrors.request(&repo);
+        }
         let Some(svc) = self.svc.upgrade() else {
             return;
         };

@@ -13,6 +13,7 @@
 //! - [`http`]: the routes (axum), auth, errors as `{"error": ...}`.
 //! - [`metrics`]: Prometheus text.
 //! - [`github`]: the @mention bot's webhook, on top of the same service.
+//! - [`mirror`]: the bot's warm repository mirrors, kept in the background.
 //! - [`openapi`]: the API described, served at `/v1/openapi.json`.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start the
@@ -24,6 +25,7 @@ pub mod github;
 pub mod http;
 mod live;
 pub mod metrics;
+pub mod mirror;
 mod node;
 pub mod openapi;
 pub mod ready;
