@@ -352,6 +352,13 @@ fn the_first_job_clones_in_full_then_jobs_borrow_from_the_mirror() {
     );
     assert_eq!(second.get("token-in-git-dir"), "0");
     assert_eq!(second.get("token-in-mirror"), "0");
+    assert!(
+        first.get("mirrors-mount").starts_with("ro,")
+            && second.get("mirrors-mount").starts_with("ro,"),
+        "mirror_dir is mounted read-only in every job: {} / {}",
+        first.get("mirrors-mount"),
+        second.get("mirrors-mount")
+    );
     let small = s.served_pack_bytes();
     assert!(
         small < 1 << 20,

@@ -11,6 +11,7 @@
 #     origin: <remote.origin.url>
 #     token-in-git-dir: <n>        files under .git holding GITHUB_TOKEN (0)
 #     token-in-mirror: <n>         files in REPO_MIRROR holding it, when there is one (0)
+#     mirrors-mount: <options>     /warmpool/mirrors in /proc/mounts ("ro,...")
 # Exit 3: the clone failed.
 set -eu
 . /usr/local/lib/warmpool/clone.sh
@@ -24,6 +25,8 @@ if [ -z "$(git status --porcelain)" ]; then echo "tree: clean"; else echo "tree:
 echo "alternates: $(cat .git/objects/info/alternates 2>/dev/null || echo none)"
 echo "origin: $(git config --get remote.origin.url)"
 echo "token-in-git-dir: $(grep -rlF -- "$GITHUB_TOKEN" .git 2>/dev/null | wc -l)"
+# The mirrors' mount as the kernel has it: "ro,..." (read-only).
+echo "mirrors-mount: $(awk '$2 == "/warmpool/mirrors" {print $4}' /proc/mounts)"
 if [ -n "${REPO_MIRROR:-}" ] && [ -d "$REPO_MIRROR" ]; then
   echo "token-in-mirror: $(grep -rlF -- "$GITHUB_TOKEN" "$REPO_MIRROR" 2>/dev/null | wc -l)"
 fi
