@@ -426,3 +426,87 @@ fn the_git_server_demands_the_token() {
         "{r:?}"
     );
 }
+
+/// The bench (tests/bench/mirror-clone.sh): time from hand-over to a
+/// checked-out working tree of the generated repository, through warmpool (a
+/// job on a parked container running clone.sh), without and with the
+/// mirror, alternated; medians and their ratio. Not a test: it asserts only
+/// that each clone is right.
+#[test]
+#[ignore]
+fn bench_mirror_clone() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let s = setup();
+    let head = git(&s.served, &["rev-parse", "HEAD"]);
+    // The first mention makes the mirror (and warms the engine's caches).
+    let _ = s.mention_job("d-bench");
+    s.wait_mirror_at(&head);
+    let job = |mirror: bool| -> f64 {
+        let pools = || json(&s.bot.server.get("/v1/pools").1);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // Hand-over to a parked container, as a mention's job gets.
+        while !pools().as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["profile"] == "agent" && p["idle"].as_u64() >= Some(1))
+        }) {
+            assert!(Instant::now() < deadline, "no parked container");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let env = if mirror {
+            format!(r#""REPO_MIRROR":"{MOUNT}/{REPO}.git","#)
+        } else {
+            String::new()
+        };
+        let (code, resp) = s.bot.server.post(
+            "/v1/jobs?wait=true",
+            &format!(
+                r#"{{"profile":"agent","env":{{{env}"REPO_FULL_NAME":"{REPO}","CLONE_ONLY":"1"}}}}"#
+            ),
+        );
+        assert_eq!(code, 200, "{resp}");
+        let v = json(&resp);
+        assert_eq!(v["state"], "succeeded", "{v}");
+        let out = v["stdout"].as_str().unwrap_or_default();
+        assert!(out.contains(&format!("head: {head}")), "{v}");
+        seconds_between(&v["started_at"], &v["finished_at"])
+    };
+    let (mut plain, mut warm) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        // Alternated, starting with either, so drift hits both alike.
+        let order = if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for mirror in order {
+            let t = job(mirror);
+            println!(
+                "run {i}: {} {t:.3} s",
+                if mirror { "mirror" } else { "plain " }
+            );
+            if mirror {
+                warm.push(t)
+            } else {
+                plain.push(t)
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (p, w) = (median(&mut plain), median(&mut warm));
+    let size = git(&s.served, &["count-objects", "-vH"]);
+    let pack = size
+        .lines()
+        .find(|l| l.starts_with("size-pack"))
+        .unwrap_or("");
+    println!(
+        "hand-over to checked-out tree, {REPO} ({pack}), median of {runs}: \
+         without the mirror {p:.3} s, with it {w:.3} s: {:.1}x (goal >= 5x)",
+        p / w
+    );
+}

@@ -3,7 +3,7 @@
 # clone step of images/claude-code with its very code (clone.sh), no Claude.
 #
 # In: REPO_FULL_NAME, GITHUB_SERVER_URL, GITHUB_TOKEN; REPO_MIRROR (optional,
-#     as warmpool sets it).
+#     as warmpool sets it); CLONE_ONLY=1 (the bench): print head and stop.
 # Out (stdout), after a clone in a fresh directory under /tmp:
 #     head: <sha of HEAD>          the working tree's commit
 #     tree: clean|dirty            git status of the checked-out tree
@@ -21,6 +21,7 @@ dir=$(mktemp -d /tmp/job.XXXXXX)/repo
 clone_repo "$server/$REPO_FULL_NAME.git" "$dir" || { echo "clone failed" >&2; exit 3; }
 cd "$dir"
 echo "head: $(git rev-parse HEAD)"
+if [ "${CLONE_ONLY:-}" = 1 ]; then exit 0; fi
 if [ -z "$(git status --porcelain)" ]; then echo "tree: clean"; else echo "tree: dirty"; fi
 echo "alternates: $(cat .git/objects/info/alternates 2>/dev/null || echo none)"
 echo "origin: $(git config --get remote.origin.url)"
