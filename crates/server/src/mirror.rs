@@ -103,10 +103,19 @@ impl Mirrors {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        // Leftovers of a run that died mid-clone.
-        let tmp = dir.join(TMP_DIR);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io)?;
+        // Leftovers of a run that died mid-clone: older than any live clone
+        // can be (another process sharing the directory may be making one).
+        if let Ok(entries) = std::fs::read_dir(dir.join(TMP_DIR)) {
+            for e in entries.flatten() {
+                let age = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                if age.is_some_and(|a| a > GIT_TIMEOUT) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
         let mut slots = HashMap::new();
         for repo in existing(dir) {
@@ -259,7 +268,16 @@ impl Mirrors {
             }
             let owner = path.parent().unwrap_or(&self.dir);
             std::fs::create_dir_all(owner).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)
+            match std::fs::rename(&tmp, &path) {
+                Ok(()) => Ok(()),
+                // Made meanwhile by another process sharing the directory:
+                // that one stays (readers may be using it), this one goes.
+                Err(_) if self.has(repo) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    Ok(())
+                }
+                Err(e) => Err(io(e)),
+            }
         }
         .await;
         if made.is_err() {
@@ -402,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn existing_mirrors_are_found_and_temporaries_dropped() {
+    fn existing_mirrors_are_found_and_fresh_temporaries_kept() {
         let dir = std::env::temp_dir().join(format!(
             "warmpool-mirror-unit-{}",
             warmpool_core::labels::unique_suffix()
@@ -410,6 +428,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("octo/hello.git")).expect("mkdir");
         std::fs::write(dir.join("octo/hello.git/HEAD"), "ref: refs/heads/main\n").expect("HEAD");
         std::fs::create_dir_all(dir.join("octo/half.git")).expect("mkdir");
+        // A fresh temporary clone may be another process's: it stays.
         std::fs::create_dir_all(dir.join(TMP_DIR).join("octo+x.1")).expect("mkdir");
         let m = Mirrors::open(
             &dir,
@@ -420,7 +439,7 @@ mod tests {
         .expect("open");
         let known: Vec<_> = lock(&m.slots).keys().cloned().collect();
         assert_eq!(known, vec![RepoName::parse("octo/hello").expect("name")]);
-        assert!(!dir.join(TMP_DIR).exists());
+        assert!(dir.join(TMP_DIR).join("octo+x.1").exists());
         let _ = std::fs::remove_dir_all(dir);
     }
 
