@@ -2094,4 +2094,23 @@ mod tests {
             "http://127.0.0.1:9000"
         );
     }
+
+    #[test]
+    fn a_mounts_host_path_must_exist_but_the_mirrors_need_not_yet() {
+        let c = Config::parse(&format!(
+            "{ONE_PROFILE}mounts = [\"/nonexistent-warmpool-path:/data:ro\"]\n"
+        ))
+        .unwrap();
+        let e = c.check_mount_sources().unwrap_err().to_string();
+        assert!(
+            e.contains("mounts") && e.contains("/nonexistent-warmpool-path") && e.contains("echo"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().display().to_string();
+        let ok = Config::parse(&format!(
+            "{ONE_PROFILE}mounts = [\"{dir}:/data:ro\"]\n[github]\nbot_username = \"b\"\nprofile = \"echo\"\nmirror_dir = \"/nonexistent-warmpool-mirrors\"\n"
+        ))
+        .unwrap();
+        ok.check_mount_sources().unwrap();
+    }
 }
