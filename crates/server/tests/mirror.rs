@@ -175,6 +175,34 @@ async fn readers_always_see_a_whole_mirror_while_it_is_updated() {
         })
     };
 
+    // Every process's argv, sampled while git runs: the token is in none.
+    let (argv_seen, argv_leaks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sampler = {
+        let (stop, seen, leaks, token) = (
+            stop.clone(),
+            argv_seen.clone(),
+            argv_leaks.clone(),
+            token.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(argv) = std::fs::read(p.path().join("cmdline")) else {
+                        continue;
+                    };
+                    let argv = String::from_utf8_lossy(&argv);
+                    if argv.starts_with("git") || argv.contains("/git\0") {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if argv.contains(&token) {
+                        leaks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
     // Updates while readers clone: each new commit asked for twice (the
     // second request coalesces into the running update or follows it).
     let rounds = 12;
@@ -195,12 +223,27 @@ async fn readers_always_see_a_whole_mirror_while_it_is_updated() {
     });
     stop.store(true, Ordering::Relaxed);
     reader.join().expect("reader");
+    sampler.join().expect("sampler");
     // Let the coalesced updates settle before counting them.
     let stats = mirrors.stats();
     println!(
         "{rounds} updates under readers: {} whole clones, {} broken; keeper: {stats:?}",
         clones.load(Ordering::Relaxed),
         broken.load(Ordering::Relaxed)
+    );
+    println!(
+        "argv of git processes sampled {} times, the token in {}",
+        argv_seen.load(Ordering::Relaxed),
+        argv_leaks.load(Ordering::Relaxed)
+    );
+    assert!(
+        argv_seen.load(Ordering::Relaxed) > 0,
+        "no git process was sampled"
+    );
+    assert_eq!(
+        argv_leaks.load(Ordering::Relaxed),
+        0,
+        "the token in an argv"
     );
     assert_eq!(
         broken.load(Ordering::Relaxed),
