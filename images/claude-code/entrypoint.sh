@@ -29,6 +29,9 @@
 #   CLAUDE_EXTRA_TOOLS more allowed tools, comma-separated: "Bash(cargo test:*),WebFetch"
 #   CLAUDE_MAX_TURNS   passed as --max-turns
 #   ANTHROPIC_MODEL    read by Claude Code itself
+# From warmpool, with [github] mirror_dir:
+#   REPO_MIRROR        a read-only bare mirror of the repository: the clone
+#                      borrows its objects and fetches only what is newer
 #
 # Exit codes: 0 answered; 2 a variable is missing or malformed; 3 the clone
 # failed; 4 the branch could not be checked out; 5 Claude printed no answer;
@@ -38,6 +41,9 @@
 set -euo pipefail
 
 prog=warmpool-agent
+# git_credentials and clone_repo, shared with the test image (clone.sh).
+# shellcheck source=clone.sh
+. "${WARMPOOL_CLONE_SH:-/usr/local/lib/warmpool/clone.sh}"
 note() { printf '%s: %s\n' "$prog" "$*" >&2; }
 die() {
   local code=$1
@@ -202,16 +208,9 @@ main() {
   local server=${GITHUB_SERVER_URL:-https://github.com}
   server=${server%/}
   local url="$server/$REPO_FULL_NAME.git"
-  # git reads GIT_CONFIG_COUNT/KEY_n/VALUE_n as if from a config file. The
-  # helper's text names $GITHUB_TOKEN; sh expands it when git asks for a
-  # password, so the value is never in git's config, a URL or an argv.
-  # `credential.helper=` first drops any helper configured elsewhere.
-  export GIT_CONFIG_COUNT=2
-  export GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0=
-  export GIT_CONFIG_KEY_1="credential.$server.helper"
-  # shellcheck disable=SC2016 # expanded by git's sh when it runs the helper
-  export GIT_CONFIG_VALUE_1='!f() { test "$1" = get || return 0; echo username=x-access-token; echo "password=${GITHUB_TOKEN}"; }; f'
-  export GIT_TERMINAL_PROMPT=0
+  # A credential helper reading GITHUB_TOKEN when git asks (clone.sh): the
+  # value is never in git's config, a URL or an argv.
+  git_credentials "$server"
   # gh reads GITHUB_TOKEN (github.com) or GH_ENTERPRISE_TOKEN (GH_HOST) itself.
   local host=${server#*://}
   if [ "$host" != github.com ] && [[ $server == http* ]]; then
@@ -229,8 +228,9 @@ main() {
   job=$(mktemp -d "$base/job.XXXXXX")
   dir="$job/${REPO_FULL_NAME#*/}"
   note "cloning $url"
-  # Blobless: the whole history, file contents fetched as they are needed.
-  git clone --quiet --filter=blob:none "$url" "$dir" >&2 ||
+  # With REPO_MIRROR, objects come from the warm mirror and only what is newer
+  # from GitHub; else a plain clone (clone.sh).
+  clone_repo "$url" "$dir" ||
     die 3 "cannot clone $url (does GITHUB_TOKEN have read access to $REPO_FULL_NAME?)"
   cd "$dir"
 

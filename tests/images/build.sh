@@ -6,7 +6,10 @@
 #   warmpool-test/user      busybox with USER 1000:1000, WORKDIR and ENV
 #   warmpool-test/noshell   nothing but a static test program (no shell at all)
 #   warmpool-test/suid      busybox, USER 1000, a setuid-root jobtool-suid
-# Needs: docker, rustc, and a static busybox (Debian: busybox-static, installed
+#   warmpool-test/agent     the stand-in for images/claude-code (busybox sh)
+#   warmpool-test/git       busybox, the host's git (http only) and the agent's
+#                           clone.sh: the clone step of images/claude-code
+# Needs: docker, rustc, git, and a static busybox (Debian: busybox-static, installed
 # here when missing and we are root). Idempotent; the engine's cache makes reruns cheap.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -96,3 +99,39 @@ USER 1000:1000
 WORKDIR /workspace
 LABEL io.warmpool.agent="1"
 ENTRYPOINT ["/usr/local/bin/warmpool-agent"]'
+
+# warmpool-test/git: git from this machine (the binary, git-remote-http for
+# http(s) remotes and the shared libraries ldd names), busybox for sh and the
+# rest, images/claude-code/clone.sh and an entrypoint that clones with it.
+command -v git >/dev/null 2>&1 || bash "$here/../need.sh" git
+GIT="$(command -v git || true)"
+if [ -z "$GIT" ]; then
+  echo "build.sh: need git for warmpool-test/git: apt-get install git" >&2
+  exit 1
+fi
+exec_path="$("$GIT" --exec-path)"
+mkdir -p "$ctx/git/usr/local/lib/warmpool" "$ctx/git/$exec_path" "$ctx/git/usr/bin" \
+  "$ctx/git/usr/share/git-core/templates" "$ctx/git/usr/local/share/git-core/templates"
+cp "$GIT" "$ctx/git/usr/bin/git"
+ln -sf /usr/bin/git "$ctx/git/$exec_path/git"
+for helper in git-remote-http; do
+  cp "$exec_path/$helper" "$ctx/git/$exec_path/$helper"
+done
+ln -sf git-remote-http "$ctx/git/$exec_path/git-remote-https"
+for bin in "$GIT" "$exec_path/git-remote-http"; do
+  for lib in $(ldd "$bin" | awk '/=> \// {print $3} $1 ~ /^\// {print $1}'); do
+    mkdir -p "$ctx/git$(dirname "$lib")"
+    cp -L "$lib" "$ctx/git$lib"
+  done
+done
+cp "$here/../../images/claude-code/clone.sh" "$ctx/git/usr/local/lib/warmpool/clone.sh"
+mkdir -p "$ctx/git/usr/local/bin"
+cp "$here/git-standin/entrypoint.sh" "$ctx/git/usr/local/bin/warmpool-git-clone"
+chmod 0755 "$ctx/git/usr/local/bin/warmpool-git-clone"
+build git 'FROM warmpool-test/busybox:latest
+COPY git/ /
+RUN ["/bin/mkdir", "-p", "/workspace"]
+RUN ["/bin/chown", "1000:1000", "/workspace"]
+USER 1000:1000
+WORKDIR /workspace
+ENTRYPOINT ["/usr/local/bin/warmpool-git-clone"]'

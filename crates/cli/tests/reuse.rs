@@ -188,3 +188,54 @@ fn a_reset_that_cannot_be_completed_removes_the_container() {
     );
     assert!(!out.contains("rootsleep"), "{out}");
 }
+
+#[test]
+fn a_read_only_bind_mount_is_kept_across_resets() {
+    // The gate's reset skips read-only mounts (it refuses unknown writable
+    // ones): a profile's `mounts` do not stop a container from being reused.
+    let host = std::env::temp_dir().join(unique("ro-mount"));
+    std::fs::create_dir_all(&host).expect("mkdir");
+    std::fs::write(host.join("hello"), "from the host\n").expect("write");
+    let s = Server::start(
+        &format!(
+            r#"
+[profiles.rm]
+image = "{BUSYBOX}"
+network = "none"
+read_only = true
+tmpfs = ["/tmp"]
+mounts = ["{}:/data:ro"]
+reuse = 10
+min_idle = 1
+max_containers = 1
+labels = {{ "{TEST_LABEL}" = "@LABEL@" }}
+"#,
+            host.display()
+        ),
+        &[],
+    );
+    wait_pool(&s, "rm", "never parked", |p| p["idle"] == 1);
+    let job = r#"{"profile":"rm","args":["sh","-c","cat /data/hello; if touch /data/x 2>/dev/null; then echo writable; else echo read-only; fi; hostname"]}"#;
+    let outs: Vec<String> = (0..3)
+        .map(|_| {
+            let j = run(&s, job);
+            assert_eq!(j["state"], "succeeded", "{j}");
+            j["stdout"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    let hosts: Vec<&str> = outs
+        .iter()
+        .map(|o| o.lines().last().unwrap_or(""))
+        .collect();
+    for o in &outs {
+        assert!(o.starts_with("from the host\nread-only\n"), "{o}");
+    }
+    assert!(
+        hosts.iter().all(|h| *h == hosts[0]),
+        "one container for the three jobs (reset, not replaced): {hosts:?}\n{}",
+        s.log()
+    );
+    wait_pool(&s, "rm", "no reset counted", |p| p["reset_failed"] == 0);
+    assert!(!host.join("x").exists());
+    let _ = std::fs::remove_dir_all(&host);
+}

@@ -399,6 +399,15 @@ pub struct GithubConfig {
     pub private_key_file: Option<String>,
     /// Reviews and auto-labelling (`auto_label`, `label_rules`, `review_*`).
     pub triage: TriageConfig,
+    /// Warm repository mirrors: the host directory holding one bare mirror per
+    /// repository, mounted read-only in the bot's profile at [`MIRROR_MOUNT`]
+    /// (`None`: no mirrors).
+    pub mirror_dir: Option<String>,
+    /// A mirror not updated for this long is updated in the background.
+    pub mirror_refresh: Duration,
+    /// The git host's base URL (`https://github.com`): mirrors fetch
+    /// `<git_url>/<owner>/<repo>.git`.
+    pub git_url: String,
 }
 
 impl GithubConfig {
@@ -450,6 +459,22 @@ impl Default for TriageConfig {
     }
 }
 
+/// Where the bot's profile sees `[github] mirror_dir` (read-only).
+pub const MIRROR_MOUNT: &str = "/warmpool/mirrors";
+
+/// `[github] mirror_refresh` when unset.
+pub const DEFAULT_MIRROR_REFRESH: Duration = Duration::from_secs(600);
+
+/// The git host behind a REST API URL: `https://api.github.com` is served by
+/// `https://github.com`, GitHub Enterprise's `https://HOST/api/v3` by `https://HOST`.
+pub fn git_url_for(api_url: &str) -> String {
+    let api = api_url.trim_end_matches('/');
+    if let Some(rest) = api.strip_prefix("https://api.") {
+        return format!("https://{rest}");
+    }
+    api.strip_suffix("/api/v3").unwrap_or(api).to_string()
+}
+
 /// GitHub's own cap on a webhook payload.
 pub const GITHUB_MAX_BODY: u64 = 25 * 1024 * 1024;
 
@@ -473,6 +498,9 @@ struct RawGithub {
     review_settle: Option<toml::Value>,
     review_label_in_progress: Option<String>,
     review_label_complete: Option<String>,
+    mirror_dir: Option<String>,
+    mirror_refresh: Option<ConfigDuration>,
+    git_url: Option<String>,
 }
 
 /// A label name GitHub takes: 1 to 50 characters, not only spaces.
@@ -579,6 +607,22 @@ impl RawGithub {
                 defaults.review_label_complete,
             )?,
         };
+        if let Some(dir) = &self.mirror_dir {
+            plain_absolute(dir).map_err(|why| format!("key `mirror_dir`: \"{dir}\" {why}"))?;
+        }
+        let mirror_refresh = self.mirror_refresh.map_or(DEFAULT_MIRROR_REFRESH, |d| d.0);
+        if mirror_refresh < Duration::from_secs(1) {
+            return Err("key `mirror_refresh`: give at least 1s, like \"10m\"".into());
+        }
+        let git_url = match self.git_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => git_url_for(&api_url),
+        };
+        if !(git_url.starts_with("https://") || git_url.starts_with("http://")) {
+            return Err(format!(
+                "key `git_url`: \"{git_url}\" must start with https:// (or http:// for a local stand-in)"
+            ));
+        }
         Ok(GithubConfig {
             bot_username: self.bot_username,
             authorized_users: self.authorized_users,
@@ -588,8 +632,64 @@ impl RawGithub {
             app_id,
             private_key_file: self.private_key_file,
             triage,
+            mirror_dir: self.mirror_dir,
+            mirror_refresh,
+            git_url,
         })
     }
+}
+
+/// A read-only bind mount of a host path (`mounts = ["/host:/in/container:ro"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: String,
+    pub target: String,
+}
+
+/// Why `path` is not a plain absolute path (absolute, no `..`, no `:` or `,`), if it is not.
+fn plain_absolute(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute path".into());
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err("must not contain `..`".into());
+    }
+    if path.contains([':', ',', '\0']) {
+        return Err("must not contain ':', ',' or NUL".into());
+    }
+    Ok(())
+}
+
+/// `"/host:/in/container:ro"` as a read-only bind mount; anything writable is refused.
+fn parse_mount(m: &str) -> Result<BindMount, String> {
+    let parts: Vec<&str> = m.split(':').collect();
+    let (source, target) = match parts[..] {
+        [source, target, "ro"] => (source, target),
+        [_, _] | [_, _, "rw"] => {
+            return Err(format!(
+                "key `mounts`: \"{m}\" is writable; only read-only mounts are taken \
+                 (\"/host/path:/in/container:ro\"): what one job writes there would reach the \
+                 next job of a reused container and the host, secrets included"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "key `mounts`: \"{m}\" is not \"/host/path:/in/container:ro\""
+            ))
+        }
+    };
+    plain_absolute(source).map_err(|why| format!("key `mounts`: host path \"{source}\" {why}"))?;
+    plain_absolute(target)
+        .map_err(|why| format!("key `mounts`: container path \"{target}\" {why}"))?;
+    if target == "/" {
+        return Err(format!(
+            "key `mounts`: \"{m}\" cannot cover the container's root"
+        ));
+    }
+    Ok(BindMount {
+        source: source.to_string(),
+        target: target.to_string(),
+    })
 }
 
 /// A tmpfs mount: target path and mount options (`size=64m,mode=1777`).
@@ -616,6 +716,8 @@ pub struct Profile {
     pub network: Option<String>,
     pub read_only: bool,
     pub tmpfs: Vec<Tmpfs>,
+    /// Read-only bind mounts of host paths.
+    pub mounts: Vec<BindMount>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub security_opt: Vec<String>,
@@ -667,6 +769,7 @@ impl Profile {
             network: None,
             read_only: false,
             tmpfs: Vec::new(),
+            mounts: Vec::new(),
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             security_opt: Vec::new(),
@@ -889,6 +992,8 @@ struct RawProfile {
     #[serde(default)]
     tmpfs: Vec<String>,
     #[serde(default)]
+    mounts: Vec<String>,
+    #[serde(default)]
     cap_add: Vec<String>,
     #[serde(default)]
     cap_drop: Vec<String>,
@@ -991,6 +1096,10 @@ impl RawProfile {
                 options: options.to_string(),
             });
         }
+        let mut mounts = Vec::new();
+        for m in &self.mounts {
+            mounts.push(parse_mount(m)?);
+        }
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') {
                 return Err(format!("key `workdir`: \"{w}\" must be an absolute path"));
@@ -1066,6 +1175,7 @@ impl RawProfile {
             network: self.network,
             read_only: self.read_only,
             tmpfs,
+            mounts,
             cap_add: self.cap_add,
             cap_drop: self.cap_drop,
             security_opt: self.security_opt,
@@ -1363,6 +1473,18 @@ impl Config {
                     config.profile_names()
                 )));
             }
+            if let (Some(dir), Some(p)) = (&g.mirror_dir, config.profiles.get_mut(&g.profile)) {
+                if p.mounts.iter().any(|m| m.target == MIRROR_MOUNT) {
+                    return Err(ConfigError::Top(format!(
+                        "[github] key `mirror_dir`: the profile \"{}\" mounts something at {MIRROR_MOUNT} already, where the mirrors go",
+                        g.profile
+                    )));
+                }
+                p.mounts.push(BindMount {
+                    source: dir.clone(),
+                    target: MIRROR_MOUNT.to_string(),
+                });
+            }
         }
         Ok(config)
     }
@@ -1394,7 +1516,32 @@ impl Config {
                 .unwrap_or_else(|| config.server.data_dir.clone());
             config.server.instance = default_instance(&config.server.instance, &data_dir);
         }
+        config.check_mount_sources()?;
         Ok(config)
+    }
+
+    /// Every profile's `mounts` must name a host path that exists (the
+    /// engine would refuse the container later, at every create). The
+    /// mirrors' directory is left out: `warmpool serve` makes it.
+    pub fn check_mount_sources(&self) -> Result<(), ConfigError> {
+        let mirrors = self.github.as_ref().and_then(|g| g.mirror_dir.as_deref());
+        for p in self.profiles.values() {
+            for m in &p.mounts {
+                if Some(m.source.as_str()) == mirrors && m.target == MIRROR_MOUNT {
+                    continue;
+                }
+                if let Err(e) = std::fs::metadata(&m.source) {
+                    return Err(ConfigError::Profile {
+                        profile: p.name.clone(),
+                        message: format!(
+                            "key `mounts`: the host path {} cannot be mounted: {e}",
+                            m.source
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The profiles' names, for messages: "a, b, c".
@@ -2131,6 +2278,86 @@ mod tests {
     }
 
     #[test]
+    fn mounts_are_read_only_absolute_and_plain() {
+        let c =
+            Config::parse(&format!("{ONE_PROFILE}\nmounts = [\"/srv/data:/data:ro\"]")).unwrap();
+        assert_eq!(
+            c.profiles["echo"].mounts,
+            vec![BindMount {
+                source: "/srv/data".into(),
+                target: "/data".into()
+            }]
+        );
+        for (m, why) in [
+            ("/srv:/data", "writable"),
+            ("/srv:/data:rw", "writable"),
+            ("srv:/data:ro", "absolute"),
+            ("/srv:data:ro", "absolute"),
+            ("/srv/../etc:/data:ro", ".."),
+            ("/srv:/data/../x:ro", ".."),
+            ("/srv:/:ro", "root"),
+            ("/srv:/data:ro:x", "is not"),
+            ("/srv", "is not"),
+        ] {
+            let e = err(&format!("{ONE_PROFILE}\nmounts = [\"{m}\"]"));
+            assert!(e.contains("mounts") && e.contains(why), "{m}: {e}");
+        }
+        // A writable mount is refused for its reason: reuse and secrets.
+        let e = err(&format!("{ONE_PROFILE}\nmounts = [\"/srv:/data\"]"));
+        assert!(e.contains("next job") && e.contains("secrets"), "{e}");
+    }
+
+    #[test]
+    fn mirror_dir_mounts_read_only_in_the_bots_profile() {
+        let bot = "[github]\nbot_username = \"ClaudeBot\"\nprofile = \"echo\"\n";
+        let c = Config::parse(&format!("{ONE_PROFILE}{bot}")).unwrap();
+        let g = c.github.as_ref().unwrap();
+        assert_eq!(g.mirror_dir, None);
+        assert!(c.profiles["echo"].mounts.is_empty());
+        assert_eq!(g.git_url, "https://github.com");
+        assert_eq!(g.mirror_refresh, DEFAULT_MIRROR_REFRESH);
+        let c = Config::parse(&format!(
+            "{ONE_PROFILE}{bot}mirror_dir = \"/var/lib/warmpool/mirrors\"\nmirror_refresh = \"2m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.profiles["echo"].mounts,
+            vec![BindMount {
+                source: "/var/lib/warmpool/mirrors".into(),
+                target: MIRROR_MOUNT.into()
+            }]
+        );
+        assert_eq!(c.github.unwrap().mirror_refresh, Duration::from_secs(120));
+        for (extra, key) in [
+            ("mirror_dir = \"mirrors\"", "mirror_dir"),
+            ("mirror_dir = \"/a/../b\"", "mirror_dir"),
+            ("mirror_refresh = \"0s\"", "mirror_refresh"),
+            ("git_url = \"git@github.com\"", "git_url"),
+        ] {
+            let e = err(&format!("{ONE_PROFILE}{bot}{extra}\n"));
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = err(&format!(
+            "{ONE_PROFILE}mounts = [\"/x:{MIRROR_MOUNT}:ro\"]\n{bot}mirror_dir = \"/m\"\n"
+        ));
+        assert!(e.contains("mirror_dir"), "{e}");
+    }
+
+    #[test]
+    fn git_url_is_the_api_urls_host() {
+        assert_eq!(git_url_for("https://api.github.com"), "https://github.com");
+        assert_eq!(git_url_for("https://api.github.com/"), "https://github.com");
+        assert_eq!(
+            git_url_for("https://ghe.example.com/api/v3"),
+            "https://ghe.example.com"
+        );
+        assert_eq!(
+            git_url_for("http://127.0.0.1:9000"),
+            "http://127.0.0.1:9000"
+        );
+    }
+
+    #[test]
     fn every_duration_and_size_error_names_its_key() {
         for (key, value) in [
             ("job_timeout", "\"5 parsecs\""),
@@ -2163,5 +2390,24 @@ mod tests {
                 "{key}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_mounts_host_path_must_exist_but_the_mirrors_need_not_yet() {
+        let c = Config::parse(&format!(
+            "{ONE_PROFILE}mounts = [\"/nonexistent-warmpool-path:/data:ro\"]\n"
+        ))
+        .unwrap();
+        let e = c.check_mount_sources().unwrap_err().to_string();
+        assert!(
+            e.contains("mounts") && e.contains("/nonexistent-warmpool-path") && e.contains("echo"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().display().to_string();
+        let ok = Config::parse(&format!(
+            "{ONE_PROFILE}mounts = [\"{dir}:/data:ro\"]\n[github]\nbot_username = \"b\"\nprofile = \"echo\"\nmirror_dir = \"/nonexistent-warmpool-mirrors\"\n"
+        ))
+        .unwrap();
+        ok.check_mount_sources().unwrap();
     }
 }

@@ -40,6 +40,11 @@ pub fn container_spec(profile: &Profile, image: &ImageConfig) -> ContainerSpec {
             .iter()
             .map(|t| (t.path.clone(), t.options.clone()))
             .collect(),
+        ro_binds: profile
+            .mounts
+            .iter()
+            .map(|m| (m.source.clone(), m.target.clone()))
+            .collect(),
         cap_add: profile.cap_add.clone(),
         cap_drop: profile.cap_drop.clone(),
         security_opt: profile.security_opt.clone(),
@@ -70,6 +75,7 @@ mod tests {
             network = "none"
             read_only = true
             tmpfs = ["/tmp:size=64m"]
+            mounts = ["/srv/data:/data:ro"]
             cap_drop = ["ALL"]
             security_opt = ["no-new-privileges"]
             user = "1000:1000"
@@ -88,6 +94,7 @@ mod tests {
         assert_eq!(s.network.as_deref(), Some("none"));
         assert!(s.read_only);
         assert_eq!(s.tmpfs.get("/tmp").map(String::as_str), Some("size=64m"));
+        assert_eq!(s.ro_binds, vec![("/srv/data".into(), "/data".into())]);
         assert_eq!(s.cap_drop, vec!["ALL"]);
         assert_eq!(s.security_opt, vec!["no-new-privileges"]);
         assert_eq!(s.user.as_deref(), Some("1000:1000"));

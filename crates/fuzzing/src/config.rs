@@ -55,6 +55,12 @@ fn check(c: &Config) {
         assert!(p.cpus.is_none_or(|c| c > 0.0 && c.is_finite()));
         assert!(p.pids_limit.is_none_or(|n| n > 0));
         assert!(p.tmpfs.iter().all(|t| t.path.starts_with('/')));
+        // Read-only bind mounts only (the type has no writable form), of plain absolute paths.
+        assert!(p.mounts.iter().all(|m| {
+            [&m.source, &m.target]
+                .iter()
+                .all(|x| x.starts_with('/') && !x.split('/').any(|c| c == "..") && !x.contains(':'))
+        }));
         assert!(p.workdir.as_ref().is_none_or(|w| w.starts_with('/')));
         assert!(p
             .env

@@ -230,6 +230,17 @@ impl App {
         installation: u64,
         repo: &RepoName,
     ) -> Result<GitHubClient, AppError> {
+        let token = self.own_token(installation, repo).await?;
+        Ok(self.api.with_token(token.secret())?)
+    }
+
+    /// The bot's own token for `repo` (what [`App::own_client`] calls with;
+    /// also what git fetches the repository's mirror with).
+    pub async fn own_token(
+        &self,
+        installation: u64,
+        repo: &RepoName,
+    ) -> Result<InstallationToken, AppError> {
         let mut own = self.own.lock().await;
         let key = (installation, repo.clone());
         let now = SystemTime::now();
@@ -244,7 +255,7 @@ impl App {
                 t
             }
         };
-        Ok(self.api.with_token(token.secret())?)
+        Ok(token)
     }
 
     /// Revoke `token` (a job's, at its end), so that it is dead before it expires.

@@ -310,14 +310,23 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let volume = self.gate_volume(spec).await?;
+        let mut mounts = vec![Mount {
+            target: Some(GATE_DIR.to_string()),
+            source: Some(volume),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(true),
+            ..Default::default()
+        }];
+        // Never writable: what a job wrote there would outlive it (config.rs refuses rw).
+        mounts.extend(spec.ro_binds.iter().map(|(source, target)| Mount {
+            target: Some(target.clone()),
+            source: Some(source.clone()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }));
         let host_config = HostConfig {
-            mounts: Some(vec![Mount {
-                target: Some(GATE_DIR.to_string()),
-                source: Some(volume),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(true),
-                ..Default::default()
-            }]),
+            mounts: Some(mounts),
             log_config: Some(none_logging()),
             // The gate is init: it reaps and forwards signals, as `--init` would.
             init: Some(false),

@@ -37,6 +37,8 @@ pub struct ContainerSpec {
     pub network: Option<String>,
     pub read_only: bool,
     pub tmpfs: HashMap<String, String>,
+    /// Read-only bind mounts: (host path, container path).
+    pub ro_binds: Vec<(String, String)>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub security_opt: Vec<String>,

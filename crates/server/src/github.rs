@@ -4,6 +4,7 @@
 //! comment. The decisions live in `warmpool-github`; this module only wires them.
 
 use crate::lock;
+use crate::mirror::{GitToken, Mirrors, PersonalToken};
 use crate::service::{read_secret, Front, JobHooks, Service};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
-use warmpool_core::config::GithubConfig;
+use warmpool_core::config::{GithubConfig, MIRROR_MOUNT};
 use warmpool_github::signature::Verifier;
 use warmpool_github::{
     answer_comment, authorized, failure_comment, is_review_command, job_permissions, opened_issue,
@@ -75,6 +76,35 @@ pub struct GithubBot {
     /// Refusals posted to unauthorized users, at most one per user and issue
     /// per hour; this node's own (in a cluster, each node keeps its own).
     refusals: Mutex<RefusalLimit>,
+    /// Warm repository mirrors (`[github] mirror_dir`); their refresh loop
+    /// stops with the bot.
+    mirrors: Option<(Arc<Mirrors>, tokio_util::sync::DropGuard)>,
+    /// The App installation each repository was last served through: the
+    /// mirrors fetch with the bot's own token for it.
+    installations: Arc<Mutex<HashMap<RepoName, u64>>>,
+}
+
+/// The token git fetches a mirror with under App auth: the bot's own
+/// installation token for the repository (read-only contents among its
+/// permissions), for the installation the repository was last served through.
+struct AppGitToken {
+    app: Arc<App>,
+    installations: Arc<Mutex<HashMap<RepoName, u64>>>,
+}
+
+#[async_trait::async_trait]
+impl GitToken for AppGitToken {
+    async fn token(&self, repo: &RepoName) -> Result<String, String> {
+        let installation = lock(&self.installations)
+            .get(repo)
+            .copied()
+            .ok_or_else(|| format!("no App installation is known for {repo} yet"))?;
+        self.app
+            .own_token(installation, repo)
+            .await
+            .map(|t| t.secret().to_string())
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl GithubBot {
@@ -85,6 +115,7 @@ impl GithubBot {
             return Err("GITHUB_WEBHOOK_SECRET is empty: anyone could sign deliveries".into());
         }
         let bot = BotName::new(&config.bot_username).map_err(|e| e.to_string())?;
+        let installations: Arc<Mutex<HashMap<RepoName, u64>>> = Default::default();
         let key_file = std::env::var("GITHUB_APP_PRIVATE_KEY_FILE").ok();
         let creds = match config.app_auth(key_file.as_deref())? {
             // The App: no GITHUB_TOKEN needed; the key is read and tried now.
@@ -104,6 +135,30 @@ impl GithubBot {
                 ))
             }
         };
+        // Mirrors fetch with the bot's own token: the personal one, or the
+        // App's installation token for the repository.
+        let mirrors = match &config.mirror_dir {
+            Some(dir) => {
+                let token: Arc<dyn GitToken> = match &creds {
+                    Credentials::App(app) => Arc::new(AppGitToken {
+                        app: app.clone(),
+                        installations: installations.clone(),
+                    }),
+                    Credentials::Token(_) => Arc::new(PersonalToken(read_secret("GITHUB_TOKEN")?)),
+                };
+                let m = Mirrors::open(
+                    std::path::Path::new(dir),
+                    &config.git_url,
+                    config.mirror_refresh,
+                    token,
+                )
+                .map_err(|e| e.to_string())?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                m.keep_fresh(stop.clone());
+                Some((m, stop.drop_guard()))
+            }
+            None => None,
+        };
         Ok(Arc::new(GithubBot {
             config,
             bot,
@@ -114,6 +169,8 @@ impl GithubBot {
             jobs: Mutex::new(HashMap::new()),
             bodies: Default::default(),
             refusals: Mutex::new(RefusalLimit::default()),
+            mirrors,
+            installations,
         }))
     }
 
@@ -390,6 +447,14 @@ impl JobHooks for GithubBot {
             (None, false) => String::new(),
         };
         front.env.push(("BRANCH_NAME".to_string(), branch));
+        if let (Some((mirrors, _)), Ok(repo)) = (&self.mirrors, RepoName::parse(&meta.repo)) {
+            if mirrors.has(&repo) {
+                front.env.push((
+                    "REPO_MIRROR".to_string(),
+                    format!("{MIRROR_MOUNT}/{}/{}.git", repo.owner(), repo.name()),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -406,6 +471,13 @@ impl JobHooks for GithubBot {
                     tracing::warn!(job = %job_id, error = %e, "revoking the job's App token failed")
                 }
             }
+        }
+        if let (Some((mirrors, _)), Ok(repo)) = (&self.mirrors, RepoName::parse(&meta.repo)) {
+            if let Some(installation) = meta.installation {
+                lock(&self.installations).insert(repo.clone(), installation);
+            }
+            // In the background: the answer does not wait for it.
+            mirrors.request(&repo);
         }
         let Some(svc) = self.svc.upgrade() else {
             return;

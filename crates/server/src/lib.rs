@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus text.
 //! - [`github`]: the @mention bot's webhook, on top of the same service; its
 //!   `github_triage.rs` labels opened issues and reviews pull requests whose checks pass.
+//! - [`mirror`]: the bot's warm repository mirrors, kept in the background.
 //! - [`openapi`]: the API described, served at `/v1/openapi.json`.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start the
@@ -25,6 +26,7 @@ pub mod github;
 pub mod http;
 mod live;
 pub mod metrics;
+pub mod mirror;
 mod node;
 pub mod openapi;
 pub mod ready;

@@ -16,12 +16,16 @@
 //!   `restore`, and whose `stall` holds every connection silent instead: how a
 //!   test cuts one node off from PostgreSQL.
 //!
+//! - [`git_http`]: [`git_http::GitServer`], a git smart-HTTP server (`git
+//!   http-backend` behind Basic auth) standing in for GitHub's git host, which
+//!   records what it served.
 //! - [`labelled`]: for tests on the shared engine: the test images, unique
 //!   names, and a guard removing every container of the test's label.
 //!
 //! Each module's docs say what it does not do.
 
 pub mod dockerd;
+pub mod git_http;
 pub mod labelled;
 pub mod postgres;
 pub mod proxy;

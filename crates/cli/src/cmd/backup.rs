@@ -6,11 +6,6 @@ use anyhow::Context;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(
-    after_help = "Environment: WARMPOOL_STORE_URL, WARMPOOL_STORE_URL_FILE (a PostgreSQL \
-store is refused: use pg_dump).\n\nRestore: stop the server, put the file in place as \
-<data_dir>/jobs.sqlite3 (removing jobs.sqlite3-wal and -shm), start the server."
-)]
 pub struct BackupArgs {
     /// The server's configuration file (for `[server] data_dir`).
     #[arg(long, short = 'c')]

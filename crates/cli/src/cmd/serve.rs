@@ -69,6 +69,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("binding {addr}"))?;
     let (_runtime, executor) = super::connect(&config)?;
     let store = super::store::open(&config).await?;
+    // The mirrors' directory is mounted in the bot's containers: it must exist
+    // before the first one is made.
+    if let Some(dir) = config.github.as_ref().and_then(|g| g.mirror_dir.as_ref()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("[github] mirror_dir: cannot make {dir}"))?;
+    }
     let pools = Arc::new(Pools::start(&config, executor.clone()).await?);
     tracing::info!(instance = %pools.instance(), swept = pools.swept, "pools started");
     let svc = Service::new(config.clone(), store, pools.clone());
