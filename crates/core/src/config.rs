@@ -660,6 +660,32 @@ fn plain_absolute(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why mounting `path` would hand a job a socket (the Docker engine's above
+/// all): read-only does not stop a process from connecting to a socket, and
+/// the engine's socket is root on the host. A socket itself, or a directory
+/// holding the engine's socket (`/run`, `/var/run`), is refused.
+fn exposes_a_socket(path: &std::path::Path, meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    if meta.file_type().is_socket() {
+        return Some(
+            "is a socket: a read-only mount does not stop a job from connecting to it \
+             (the Docker socket is root on the host)"
+                .to_string(),
+        );
+    }
+    let real = std::fs::canonicalize(path).ok()?;
+    for engine in ["/var/run/docker.sock", "/run/docker.sock"] {
+        let engine = std::fs::canonicalize(engine).ok();
+        if engine.is_some_and(|e| e.starts_with(&real)) {
+            return Some(
+                "holds the Docker engine's socket: a job could drive the engine (root on the host)"
+                    .to_string(),
+            );
+        }
+    }
+    None
+}
+
 /// `"/host:/in/container:ro"` as a read-only bind mount; anything writable is refused.
 fn parse_mount(m: &str) -> Result<BindMount, String> {
     let parts: Vec<&str> = m.split(':').collect();
@@ -1530,14 +1556,14 @@ impl Config {
                 if Some(m.source.as_str()) == mirrors && m.target == MIRROR_MOUNT {
                     continue;
                 }
-                if let Err(e) = std::fs::metadata(&m.source) {
-                    return Err(ConfigError::Profile {
-                        profile: p.name.clone(),
-                        message: format!(
-                            "key `mounts`: the host path {} cannot be mounted: {e}",
-                            m.source
-                        ),
-                    });
+                let refuse = |why: String| ConfigError::Profile {
+                    profile: p.name.clone(),
+                    message: format!("key `mounts`: the host path {} {why}", m.source),
+                };
+                let meta = std::fs::metadata(&m.source)
+                    .map_err(|e| refuse(format!("cannot be mounted: {e}")))?;
+                if let Some(why) = exposes_a_socket(std::path::Path::new(&m.source), &meta) {
+                    return Err(refuse(why));
                 }
             }
         }
@@ -2409,5 +2435,14 @@ mod tests {
         ))
         .unwrap();
         ok.check_mount_sources().unwrap();
+        // The engine's socket, or a directory holding it, is never mounted.
+        if std::path::Path::new("/var/run/docker.sock").exists() {
+            for source in ["/var/run/docker.sock", "/var/run", "/run"] {
+                let c = Config::parse(&format!("{ONE_PROFILE}mounts = [\"{source}:/data:ro\"]\n"))
+                    .unwrap();
+                let e = c.check_mount_sources().unwrap_err().to_string();
+                assert!(e.contains("socket"), "{source}: {e}");
+            }
+        }
     }
 }

@@ -42,6 +42,16 @@ pub const BOT_PERMISSIONS: Permissions = &[
     ("pull_requests", "write"),
 ];
 
+/// [`BOT_PERMISSIONS`] and reading check suites, for reviews when checks pass
+/// (`[github] review_on_checks`): asked only then, so an App without the
+/// Checks permission still serves mentions.
+pub const BOT_PERMISSIONS_WITH_CHECKS: Permissions = &[
+    ("checks", "read"),
+    ("contents", "read"),
+    ("issues", "write"),
+    ("pull_requests", "write"),
+];
+
 /// The permissions the job of an operation (its `OPERATION_TYPE`) gets in its
 /// `GITHUB_TOKEN`; `None`: no token at all. `auto-tag` needs none (the bot
 /// applies the labels itself), and an operation this does not know gets none
@@ -128,6 +138,8 @@ pub struct App {
     /// The bot's own tokens by (installation, repository). An async lock held
     /// while minting, so two calls at once mint one token, not two.
     own: tokio::sync::Mutex<HashMap<(u64, RepoName), InstallationToken>>,
+    /// What the bot's own tokens may do ([`BOT_PERMISSIONS`] unless set).
+    own_permissions: Permissions,
 }
 
 impl fmt::Debug for App {
@@ -166,6 +178,7 @@ impl App {
             key,
             api,
             own: Default::default(),
+            own_permissions: BOT_PERMISSIONS,
         };
         // A key ring cannot sign with (too short, say) fails now, not at the first delivery.
         app.jwt(SystemTime::now()).map_err(|e| AppError::Key {
@@ -173,6 +186,12 @@ impl App {
             problem: format!("cannot sign: {e}"),
         })?;
         Ok(app)
+    }
+
+    /// The permissions of the bot's own tokens (e.g. [`BOT_PERMISSIONS_WITH_CHECKS`]).
+    pub fn with_own_permissions(mut self, permissions: Permissions) -> App {
+        self.own_permissions = permissions;
+        self
     }
 
     pub fn app_id(&self) -> u64 {
@@ -247,7 +266,7 @@ impl App {
         let token = match own.get(&key) {
             Some(t) if reusable(t.expires_at, now) => t.clone(),
             _ => {
-                let t = self.mint(installation, repo, BOT_PERMISSIONS).await?;
+                let t = self.mint(installation, repo, self.own_permissions).await?;
                 // Expired ones go as new ones come: the map stays as small as the
                 // set of repositories in use.
                 own.retain(|_, t| reusable(t.expires_at, now));
@@ -359,6 +378,18 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reviews_add_only_reading_checks_to_the_bots_permissions() {
+        let extra: Vec<_> = BOT_PERMISSIONS_WITH_CHECKS
+            .iter()
+            .filter(|p| !BOT_PERMISSIONS.contains(p))
+            .collect();
+        assert_eq!(extra, [&("checks", "read")]);
+        assert!(BOT_PERMISSIONS
+            .iter()
+            .all(|p| BOT_PERMISSIONS_WITH_CHECKS.contains(p)));
+    }
 
     #[test]
     fn the_jwt_claims_fit_githubs_limits() {

@@ -122,8 +122,13 @@ impl GithubBot {
             Some((app_id, file)) => {
                 let api = GitHubClient::with_base_url(&config.api_url, "unused")
                     .map_err(|e| e.to_string())?;
-                let app = App::from_key_file(app_id, std::path::Path::new(&file), api)
+                let mut app = App::from_key_file(app_id, std::path::Path::new(&file), api)
                     .map_err(|e| e.to_string())?;
+                if config.triage.review_on_checks {
+                    // Reviews read the head commit's check suites.
+                    app =
+                        app.with_own_permissions(warmpool_github::app::BOT_PERMISSIONS_WITH_CHECKS);
+                }
                 tracing::info!(app_id, "the GitHub bot authenticates as a GitHub App");
                 Credentials::App(Arc::new(app))
             }
