@@ -53,6 +53,7 @@ fn doctor(cfg: &Path, env: &[(&str, &str)], prefix: &[&str]) -> (i32, String) {
         "GITHUB_TOKEN_FILE",
         "DOCTOR_API_KEY",
         "DOCTOR_API_KEY_FILE",
+        "GITHUB_APP_PRIVATE_KEY_FILE",
     ] {
         cmd.env_remove(name);
     }
@@ -199,4 +200,71 @@ fn a_data_dir_that_cannot_be_made_fails_naming_the_key() {
         )),
         "{out}"
     );
+}
+
+#[test]
+fn with_a_github_app_the_key_is_checked_and_no_github_token_is_needed() {
+    let (dir, cfg, label) = bot_config(AGENT);
+    let _cleanup = CleanupGuard(label);
+    let key = dir.0.join("app.pem");
+    let _ = Command::new("bash")
+        .arg(repo_root().join("tests/need.sh"))
+        .arg("openssl")
+        .status();
+    let made = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "profile = \"agent\"\n",
+        &format!(
+            "profile = \"agent\"\napp_id = 4242\nprivate_key_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let env = [("GITHUB_WEBHOOK_SECRET", "s"), ("DOCTOR_API_KEY", "k")];
+    // The key reads and signs: no GITHUB_TOKEN asked for, the profile's included.
+    let (code, out) = doctor(&cfg, &env, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok    [github] GitHub App 4242: private key {} reads and signs",
+            key.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("GITHUB_TOKEN ("), "{out}");
+    // A key that is not one: a FAIL naming the file and the fix, never its content.
+    std::fs::write(
+        &key,
+        "-----BEGIN RSA PRIVATE KEY-----\nbm90IGEga2V5\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let (code, out) = doctor(&cfg, &env, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  [github] GitHub App 4242")
+            && out.contains(&key.display().to_string())
+            && out.contains("private_key_file"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("bm90IGEga2V5"),
+        "the key's text shown:\n{out}"
+    );
+    // GITHUB_APP_PRIVATE_KEY_FILE names a file that is not there.
+    let gone = dir.0.join("gone.pem");
+    let mut env_gone = env.to_vec();
+    env_gone.push(("GITHUB_APP_PRIVATE_KEY_FILE", gone.to_str().unwrap()));
+    let (code, out) = doctor(&cfg, &env_gone, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&gone.display().to_string()), "{out}");
 }

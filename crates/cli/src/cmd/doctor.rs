@@ -41,7 +41,22 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             failed += 1;
         }
     }
-    for (name, needed_for) in secrets_needed(&config) {
+    let app = match &config.github {
+        Some(g) => match app_key(g) {
+            Ok(None) => false,
+            Ok(Some(line)) => {
+                println!("ok    {line}");
+                true
+            }
+            Err(e) => {
+                println!("FAIL  {e}");
+                failed += 1;
+                true
+            }
+        },
+        None => false,
+    };
+    for (name, needed_for) in secrets_needed(&config, app) {
         match doctor_host::secret(&name, &needed_for) {
             Ok(line) => println!("ok    {line}"),
             Err(e) => {
@@ -141,7 +156,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
 
 /// The secrets the config needs from warmpool's environment, with what for:
 /// the bot's (when `[github]` is set) and every profile's `secret_env`.
-fn secrets_needed(config: &warmpool_core::Config) -> Vec<(String, String)> {
+fn secrets_needed(config: &warmpool_core::Config, app: bool) -> Vec<(String, String)> {
     let mut needed: Vec<(String, String)> = Vec::new();
     let mut add = |name: &str, what: String| match needed.iter_mut().find(|(n, _)| n == name) {
         Some((_, w)) => {
@@ -155,12 +170,37 @@ fn secrets_needed(config: &warmpool_core::Config) -> Vec<(String, String)> {
             "GITHUB_WEBHOOK_SECRET",
             "[github] webhook signatures".into(),
         );
-        add("GITHUB_TOKEN", "[github] API calls".into());
+        if !app {
+            add("GITHUB_TOKEN", "[github] API calls".into());
+        }
     }
+    let bot_profile = config.github.as_ref().map(|g| g.profile.as_str());
     for (name, profile) in &config.profiles {
         for secret in &profile.secret_env {
+            // With the App, the bot hands its jobs a GITHUB_TOKEN of their own.
+            if app && secret == "GITHUB_TOKEN" && bot_profile == Some(name.as_str()) {
+                continue;
+            }
             add(secret, format!("secret_env of profile {name}"));
         }
     }
     needed
+}
+
+/// With `[github] app_id`: the App's private key (`private_key_file`, or
+/// `GITHUB_APP_PRIVATE_KEY_FILE`) is readable and an RSA key that signs.
+/// `Ok(None)`: no App (a personal token).
+fn app_key(g: &warmpool_core::config::GithubConfig) -> Result<Option<String>, String> {
+    let env_file = std::env::var("GITHUB_APP_PRIVATE_KEY_FILE").ok();
+    let Some((app_id, file)) = g.app_auth(env_file.as_deref())? else {
+        return Ok(None);
+    };
+    let api = warmpool_github::GitHubClient::with_base_url(&g.api_url, "unused")
+        .map_err(|e| e.to_string())?;
+    warmpool_github::App::from_key_file(app_id, std::path::Path::new(&file), api).map_err(|e| {
+        format!("[github] GitHub App {app_id}: {e}; download a new private key from the App's settings page and point private_key_file (or GITHUB_APP_PRIVATE_KEY_FILE) at it")
+    })?;
+    Ok(Some(format!(
+        "[github] GitHub App {app_id}: private key {file} reads and signs (GITHUB_TOKEN not needed)"
+    )))
 }
