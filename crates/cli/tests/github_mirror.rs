@@ -13,7 +13,6 @@ use common::server::*;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use warmpool_testkit::git_http::{bridge_gateway, GitServer};
 
@@ -21,20 +20,8 @@ const REPO: &str = "Codertocat/Hello-World";
 const MOUNT: &str = "/warmpool/mirrors";
 
 /// The generated repository (made once; cached under the target dir).
-fn generated() -> &'static PathBuf {
-    static GEN: OnceLock<PathBuf> = OnceLock::new();
-    GEN.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("tests/bench/gen-repo.sh"))
-            .output()
-            .expect("run tests/bench/gen-repo.sh");
-        assert!(
-            out.status.success(),
-            "gen-repo.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+fn generated() -> &'static Path {
+    warmpool_testkit::git_http::generated_repo()
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {

@@ -13,21 +13,8 @@ use warmpool_github::RepoName;
 use warmpool_server::mirror::{credential_helper_env, Mirrors, PersonalToken};
 use warmpool_testkit::git_http::GitServer;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn generated() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("tests/bench/gen-repo.sh"))
-        .output()
-        .expect("run tests/bench/gen-repo.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    warmpool_testkit::git_http::generated_repo().to_path_buf()
 }
 
 fn git(dir: &Path, args: &[&str]) -> std::process::Output {

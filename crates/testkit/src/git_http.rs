@@ -90,6 +90,27 @@ impl GitServer {
     }
 }
 
+/// The generated repository of the mirror tests and bench (`tests/bench/gen-repo.sh`:
+/// ≥ 100 MB of history from `git fast-import`, made once and cached under the
+/// target dir): the path of its bare repository. Panics with the script's
+/// error when it cannot be made.
+pub fn generated_repo() -> &'static Path {
+    static GEN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    GEN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/bench/gen-repo.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "tests/bench/gen-repo.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
 /// The host's address on Docker's default bridge (`docker0`): from the
 /// network's gateway, else the first address of its subnet.
 pub fn bridge_gateway() -> Result<IpAddr, String> {
