@@ -354,6 +354,7 @@ impl Service {
                         }
                         // Front ends answer for the lost node (the bot's comment).
                         self.answer(&t.interrupted).await;
+                        self.sweep_lost(&t.node).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for lost nodes failed"),
@@ -407,6 +408,22 @@ impl Service {
     /// not run: a take whose commit answered with an error although it was
     /// stored (a database restarting at that moment), or a run whose end could
     /// not be stored. Nothing else would ever end them: they end `interrupted`.
+    /// The containers a lost node left on this node's engine (nodes sharing
+    /// one engine, or a node's engine outliving it): the gates of its parked
+    /// and running containers exit when it is gone, but a container it was
+    /// creating when it died was never started and would stay. The lost node
+    /// fenced itself before it was declared lost, so nothing of it is in use.
+    async fn sweep_lost(&self, instance: &str) {
+        if instance == self.node() {
+            return;
+        }
+        match warmpool_pool::sweep(self.pools.runtime(), instance).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(lost = %instance, containers = n, "removed a lost node's containers from this engine"),
+            Err(e) => tracing::warn!(lost = %instance, error = %e, "removing a lost node's containers failed"),
+        }
+    }
+
     async fn sweep_orphans(self: &Arc<Self>) {
         if !self.leased.load(Ordering::SeqCst) {
             return;
