@@ -35,10 +35,11 @@ fi
 say "building warmpool for $target (release)"
 CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$target" -p warmpool >&2
 bin="$target_dir/$target/release/warmpool"
-if ldd "$bin" >/dev/null 2>&1; then
-  say "$bin is not static"
-  exit 1
-fi
+# A static-pie binary makes ldd say "statically linked" (and exit 0).
+case "$(ldd "$bin" 2>&1 || true)" in
+  *"statically linked"* | *"not a dynamic executable"*) ;;
+  *) say "$bin is not static: $(ldd "$bin" 2>&1 | head -n 3)"; exit 1 ;;
+esac
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
