@@ -419,8 +419,12 @@ impl Service {
         }
         match warmpool_pool::sweep(self.pools.runtime(), instance).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(lost = %instance, containers = n, "removed a lost node's containers from this engine"),
-            Err(e) => tracing::warn!(lost = %instance, error = %e, "removing a lost node's containers failed"),
+            Ok(n) => {
+                tracing::warn!(lost = %instance, containers = n, "removed a lost node's containers from this engine")
+            }
+            Err(e) => {
+                tracing::warn!(lost = %instance, error = %e, "removing a lost node's containers failed")
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use warmpool_core::lifecycle::{transition, Action, Event, Finish, Phase, RunEnd}
 use warmpool_core::{ExitStatus, Job, JobState};
 use warmpool_exec::{Outcome, RunControl};
 use warmpool_pool::{Claimed, Pool, PoolError};
-use warmpool_store::{NewJob, QueuedJob};
+use warmpool_store::{NewJob, QueuedJob, StoreError};
 
 /// One job's run. Owns the job's phase: nothing else changes it.
 pub(crate) struct JobRun {
@@ -241,18 +241,32 @@ impl JobRun {
         }
         let state = f.state;
         let storing = std::time::Instant::now();
-        let record = match self.svc.store().finish(&self.id, &f).await {
-            Ok(record) => {
-                // A kept input (retry_interrupted) left the store with it:
-                // scrub old copies soon.
-                if record.is_some() {
-                    self.svc.input_wiped();
+        // The end is known: a store that is away for a moment (a database
+        // restart) gets it once it is back, within node_timeout; past that the
+        // job is the orphan sweep's (interrupted), as before.
+        let give_up = storing + self.svc.config.cluster.node_timeout;
+        let mut wait = Duration::from_millis(100);
+        let record = loop {
+            match self.svc.store().finish(&self.id, &f).await {
+                Ok(record) => {
+                    // A kept input (retry_interrupted) left the store with it:
+                    // scrub old copies soon.
+                    if record.is_some() {
+                        self.svc.input_wiped();
+                    }
+                    break record;
                 }
-                record
-            }
-            Err(e) => {
-                tracing::error!(job = %self.id, error = %e, "storing a job's end failed");
-                None
+                Err(e @ StoreError::Backend { .. })
+                    if std::time::Instant::now() + wait < give_up =>
+                {
+                    tracing::warn!(job = %self.id, error = %e, retry_in_ms = wait.as_millis() as u64, "storing a job's end failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(job = %self.id, error = %e, "storing a job's end failed");
+                    break None;
+                }
             }
         };
         self.phases.push(("end stored", storing.elapsed()));
