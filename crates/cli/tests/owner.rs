@@ -60,7 +60,8 @@ fn a_second_server_with_the_instance_refuses_and_the_first_keeps_its_job() {
     for c in containers_before.lines() {
         assert!(
             containers_after.lines().any(|a| a == c),
-            "container {c} of the first server is gone: {containers_after}"
+            "container {c} of the first server is gone: {containers_after}\nthe first server's log:\n{}",
+            first.log()
         );
     }
     let (code, body) = first.post(&format!("/v1/jobs/{id}/cancel"), "");

@@ -195,17 +195,24 @@ shutdown_grace = "5s"
         }
     }
 
+    /// The ids of this server's containers (any state). A `docker ps` that
+    /// fails is tried again, then panics with its error: an empty answer always
+    /// means none.
     pub fn containers(&self) -> String {
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=warmpool.instance={}", self.instance),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let filter = format!("label=warmpool.instance={}", self.instance);
+        let mut last = String::new();
+        for _ in 0..3 {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("docker ps --filter {filter} failed: {last}")
     }
 }
 
