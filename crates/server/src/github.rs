@@ -282,6 +282,27 @@ impl GithubBot {
         });
     }
 
+    /// React with eyes in the background: the request was seen (errors are logged).
+    fn react_later(
+        self: &Arc<Self>,
+        installation: Option<u64>,
+        repo: RepoName,
+        target: warmpool_github::ReactionTarget,
+    ) {
+        let bot = self.clone();
+        tokio::spawn(async move {
+            let api = bot.api(installation, &repo).await;
+            let reacted = async {
+                api?.add_reaction(&repo, target, Reaction::Eyes)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = reacted.await {
+                tracing::warn!(repo = %repo, error = %e, "adding the eyes reaction failed");
+            }
+        });
+    }
+
     async fn accept(self: &Arc<Self>, svc: &Arc<Service>, delivery: &str, t: Trigger) -> Response {
         if let Some(refused) = self.needs_installation(t.installation, &t.repo_full_name) {
             return refused;
@@ -350,21 +371,7 @@ impl GithubBot {
         });
         match stored.await {
             Ok(Some(id)) => {
-                // Seen: an eyes reaction, in the background.
-                let bot = self.clone();
-                let (repo, target) = (t.repo_full_name.clone(), t.reaction_target);
-                let installation = t.installation;
-                tokio::spawn(async move {
-                    let api = bot.api(installation, &repo).await;
-                    let reacted = async {
-                        api?.add_reaction(&repo, target, Reaction::Eyes)
-                            .await
-                            .map_err(|e| e.to_string())
-                    };
-                    if let Err(e) = reacted.await {
-                        tracing::warn!(repo = %repo, error = %e, "adding the eyes reaction failed");
-                    }
-                });
+                self.react_later(t.installation, t.repo_full_name.clone(), t.reaction_target);
                 (
                     StatusCode::ACCEPTED,
                     Json(serde_json::json!({ "job": id, "state": "queued" })),
@@ -522,13 +529,14 @@ impl JobHooks for GithubBot {
                     None => answer_comment(&stdout, job_id, &self.bot),
                     Some(failure) => failure_comment(job_id, failure),
                 };
-                match self.api(meta.installation, &repo).await {
-                    Ok(api) => api
+                async {
+                    self.api(meta.installation, &repo)
+                        .await?
                         .post_comment(&repo, meta.issue_number, &body)
                         .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
+                        .map_err(|e| e.to_string())
                 }
+                .await
             }
             op => {
                 self.answer_triage(job_id, op, &meta, &record, &stdout)

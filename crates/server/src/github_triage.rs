@@ -17,8 +17,8 @@ use warmpool_github::triage::{
     existing_only, keyword_labels, review_body, review_key, ChecksVerdict,
 };
 use warmpool_github::{
-    failure_comment, valid_sha, ChecksPassed, GitHubClient, OpenedIssue, Operation, Reaction,
-    RepoName, Trigger,
+    failure_comment, valid_sha, ChecksPassed, GitHubClient, OpenedIssue, Operation, RepoName,
+    Trigger,
 };
 use warmpool_store::{JobRecord, JobState, NewJob};
 
@@ -170,12 +170,7 @@ impl GithubBot {
             .await
         {
             Some(id) => {
-                let (repo, target) = (repo.clone(), t.reaction_target);
-                tokio::spawn(async move {
-                    if let Err(e) = api.add_reaction(&repo, target, Reaction::Eyes).await {
-                        tracing::warn!(repo = %repo, error = %e, "adding the eyes reaction failed");
-                    }
-                });
+                self.react_later(t.installation, repo.clone(), t.reaction_target);
                 (
                     StatusCode::ACCEPTED,
                     Json(serde_json::json!({ "job": id, "state": "queued", "sha": head.sha })),
@@ -238,13 +233,14 @@ impl GithubBot {
             return;
         };
         let label = [self.config.triage.review_label_in_progress.clone()];
-        let added = match self.api(meta.installation, &repo).await {
-            Ok(api) => api
+        let added = async {
+            self.api(meta.installation, &repo)
+                .await?
                 .add_labels(&repo, meta.issue_number, &label)
                 .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
+                .map_err(|e| e.to_string())
+        }
+        .await;
         if let Err(e) = added {
             tracing::warn!(job = %job_id, error = %e, "adding the in-progress label failed");
         }
