@@ -121,19 +121,7 @@ fn setup() -> Setup {
     let generated = generated();
     let tmp = std::env::temp_dir().join(unique("wp-mirror"));
     let served = tmp.join("served").join(format!("{REPO}.git"));
-    std::fs::create_dir_all(served.parent().expect("parent")).expect("mkdir");
-    // Hard links: the objects are shared with the cache, which stays untouched.
-    git(
-        &tmp,
-        &[
-            "clone",
-            "--quiet",
-            "--bare",
-            "--local",
-            generated.to_str().expect("utf-8"),
-            served.to_str().expect("utf-8"),
-        ],
-    );
+    warmpool_testkit::git_http::bare_copy(generated, &served).expect("a bare copy to serve");
     let mirrors = tmp.join("mirrors");
     let token = unique("ghtoken");
     let ip = bridge_gateway().expect("the bridge network's gateway");

@@ -66,18 +66,7 @@ async fn readers_always_see_a_whole_mirror_while_it_is_updated() {
     ));
     let served_root = tmp.join("served");
     let served = served_root.join("octo/big.git");
-    std::fs::create_dir_all(served.parent().expect("parent")).expect("mkdir");
-    out(git(
-        &tmp,
-        &[
-            "clone",
-            "--quiet",
-            "--bare",
-            "--local",
-            generated.to_str().expect("utf-8"),
-            served.to_str().expect("utf-8"),
-        ],
-    ));
+    warmpool_testkit::git_http::bare_copy(&generated, &served).expect("a bare copy to serve");
     let token = format!("tok-{}", warmpool_core::labels::unique_suffix());
     let server =
         GitServer::start(&served_root, "127.0.0.1".parse().expect("ip"), &token).expect("server");

@@ -90,6 +90,29 @@ impl GitServer {
     }
 }
 
+/// A bare copy of the repository `src` at `dest` (hard links: the objects are
+/// shared with `src`, which stays untouched), for a test to serve and push to.
+pub fn bare_copy(src: &Path, dest: &Path) -> Result<(), String> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    }
+    let out = Command::new("git")
+        .args(["clone", "--quiet", "--bare", "--local"])
+        .arg(src)
+        .arg(dest)
+        .output()
+        .map_err(|e| format!("run git: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git clone --bare {} {}: {}",
+            src.display(),
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 /// The generated repository of the mirror tests and bench (`tests/bench/gen-repo.sh`:
 /// ≥ 100 MB of history from `git fast-import`, made once and cached under the
 /// target dir): the path of its bare repository. Panics with the script's
